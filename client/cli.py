@@ -1,0 +1,234 @@
+"""``python -m client`` / ``memlookup``: the command-line client.
+
+A thin layer over :class:`client.Client`: parse the words, make one library
+call, print the answer. It never touches a socket itself.
+
+Writes print nothing on success (``--json`` prints an object for every
+command). Exit codes: 0 success; 1 not found, or a condition (nx, xx, cas) not met;
+2 bad usage; 3 the server refused the request; 4 the node did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, NoReturn
+
+from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_UNAVAILABLE = 4
+
+
+class _Outcome(Exception):
+    """Ends a command with a message on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    def default(env: str, value: object) -> object:
+        return argparse.SUPPRESS if suppress else os.environ.get(env, value)
+
+    parser.add_argument("--timeout", type=_positive_float, default=default("MEMLOOKUP_TIMEOUT", 1.0),
+                        metavar="S", help="seconds to wait for each attempt (env MEMLOOKUP_TIMEOUT, default: 1.0)")
+    parser.add_argument("--retries", type=_count, default=default("MEMLOOKUP_RETRIES", 2), metavar="N",
+                        help="resends after a timeout (env MEMLOOKUP_RETRIES, default: 2)")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="print results as JSON (a missing value is null)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``memlookup`` argument parser (also the source of its man page)."""
+    parser = argparse.ArgumentParser(
+        prog="memlookup",
+        description="Store and fetch strings in a memlookup server.",
+        epilog=(
+            "NODE is host, host:port, tcp://host:port or [ipv6]:port (default port 7400). "
+            "Exit status: 0 success; 1 not found or condition not met; 2 bad usage; "
+            "3 refused by the server; 4 no reply from the node. "
+            "Put -- before a key or value that begins with '-'."
+        ),
+    )
+    _add_connection_options(parser, suppress=False)
+    parser.add_argument("node", metavar="NODE", help="the server to talk to")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _add_connection_options(sub, suppress=True)
+        return sub
+
+    sub = command("set", "store VALUE under KEY (VALUE omitted or - reads standard input)")
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("value", metavar="VALUE", nargs="?", default="-")
+    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
+    only = sub.add_mutually_exclusive_group()
+    only.add_argument("--nx", action="store_true", help="only if KEY does not exist")
+    only.add_argument("--xx", action="store_true", help="only if KEY exists")
+
+    command("get", "print the value of KEY").add_argument("key", metavar="KEY")
+    command("del", "remove KEY").add_argument("key", metavar="KEY")
+    command("exists", "exit 0 if KEY exists, 1 if not").add_argument("key", metavar="KEY")
+    command("mget", "print the values of several keys, one per line ((nil) if missing)").add_argument(
+        "keys", metavar="KEY", nargs="+")
+
+    sub = command("mset", "store several pairs at once: all or none")
+    sub.add_argument("pairs", metavar="KEY VALUE", nargs="+")
+    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
+
+    sub = command("keys", "list the keys matching a glob PATTERN (*, ?, [abc], [!abc])")
+    sub.add_argument("pattern", metavar="PATTERN", nargs="?", default="*")
+    sub.add_argument("--count", type=_count, default=1000, metavar="N", help="keys per page fetched (default: 1000)")
+
+    command("ttl", "print the seconds KEY has left (-1: no expiry)").add_argument("key", metavar="KEY")
+
+    sub = command("incr", "add DELTA (default 1) to the integer at KEY and print the result")
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("delta", metavar="DELTA", nargs="?", type=int, default=1)
+
+    sub = command("cas", "set KEY to NEW only if its value is EXPECTED")
+    sub.add_argument("key", metavar="KEY")
+    sub.add_argument("expected", metavar="EXPECTED")
+    sub.add_argument("value", metavar="NEW")
+    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
+
+    command("ping", "check that the node answers")
+    command("stats", "print the node's counters")
+    return parser
+
+
+def _read_stdin() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Outcome(f"standard input is not UTF-8 text (byte {exc.start})", EXIT_USAGE) from None
+
+
+def _run(args: argparse.Namespace, table: Any, emit: Callable[[Any, str], None]) -> int:
+    command = args.command
+    if command == "get":
+        value = table.get(args.key)
+        emit({"key": args.key, "value": value}, value)
+        if value is None:
+            raise _Outcome("not found", EXIT_NOT_FOUND)
+    elif command == "set":
+        value = _read_stdin() if args.value == "-" else args.value
+        stored = table.set(args.key, value, ttl_s=args.ttl, nx=args.nx, xx=args.xx)
+        emit({"key": args.key, "stored": stored}, None)
+        if not stored:
+            raise _Outcome("not stored: key " + ("exists" if args.nx else "does not exist"), EXIT_NOT_FOUND)
+    elif command == "del":
+        deleted = table.delete(args.key)
+        emit({"key": args.key, "deleted": deleted}, None)
+        if not deleted:
+            raise _Outcome("not found", EXIT_NOT_FOUND)
+    elif command == "exists":
+        present = table.exists(args.key)
+        emit({"key": args.key, "exists": present}, "true" if present else "false")
+        return EXIT_OK if present else EXIT_NOT_FOUND
+    elif command == "mget":
+        values = table.mget(args.keys)
+        emit(dict(zip(args.keys, values)), "\n".join("(nil)" if v is None else v for v in values))
+    elif command == "mset":
+        if len(args.pairs) % 2:
+            raise _Outcome("mset takes KEY VALUE pairs; the last key has no value", EXIT_USAGE)
+        pairs = dict(zip(args.pairs[::2], args.pairs[1::2]))
+        table.mset(pairs, ttl_s=args.ttl)
+        emit({"stored": len(pairs)}, None)
+    elif command == "keys":
+        keys = list(table.keys(args.pattern, count=args.count or 1000))
+        emit(keys, "\n".join(keys) if keys else None)
+    elif command == "ttl":
+        seconds = table.ttl(args.key)
+        if seconds == -2:
+            emit({"key": args.key, "ttl_s": None}, None)
+            raise _Outcome("not found", EXIT_NOT_FOUND)
+        emit({"key": args.key, "ttl_s": seconds}, "-1" if seconds == -1 else f"{seconds:.3f}")
+    elif command == "incr":
+        result = table.incr(args.key, args.delta)
+        emit({"key": args.key, "value": result}, str(result))
+    elif command == "cas":
+        stored = table.cas(args.key, args.expected, args.value, ttl_s=args.ttl)
+        emit({"key": args.key, "stored": stored}, None)
+        if not stored:
+            raise _Outcome("not stored: the value is not the expected one", EXIT_NOT_FOUND)
+    elif command == "ping":
+        table.ping()
+        emit({"pong": True}, "PONG")
+    elif command == "stats":
+        stats = table.stats()
+        emit(stats, "\n".join(f"{name}: {value}" for name, value in _flatten(stats)))
+    return EXIT_OK
+
+
+def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for name, value in stats.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{name}."))
+        else:
+            rows.append((prefix + name, value))
+    return rows
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def emit(as_json: Any, text: str | None) -> None:
+        if args.json:
+            import json
+
+            print(json.dumps(as_json, ensure_ascii=False))
+        elif text is not None:
+            print(text)
+
+    from client.client import Client
+
+    try:
+        table = Client(args.node, timeout_s=args.timeout, retries=args.retries)
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        with table:
+            return _run(args, table, emit)
+    except _Outcome as outcome:
+        _fail(str(outcome), outcome.code)
+    except NodeUnavailableError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except InvalidRequestError as exc:
+        _fail(str(exc), EXIT_REFUSED if exc.code is not None else EXIT_USAGE)
+    except MemlookupError as exc:
+        _fail(str(exc), EXIT_REFUSED)

@@ -1,0 +1,284 @@
+"""The single-node client: one method per operation, over a Lazy Pirate transport."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Any, Iterator, Mapping, Sequence
+
+import zmq
+
+from client.transport import Transport
+from common.address import DEFAULT_PORT, node_endpoints
+from common.errors import (
+    InvalidRequestError,
+    NotAnIntegerError,
+    OutOfMemoryError,
+    PersistenceError,
+    ServerError,
+)
+from common.limits import DEFAULT_SCAN_COUNT
+from common.protocol import ProtocolError, Status, decode_reply, encode_request
+
+_ERRORS: dict[int, type[ServerError]] = {
+    Status.NOT_INTEGER: NotAnIntegerError,
+    Status.OUT_OF_MEMORY: OutOfMemoryError,
+    Status.PERSISTENCE: PersistenceError,
+}
+_CALLER_MISTAKES = frozenset(
+    {
+        Status.BAD_REQUEST,
+        Status.UNKNOWN_OP,
+        Status.WRONG_ARITY,
+        Status.TOO_LARGE,
+        Status.UNSUPPORTED_VERSION,
+        Status.BAD_CURSOR,
+    }
+)
+
+
+class Client:
+    """A connection to one memlookup node.
+
+    Connecting::
+
+        from client import Client
+
+        with Client("127.0.0.1:7400", timeout_s=1.0, retries=2) as table:
+            table.set("norway", "oslo")
+            table.get("norway")     # 'oslo'
+            table.get("sweden")     # None
+            table["sweden"]         # raises KeyError
+
+    ``node`` is ``host``, ``host:port``, ``tcp://host:port`` or
+    ``[ipv6]:port``; a hostname is resolved once, here, and the first address
+    is used. Nothing is sent until the first call, and a node that is down at
+    construction is not an error.
+
+    Keys and values are ``str`` (UTF-8 on the wire). The server limits their
+    size (by default 1 KiB keys and 16 MiB values); the empty string is a
+    value like any other, distinct from a missing key.
+
+    Timeouts and retries:
+        Every call waits up to ``timeout_s`` for the reply; on timeout the
+        socket is closed and reopened and the request is sent again, up to
+        ``retries`` more times (the ZeroMQ guide's Lazy Pirate pattern). A
+        call therefore fails after about ``timeout_s * (retries + 1)``
+        seconds. Retrying is safe for every operation: each write carries a
+        request id, and a server that already applied it answers a retry with
+        the reply it gave the first time instead of applying it again (it
+        remembers the last 10,000 writes), so ``incr`` and ``cas`` are never
+        applied twice. A reply that comes after its request was given up on
+        is dropped with the old socket; it is never returned for a later call.
+
+    Error Handling:
+        All errors derive from :class:`common.errors.MemlookupError`.
+
+        * :class:`InvalidRequestError` (also a ``ValueError``): a key or value
+          of the wrong type, over the server's limits, a bad TTL. Nothing
+          was changed. The client stays usable.
+        * :class:`NotAnIntegerError`: ``incr`` on a value that is not an
+          integer. Nothing was changed.
+        * :class:`OutOfMemoryError`: the server is full and may not evict.
+          The write was not applied; reads still work.
+        * :class:`PersistenceError`: the server could not make the write
+          durable and did not apply it.
+        * :class:`ServerError`: any other refusal (``INTERNAL`` means a bug).
+        * :class:`NodeUnavailableError`: no reply after every attempt. The
+          node is down, unreachable or overloaded; a write may or may not
+          have been applied. The client stays usable and reconnects on the
+          next call, so the same object works again once the node is back.
+
+    Args:
+        node: the node's address.
+        timeout_s: seconds to wait for each attempt.
+        retries: resends after the first attempt times out.
+        context: a ZeroMQ context to share; the process-wide one by default.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        timeout_s: float = 1.0,
+        retries: int = 2,
+        context: zmq.Context | None = None,
+        default_port: int = DEFAULT_PORT,
+    ) -> None:
+        self.node = node
+        self.endpoint = node_endpoints(node, default_port)[0]
+        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node)
+        self._client_id = secrets.token_hex(8)
+        self._sequence = itertools.count(1)
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> Any:
+        if write:
+            options = dict(options or ())
+            options["rid"] = f"{self._client_id}:{next(self._sequence)}"
+        status, payload = self._parse(self._transport.request(encode_request(op, *args, options=options)))
+        return payload
+
+    @staticmethod
+    def _parse(frame: bytes) -> tuple[int, Any]:
+        try:
+            status, payload = decode_reply(frame)
+        except ProtocolError as exc:
+            raise ServerError(str(exc), Status.INTERNAL) from None
+        if status != Status.OK:
+            message = str(payload)
+            if status in _CALLER_MISTAKES:
+                raise InvalidRequestError(message, status)
+            raise _ERRORS.get(status, ServerError)(message, status)
+        return status, payload
+
+    @staticmethod
+    def _check_str(what: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise InvalidRequestError(f"{what} must be a str, not {type(value).__name__}")
+
+    @staticmethod
+    def _write_options(ttl_s: float | None, **flags: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {name: True for name, on in flags.items() if on}
+        if ttl_s is not None:
+            if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not ttl_s > 0:
+                raise InvalidRequestError(f"ttl_s must be a positive number of seconds, not {ttl_s!r}")
+            options["ttl_s"] = ttl_s
+        return options
+
+    def close(self) -> None:
+        """Close the socket. The client reconnects if used again."""
+        self._transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.node!r}, endpoint={self.endpoint!r})"
+
+    # -- operations ------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when the node answers (raises :class:`NodeUnavailableError` otherwise)."""
+        return self._call("ping") == "PONG"
+
+    def get(self, key: str) -> str | None:
+        """The value stored under ``key``, or None if there is none."""
+        self._check_str("key", key)
+        return self._call("get", key)
+
+    def set(
+        self, key: str, value: str, ttl_s: float | None = None, nx: bool = False, xx: bool = False
+    ) -> bool:
+        """Store ``value`` under ``key``.
+
+        Args:
+            ttl_s: expire the key after this many seconds (None: never; a set
+                without it removes any earlier expiry).
+            nx: only if the key does not exist.
+            xx: only if the key exists.
+
+        Returns:
+            True if stored, False if ``nx``/``xx`` prevented it.
+        """
+        self._check_str("key", key)
+        self._check_str("value", value)
+        return self._call("set", key, value, options=self._write_options(ttl_s, nx=nx, xx=xx), write=True)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it existed."""
+        self._check_str("key", key)
+        return self._call("del", key, write=True)
+
+    def exists(self, key: str) -> bool:
+        self._check_str("key", key)
+        return self._call("exists", key)
+
+    def mget(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of ``keys``, in order, None for each missing one."""
+        keys = list(keys)
+        for key in keys:
+            self._check_str("key", key)
+        return self._call("mget", keys)
+
+    def mset(self, pairs: Mapping[str, str], ttl_s: float | None = None) -> None:
+        """Store every pair at once: all are stored, or none (on any error)."""
+        pairs = dict(pairs)
+        for key, value in pairs.items():
+            self._check_str("key", key)
+            self._check_str("value", value)
+        self._call("mset", pairs, options=self._write_options(ttl_s), write=True)
+
+    def scan(self, cursor: int = 0, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> tuple[int, list[str]]:
+        """One page of keys matching the glob ``pattern``.
+
+        Start with cursor 0 and pass each returned cursor back until it is 0
+        again. A key that exists for the whole scan is returned exactly once;
+        keys added or removed meanwhile may or may not be. ``count`` is a hint.
+        Cursors are valid only within one run of the server.
+        """
+        self._check_str("pattern", pattern)
+        next_cursor, keys = self._call("keys", pattern, cursor, count)
+        return next_cursor, keys
+
+    def keys(self, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> Iterator[str]:
+        """Every key matching the glob ``pattern`` (``*``, ``?``, ``[abc]``, ``[!abc]``), page by page."""
+        cursor = 0
+        while True:
+            cursor, page = self.scan(cursor, pattern, count)
+            yield from page
+            if cursor == 0:
+                return
+
+    def ttl(self, key: str) -> float:
+        """Seconds until ``key`` expires; -1 if it never does, -2 if it does not exist."""
+        self._check_str("key", key)
+        return self._call("ttl", key)
+
+    def incr(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to the decimal integer at ``key`` (a missing key counts as 0).
+
+        Raises:
+            NotAnIntegerError: the value is not an integer, or the result
+                leaves the 64-bit signed range.
+        """
+        self._check_str("key", key)
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise InvalidRequestError(f"delta must be an int, not {type(delta).__name__}")
+        return self._call("incr", key, delta, write=True)
+
+    def cas(self, key: str, expected: str, value: str, ttl_s: float | None = None) -> bool:
+        """Compare-and-set: store ``value`` only if the current value is ``expected``.
+
+        Returns:
+            True if stored; False if the key is missing or holds something else.
+        """
+        self._check_str("key", key)
+        self._check_str("expected", expected)
+        self._check_str("value", value)
+        return self._call("cas", key, expected, value, options=self._write_options(ttl_s), write=True)
+
+    def stats(self) -> dict[str, Any]:
+        """The node's counters: keys, memory, operations, uptime, version, limits."""
+        return self._call("stats")
+
+    # -- mapping sugar ---------------------------------------------------------
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.exists(key)

@@ -1,0 +1,94 @@
+"""One request, one reply, with a timeout and retries: the Lazy Pirate pattern.
+
+From the ZeroMQ guide (chapter 4): send on a REQ socket and poll for the reply
+with a timeout. On timeout the REQ socket is stuck (it insists on a reply
+before the next send), so close it with LINGER 0, open a new one and resend.
+After the last retry give up with :class:`NodeUnavailableError`. A reply that
+arrives late goes to the closed socket and is dropped by ZeroMQ, so it can
+never be taken for the answer to a later request.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from common.errors import NodeUnavailableError
+
+
+class Transport:
+    """A REQ socket to one endpoint, reopened after every timeout.
+
+    Args:
+        endpoint: ``tcp://host:port``.
+        timeout_s: how long to wait for each attempt's reply.
+        retries: how many times to resend after the first attempt times out.
+        context: the ZeroMQ context to open sockets in (shared by default).
+        label: how to name the node in error messages.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        retries: int,
+        context: zmq.Context | None = None,
+        label: str = "",
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.label = label or endpoint
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+
+    def _open(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.REQ)
+        socket.setsockopt(zmq.LINGER, 0)
+        if self.endpoint.startswith("tcp://["):
+            socket.setsockopt(zmq.IPV6, 1)
+        socket.connect(self.endpoint)
+        self._poller.register(socket, zmq.POLLIN)
+        self._socket = socket
+        return socket
+
+    def _discard(self) -> None:
+        if self._socket is not None:
+            self._poller.unregister(self._socket)
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def request(self, frame: bytes, retry: bool = True) -> bytes:
+        """Send ``frame`` and return the reply frame.
+
+        Args:
+            retry: False sends once only, whatever ``retries`` says.
+
+        Raises:
+            NodeUnavailableError: no reply after every attempt.
+        """
+        attempts = 1 + (self.retries if retry else 0)
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+        started = time.monotonic()
+        for _ in range(attempts):
+            socket = self._socket or self._open()
+            socket.send(frame, copy=len(frame) < 65536)
+            if self._poller.poll(timeout_ms):
+                return socket.recv(copy=True)
+            self._discard()  # Lazy Pirate: the REQ socket is stuck; start over
+        waited = time.monotonic() - started
+        raise NodeUnavailableError(
+            f"no reply from {self.label} within {waited:.1f} s "
+            f"({attempts} attempt{'s' if attempts != 1 else ''} of {self.timeout_s:g} s)",
+            node=self.label,
+            waited_s=waited,
+        )
+
+    def close(self) -> None:
+        self._discard()

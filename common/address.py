@@ -1,0 +1,93 @@
+"""Node addresses: what a user may type, turned into a ZeroMQ endpoint.
+
+Accepted forms: ``host``, ``host:port``, ``tcp://host:port``, ``[ipv6]`` and
+``[ipv6]:port``. Hostnames are resolved here, because ZeroMQ's own resolver
+does not fall back between IPv4 and IPv6 addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+#: The port a server listens on and a client dials when none is given.
+DEFAULT_PORT = 7400
+
+
+def split_node(node: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Return ``(host, port)`` for a node written in any accepted form.
+
+    Raises:
+        ValueError: the text is not a node address.
+    """
+    text = node.strip()
+    if text.startswith("tcp://"):
+        text = text[len("tcp://"):]
+    if not text:
+        raise ValueError(f"empty node address {node!r}")
+    port_text = ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in node address {node!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"unexpected {rest!r} after ']' in {node!r}")
+            port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in {node!r} is not an IPv6 address") from None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") > 1:
+        # A bare IPv6 address: allowed without brackets only when it has no port.
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"write IPv6 nodes as [address]:port, not {node!r}") from None
+        host = text
+    else:
+        host = text
+    if not host:
+        raise ValueError(f"no host in node address {node!r}")
+    if port_text == "":
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"port {port_text!r} in {node!r} is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def resolve(host: str) -> list[str]:
+    """All addresses ``host`` resolves to, IPv4 first, without duplicates.
+
+    Raises:
+        ValueError: the name does not resolve.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    seen: dict[str, int] = {}
+    for family, _, _, _, sockaddr in infos:
+        seen.setdefault(sockaddr[0], 0 if family == socket.AF_INET else 1)
+    return sorted(seen, key=seen.__getitem__)
+
+
+def endpoint(host: str, port: int) -> str:
+    """The ZeroMQ ``tcp://`` endpoint for an address (IPv6 in brackets)."""
+    if ":" in host:
+        return f"tcp://[{host}]:{port}"
+    return f"tcp://{host}:{port}"
+
+
+def node_endpoints(node: str, default_port: int = DEFAULT_PORT) -> list[str]:
+    """Every ``tcp://`` endpoint a node address stands for (a name may have several)."""
+    host, port = split_node(node, default_port)
+    try:
+        ipaddress.ip_address(host)
+        addresses = [host]
+    except ValueError:
+        addresses = resolve(host)
+    return [endpoint(address, port) for address in addresses]

@@ -1,0 +1,62 @@
+"""The exceptions memlookup raises.
+
+One base class, then three branches that say whose fault a failure was:
+
+* :class:`InvalidRequestError` -- the caller asked wrongly (a key that is not a
+  string, a value over the limit, an unknown operation). Nothing was changed.
+* :class:`ServerError` -- the server understood the request and refused it
+  (``incr`` on a value that is not an integer, out of memory, a failed disk).
+* :class:`NodeUnavailableError` -- no answer came back in time. Whether a write
+  happened is unknown.
+"""
+
+from __future__ import annotations
+
+
+class MemlookupError(Exception):
+    """Base class of every error memlookup raises on purpose."""
+
+
+class InvalidRequestError(MemlookupError, ValueError):
+    """The request was malformed or broke a limit; the store is unchanged.
+
+    ``code`` is the protocol status code when the server reported it, or
+    ``None`` when the client caught the mistake before sending.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerError(MemlookupError):
+    """The server refused a well-formed request; ``code`` says why."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotAnIntegerError(ServerError):
+    """``incr`` on a value that is not a decimal integer, or would overflow."""
+
+
+class OutOfMemoryError(ServerError):
+    """The server is at its memory limit and its eviction policy forbids evicting."""
+
+
+class PersistenceError(ServerError):
+    """The server could not make the write durable; it was not acknowledged."""
+
+
+class NodeUnavailableError(MemlookupError):
+    """No reply from a node within the timeout, after every retry.
+
+    The node may be down, unreachable, overloaded, or refusing our keys. A write
+    that raised this may or may not have been applied.
+    """
+
+    def __init__(self, message: str, node: str = "", waited_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.node = node
+        self.waited_s = waited_s

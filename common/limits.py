@@ -1,0 +1,41 @@
+"""The limits a server enforces, each with its documented default.
+
+Every limit can be changed on the server's command line; these are the
+documented defaults (``docs/PROTOCOL.md`` lists them too).
+"""
+
+from dataclasses import dataclass
+
+#: Longest key, in UTF-8 bytes (memcached allows 250, Redis 512 MiB).
+MAX_KEY_BYTES = 1024
+
+#: Longest value, in UTF-8 bytes.
+MAX_VALUE_BYTES = 16 * 1024 * 1024
+
+#: Most keys in one ``mget``/``mset``/``del`` request.
+MAX_BATCH_KEYS = 10_000
+
+#: Largest ZeroMQ message the server accepts (ZMQ_MAXMSGSIZE); a larger one
+#: makes ZeroMQ drop the connection before a byte of it is decoded.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+#: Most keys one ``keys`` page returns; larger requested counts are capped.
+MAX_SCAN_COUNT = 10_000
+
+#: Page size of a ``keys`` scan when the client does not ask for one.
+DEFAULT_SCAN_COUNT = 1_000
+
+#: Longest glob pattern for ``keys``.
+MAX_PATTERN_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits one server enforces; defaults are the constants above."""
+
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = MAX_VALUE_BYTES
+    max_batch_keys: int = MAX_BATCH_KEYS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_scan_count: int = MAX_SCAN_COUNT
+    max_pattern_bytes: int = MAX_PATTERN_BYTES

@@ -1,0 +1,169 @@
+"""The memlookup wire protocol, version 1: pure encode/decode, no sockets.
+
+Transport: ZeroMQ request-reply. A client sends one message of one frame (a
+REQ socket adds the empty delimiter frame itself) and gets one message of one
+frame back. ``docs/PROTOCOL.md`` is the full specification; in short:
+
+Request frame -- a msgpack array::
+
+    [op, arg1, ..., argN]              # N is fixed by op (see OPS)
+    [op, arg1, ..., argN, options]     # optionally followed by one map
+
+``op`` is a string. ``options`` is a map with string keys; the ones every op
+understands are ``"v"`` (protocol version, must be 1 when present) and
+``"rid"`` (a request id; a write whose rid the server has seen recently gets
+the reply it got the first time instead of being applied again).
+
+Reply frame -- a msgpack array ``[status, payload]``: ``status`` 0 means
+success and ``payload`` is the result; any other status is an error code from
+``Status`` and ``payload`` is a human-readable message.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from common import limits
+
+PROTOCOL_VERSION = 1
+
+
+class Status(IntEnum):
+    """Reply status codes. 0 is success; every other value is an error."""
+
+    OK = 0
+    BAD_REQUEST = 1  # not msgpack, not an array, wrong types, invalid UTF-8
+    UNKNOWN_OP = 2
+    WRONG_ARITY = 3
+    TOO_LARGE = 4  # a key, value, pattern or batch over its limit
+    NOT_INTEGER = 5  # incr on a value that is not a decimal int64
+    OUT_OF_MEMORY = 6  # at --max-memory under the noeviction policy
+    PERSISTENCE = 7  # the write could not be made durable
+    UNSUPPORTED_VERSION = 8
+    INTERNAL = 9  # a bug in the server; the request was not applied
+    BAD_CURSOR = 10  # a keys cursor from another server run, or garbled
+
+
+#: Positional argument count of each operation (options map not counted).
+OPS: dict[str, int] = {
+    "ping": 0,
+    "get": 1,  # key
+    "set": 2,  # key, value            options: ttl_s, nx, xx
+    "del": 1,  # key
+    "exists": 1,  # key
+    "mget": 1,  # [key, ...]
+    "mset": 1,  # {key: value, ...}    options: ttl_s
+    "keys": 3,  # pattern, cursor, count
+    "ttl": 1,  # key
+    "incr": 2,  # key, delta
+    "cas": 3,  # key, expected, value  options: ttl_s
+    "stats": 0,
+}
+
+#: Operations that change the store; a retry of one is deduplicated by rid.
+WRITE_OPS = frozenset({"set", "del", "mset", "incr", "cas"})
+
+
+class ProtocolError(Exception):
+    """A frame that does not follow the protocol; ``status`` says how."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode_request(
+    frame: bytes,
+    max_str_bytes: int = limits.MAX_VALUE_BYTES,
+    max_items: int = limits.MAX_BATCH_KEYS,
+) -> tuple[str, list[Any], dict[str, Any]]:
+    """Split a request frame into ``(op, args, options)``.
+
+    The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
+    maps with more than ``max_items`` entries (plus slack for the envelope),
+    binary and extension types are refused before they are allocated, so a
+    hostile header cannot make the server reserve memory it claims.
+
+    Raises:
+        ProtocolError: the frame is not a valid request.
+    """
+    try:
+        request = msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_str_bytes,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=max_items + 8,
+            max_map_len=max_items + 8,
+        )
+    except UnicodeDecodeError:
+        raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
+    except msgpack.ExtraData:
+        raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
+    except ValueError as exc:  # includes "exceeds max_*_len" and truncated input
+        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+    except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
+        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+    if not isinstance(request, list) or not request:
+        raise ProtocolError(Status.BAD_REQUEST, "a request is a non-empty msgpack array")
+    op = request[0]
+    if not isinstance(op, str):
+        raise ProtocolError(Status.BAD_REQUEST, "the first element (op) must be a string")
+    arity = OPS.get(op)
+    if arity is None:
+        raise ProtocolError(Status.UNKNOWN_OP, f"unknown op {op[:64]!r}")
+    args = request[1:]
+    options: dict[str, Any] = {}
+    if len(args) == arity + 1 and isinstance(args[-1], dict):
+        options = args.pop()
+    if len(args) != arity:
+        raise ProtocolError(
+            Status.WRONG_ARITY,
+            f"{op} takes {arity} argument{'s' if arity != 1 else ''} "
+            f"(and an optional options map), got {len(request) - 1}",
+        )
+    version = options.get("v", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            Status.UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
+        )
+    return op, args, options
+
+
+def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -> bytes:
+    """Build a request frame."""
+    if options:
+        return msgpack.packb([op, *args, options])
+    return msgpack.packb([op, *args])
+
+
+def encode_reply(status: int, payload: Any) -> bytes:
+    """Build a reply frame."""
+    return msgpack.packb([status, payload])
+
+
+def ok(payload: Any) -> bytes:
+    """A success reply."""
+    return msgpack.packb([0, payload])
+
+
+def decode_reply(frame: bytes) -> tuple[int, Any]:
+    """Split a reply frame into ``(status, payload)``.
+
+    Raises:
+        ProtocolError: the frame is not a valid reply.
+    """
+    try:
+        reply = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:
+        raise ProtocolError(Status.BAD_REQUEST, f"garbled reply from server: {exc}") from None
+    if not isinstance(reply, list) or len(reply) != 2 or not isinstance(reply[0], int):
+        raise ProtocolError(Status.BAD_REQUEST, "garbled reply from server: not [status, payload]")
+    return reply[0], reply[1]

@@ -1,0 +1,1 @@
+"""The memlookup server: the store, the request handler and the socket loop."""

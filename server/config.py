@@ -1,0 +1,96 @@
+"""Server settings: command-line flags, each with an environment variable.
+
+A flag beats its environment variable, which beats the default. ``--help``
+shows all three for every setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from common import __version__, limits
+from common.address import DEFAULT_PORT
+from common.limits import Limits
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``python -m server`` can be told."""
+
+    bind: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    sweep_interval_s: float = 0.1
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``memlookup-server`` argument parser (also the source of its man page)."""
+    parser = argparse.ArgumentParser(
+        prog="memlookup-server",
+        description="Serve an in-memory key-value lookup table over ZeroMQ request-reply.",
+        epilog="Stop with SIGTERM or SIGINT: the request in flight is answered, then the server exits 0.",
+    )
+
+    def add(flag: str, env: str, default: object, help: str, **kwargs: object) -> None:
+        parser.add_argument(
+            flag,
+            default=_env(env, default),
+            help=f"{help} (env {env}, default: {default})",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    add("--bind", "MEMLOOKUP_BIND", "127.0.0.1",
+        "address to listen on: an IPv4 or IPv6 address, or * for every interface", metavar="ADDR")
+    add("--port", "MEMLOOKUP_PORT", DEFAULT_PORT,
+        "TCP port to listen on; 0 picks a free one and logs it", type=int, metavar="N")
+    add("--log-level", "MEMLOOKUP_LOG_LEVEL", "info", "logging threshold", choices=LOG_LEVELS)
+    add("--max-key-bytes", "MEMLOOKUP_MAX_KEY_BYTES", limits.MAX_KEY_BYTES,
+        "longest key in UTF-8 bytes", type=int, metavar="N")
+    add("--max-value-bytes", "MEMLOOKUP_MAX_VALUE_BYTES", limits.MAX_VALUE_BYTES,
+        "longest value in UTF-8 bytes", type=int, metavar="N")
+    add("--max-batch-keys", "MEMLOOKUP_MAX_BATCH_KEYS", limits.MAX_BATCH_KEYS,
+        "most keys in one mget or mset", type=int, metavar="N")
+    add("--max-message-bytes", "MEMLOOKUP_MAX_MESSAGE_BYTES", limits.MAX_MESSAGE_BYTES,
+        "largest request message (ZMQ_MAXMSGSIZE); a larger one drops the connection", type=int, metavar="N")
+    add("--max-scan-count", "MEMLOOKUP_MAX_SCAN_COUNT", limits.MAX_SCAN_COUNT,
+        "most keys one keys page examines", type=int, metavar="N")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> ServerConfig:
+    """Parse flags (and environment) into a :class:`ServerConfig`; exits 2 on bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = ServerConfig(
+            bind=args.bind,
+            port=int(args.port),
+            log_level=str(args.log_level).lower(),
+            limits=Limits(
+                max_key_bytes=int(args.max_key_bytes),
+                max_value_bytes=int(args.max_value_bytes),
+                max_batch_keys=int(args.max_batch_keys),
+                max_message_bytes=int(args.max_message_bytes),
+                max_scan_count=int(args.max_scan_count),
+            ),
+        )
+    except ValueError as exc:
+        parser.error(f"bad setting in the environment: {exc}")
+    if not 0 <= config.port < 65536:
+        parser.error(f"port {config.port} is not from 0 to 65535")
+    if config.log_level not in LOG_LEVELS:
+        parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    for name, value in vars(config.limits).items():
+        if value < 1:
+            parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")
+    return config

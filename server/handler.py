@@ -1,0 +1,246 @@
+"""Turns one request frame into one reply frame. No sockets here.
+
+:class:`Handler` validates everything before it touches the store, so a bad
+request gets an error reply and changes nothing, and any unexpected exception
+becomes an ``INTERNAL`` error reply rather than a dead server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter, OrderedDict
+from typing import Any, Callable
+
+from common import __version__
+from common.limits import Limits
+from common.protocol import (
+    OPS,
+    PROTOCOL_VERSION,
+    WRITE_OPS,
+    ProtocolError,
+    Status,
+    decode_request,
+    encode_reply,
+    ok,
+)
+from server.store import BUCKETS, NotAnInteger, Store
+
+log = logging.getLogger(__name__)
+
+#: How many write replies are remembered by request id, so that a client's
+#: retry of a write that did arrive is answered instead of applied twice.
+RECENT_REPLIES = 10_000
+
+#: Longest accepted request id.
+MAX_RID_CHARS = 128
+
+#: Longest TTL accepted: about 100 years.
+MAX_TTL_S = 100 * 365 * 24 * 3600.0
+
+
+class _Refused(Exception):
+    """Raised inside an op to answer with an error status."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Handler:
+    """Executes requests against a :class:`Store`.
+
+    Args:
+        store: the table.
+        limits: the limits to enforce.
+        clock: wall-clock seconds, for uptime (tests may fake it).
+    """
+
+    def __init__(self, store: Store, limits: Limits = Limits(), clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.limits = limits
+        self._clock = clock
+        self._started = clock()
+        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        self.op_counts: Counter[str] = Counter()
+        self.error_counts: Counter[str] = Counter()
+        self._ops: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
+            op: getattr(self, "_op_" + op) for op in OPS
+        }
+        #: Extra sections for ``stats`` (persistence, memory policy...), each a
+        #: callable returning a dict, keyed by section name.
+        self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def handle(self, frame: bytes) -> bytes:
+        """Answer one request frame; never raises."""
+        try:
+            op, args, options = decode_request(
+                frame, self.limits.max_value_bytes, self.limits.max_batch_keys
+            )
+        except ProtocolError as exc:
+            return self._error(exc.status, str(exc))
+        self.op_counts[op] += 1
+        rid = options.get("rid") if op in WRITE_OPS else None
+        if rid is not None:
+            if not isinstance(rid, str) or len(rid) > MAX_RID_CHARS:
+                return self._error(Status.BAD_REQUEST, f"rid must be a string of at most {MAX_RID_CHARS} characters")
+            cached = self._recent.get(rid)
+            if cached is not None:
+                return cached
+        try:
+            reply = ok(self._ops[op](args, options))
+        except _Refused as exc:
+            reply = self._error(exc.status, str(exc))
+        except NotAnInteger as exc:
+            reply = self._error(Status.NOT_INTEGER, str(exc))
+        except Exception:
+            log.exception("internal error answering %s", op)
+            reply = self._error(Status.INTERNAL, f"internal error answering {op}; see the server log")
+        if rid is not None:
+            self._recent[rid] = reply
+            if len(self._recent) > RECENT_REPLIES:
+                self._recent.popitem(last=False)
+        return reply
+
+    def _error(self, status: Status, message: str) -> bytes:
+        self.error_counts[status.name] += 1
+        return encode_reply(status, message)
+
+    # -- argument checks ---------------------------------------------------
+
+    def _key(self, key: Any) -> str:
+        if not isinstance(key, str):
+            raise _Refused(Status.BAD_REQUEST, f"a key must be a string, not {type(key).__name__}")
+        if _utf8_over(key, self.limits.max_key_bytes):
+            raise _Refused(Status.TOO_LARGE, f"key longer than {self.limits.max_key_bytes} bytes")
+        return key
+
+    def _value(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Refused(Status.BAD_REQUEST, f"a value must be a string, not {type(value).__name__}")
+        if _utf8_over(value, self.limits.max_value_bytes):
+            raise _Refused(Status.TOO_LARGE, f"value longer than {self.limits.max_value_bytes} bytes")
+        return value
+
+    def _batch(self, items: Any, kind: type) -> Any:
+        if not isinstance(items, kind):
+            raise _Refused(Status.BAD_REQUEST, f"expected a {'map' if kind is dict else 'array'}")
+        if len(items) > self.limits.max_batch_keys:
+            raise _Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} keys in one request")
+        return items
+
+    @staticmethod
+    def _ttl(options: dict[str, Any]) -> float | None:
+        ttl = options.get("ttl_s")
+        if ttl is None:
+            return None
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
+            raise _Refused(Status.BAD_REQUEST, "ttl_s must be a number of seconds")
+        if not 0 < ttl <= MAX_TTL_S:
+            raise _Refused(Status.BAD_REQUEST, f"ttl_s must be above 0 and at most {MAX_TTL_S:.0f}")
+        return float(ttl)
+
+    @staticmethod
+    def _flag(options: dict[str, Any], name: str) -> bool:
+        value = options.get(name, False)
+        if not isinstance(value, bool):
+            raise _Refused(Status.BAD_REQUEST, f"option {name} must be true or false")
+        return value
+
+    # -- operations ----------------------------------------------------------
+
+    def _op_ping(self, args: list[Any], options: dict[str, Any]) -> str:
+        return "PONG"
+
+    def _op_get(self, args: list[Any], options: dict[str, Any]) -> str | None:
+        return self.store.get(self._key(args[0]))
+
+    def _op_set(self, args: list[Any], options: dict[str, Any]) -> bool:
+        key, value = self._key(args[0]), self._value(args[1])
+        ttl_s = self._ttl(options)
+        nx, xx = self._flag(options, "nx"), self._flag(options, "xx")
+        if nx and xx:
+            raise _Refused(Status.BAD_REQUEST, "nx and xx exclude each other")
+        return self.store.set(key, value, ttl_s, nx=nx, xx=xx)
+
+    def _op_del(self, args: list[Any], options: dict[str, Any]) -> bool:
+        return self.store.delete(self._key(args[0]))
+
+    def _op_exists(self, args: list[Any], options: dict[str, Any]) -> bool:
+        return self.store.exists(self._key(args[0]))
+
+    def _op_mget(self, args: list[Any], options: dict[str, Any]) -> list[str | None]:
+        keys = [self._key(key) for key in self._batch(args[0], list)]
+        get = self.store.get
+        return [get(key) for key in keys]
+
+    def _op_mset(self, args: list[Any], options: dict[str, Any]) -> bool:
+        pairs = self._batch(args[0], dict)
+        for key, value in pairs.items():  # check all before changing anything
+            self._key(key)
+            self._value(value)
+        self.store.set_many(pairs, self._ttl(options))
+        return True
+
+    def _op_keys(self, args: list[Any], options: dict[str, Any]) -> list[Any]:
+        pattern, cursor, count = args
+        if not isinstance(pattern, str):
+            raise _Refused(Status.BAD_REQUEST, "the pattern must be a string")
+        if _utf8_over(pattern, self.limits.max_pattern_bytes):
+            raise _Refused(Status.TOO_LARGE, f"pattern longer than {self.limits.max_pattern_bytes} bytes")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise _Refused(Status.BAD_REQUEST, "count must be a positive integer")
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < BUCKETS:
+            raise _Refused(Status.BAD_CURSOR, f"cursor must be an integer from 0 to {BUCKETS - 1}")
+        next_cursor, keys = self.store.scan(cursor, pattern, min(count, self.limits.max_scan_count))
+        return [next_cursor, keys]
+
+    def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
+        return self.store.ttl(self._key(args[0]))
+
+    def _op_incr(self, args: list[Any], options: dict[str, Any]) -> int:
+        key, delta = self._key(args[0]), args[1]
+        if isinstance(delta, bool) or not isinstance(delta, int):
+            raise _Refused(Status.BAD_REQUEST, "delta must be an integer")
+        return self.store.incr(key, delta)
+
+    def _op_cas(self, args: list[Any], options: dict[str, Any]) -> bool:
+        key, expected, value = self._key(args[0]), self._value(args[1]), self._value(args[2])
+        return self.store.cas(key, expected, value, self._ttl(options))
+
+    def _op_stats(self, args: list[Any], options: dict[str, Any]) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "uptime_s": round(self._clock() - self._started, 3),
+            "keys": len(self.store),
+            "keys_with_ttl": self.store.keys_with_ttl,
+            "expired_keys": self.store.expired_total,
+            "memory_bytes": self.store.memory_bytes,
+            "rss_bytes": _rss_bytes(),
+            "ops": dict(self.op_counts),
+            "errors": dict(self.error_counts),
+            "limits": vars(self.limits).copy(),
+        }
+        for name, section in self.stats_sections.items():
+            stats[name] = section()
+        return stats
+
+
+def _utf8_over(text: str, limit: int) -> bool:
+    """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""
+    if len(text) * 4 <= limit:
+        return False
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux), or 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

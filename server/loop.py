@@ -1,0 +1,130 @@
+"""The socket loop: receive requests, hand them to the Handler, send replies.
+
+One ROUTER socket, which speaks to REQ clients exactly as a REP socket would
+(every request arrives as ``[identity..., b"", body]``), but lets the loop take
+every request that is ready at once: they are answered as one batch, so work
+that can be shared across requests (an fsync, say) is done once per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Callable
+
+import zmq
+
+from common.address import endpoint
+from common.protocol import Status, encode_reply
+from server.config import ServerConfig
+from server.handler import Handler
+
+log = logging.getLogger(__name__)
+
+#: Most requests taken from the socket before the batch is answered.
+MAX_BATCH_REQUESTS = 256
+
+#: How long the loop waits for a request before doing its periodic work, and
+#: so the longest a stop signal waits to be noticed.
+POLL_INTERVAL_S = 0.05
+
+#: How long close() waits for the last replies to leave.
+LINGER_MS = 500
+
+
+def listen_endpoint(bind: str, port: int) -> str:
+    """The ZeroMQ endpoint to bind for a ``--bind`` address and port."""
+    if port == 0:
+        return endpoint(bind, 0).rsplit(":", 1)[0] + ":*"
+    return endpoint(bind, port)
+
+
+class Server:
+    """Drives a :class:`Handler` from a ROUTER socket until stopped.
+
+    Args:
+        config: where to listen and how often to sweep expired keys.
+        handler: answers each request.
+        context: a ZeroMQ context; a new one when omitted.
+    """
+
+    def __init__(self, config: ServerConfig, handler: Handler, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.handler = handler
+        self._context = context or zmq.Context()
+        self._own_context = context is None
+        self._stop = threading.Event()
+        self.socket = self._context.socket(zmq.ROUTER)
+        if ":" in config.bind or config.bind == "*":
+            self.socket.setsockopt(zmq.IPV6, 1)  # "*" then means IPv4 and IPv6
+        self.socket.setsockopt(zmq.MAXMSGSIZE, config.limits.max_message_bytes)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        #: Called with the batch's request count after it was handled and
+        #: before its replies go out (persistence makes writes durable here).
+        self.before_reply: Callable[[int], None] | None = None
+        #: Called about every ``config.sweep_interval_s``, between batches.
+        self.periodic: list[Callable[[], None]] = [handler.store.sweep]
+        self.endpoint = ""
+
+    def bind(self) -> str:
+        """Bind the socket; returns the endpoint actually bound (with the real port)."""
+        self.socket.bind(listen_endpoint(self.config.bind, self.config.port))
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish its batch and return; safe from a signal handler."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`stop`; then close the socket."""
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        timeout_ms = int(POLL_INTERVAL_S * 1000)
+        interval_s = self.config.sweep_interval_s
+        next_tick = time.monotonic() + interval_s
+        try:
+            while not self._stop.is_set():
+                if poller.poll(timeout_ms):
+                    self._answer_ready()
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + interval_s
+                    for task in self.periodic:
+                        task()
+        finally:
+            self.socket.close()
+            if self._own_context:
+                self._context.term()
+
+    def _answer_ready(self) -> None:
+        socket, handle = self.socket, self.handler.handle
+        replies: list[list[bytes]] = []
+        for _ in range(MAX_BATCH_REQUESTS):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            replies.append(self._answer(frames, handle))
+        if self.before_reply is not None:
+            self.before_reply(len(replies))
+        for reply in replies:
+            socket.send_multipart(reply)
+
+    @staticmethod
+    def _answer(frames: list[bytes], handle: Callable[[bytes], bytes]) -> list[bytes]:
+        # REQ peers send [identity, b"", body]; a DEALER may omit the delimiter.
+        try:
+            split = frames.index(b"", 1) + 1
+        except ValueError:
+            split = 1
+        envelope, body = frames[:split], frames[split:]
+        if len(body) != 1:
+            return envelope + [encode_reply(Status.BAD_REQUEST, f"expected one body frame, got {len(body)}")]
+        return envelope + [handle(body[0])]

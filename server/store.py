@@ -1,0 +1,247 @@
+"""The in-memory table: string keys to string values, with expiry.
+
+Keys live in a fixed number of buckets chosen by ``hash(key)``. That costs one
+list index per operation and buys a ``keys`` scan whose cursor is a bucket
+number: a key present for the whole scan is returned exactly once, no matter
+how the table changes between pages, and no page needs a sorted copy of the
+table.
+
+Deadlines are wall-clock seconds (``time.time``) so that they keep their
+meaning across a restart. A key past its deadline is gone: every read checks,
+and :meth:`Store.sweep` removes expired keys nobody asks for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import re
+import sys
+import time
+from typing import Callable, Iterator
+
+#: Number of hash buckets; a power of two. Also the number of scan steps.
+BUCKETS = 4096
+_MASK = BUCKETS - 1
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+#: Bytes a table entry costs beyond its key and value objects (dict slot,
+#: index, expiry bookkeeping). An estimate, for the memory figure in stats.
+ENTRY_OVERHEAD_BYTES = 64
+
+
+class NotAnInteger(Exception):
+    """``incr`` found a value that is not a decimal int64, or would overflow."""
+
+
+def _size(key: str, value: str) -> int:
+    return sys.getsizeof(key) + sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
+
+
+class Store:
+    """A dict of str to str with per-key deadlines.
+
+    Args:
+        clock: returns the current wall-clock time in seconds; tests pass a
+            fake one.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._buckets: list[dict[str, str]] = [{} for _ in range(BUCKETS)]
+        self._deadlines: dict[str, float] = {}
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._count = 0
+        self.memory_bytes = 0
+        self.expired_total = 0
+
+    # -- reading ---------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def keys_with_ttl(self) -> int:
+        """How many keys have a deadline (some may have passed it already)."""
+        return len(self._deadlines)
+
+    def get(self, key: str) -> str | None:
+        """The value of ``key``, or None if it is missing or expired."""
+        value = self._buckets[hash(key) & _MASK].get(key)
+        if value is not None and self._deadlines and self._expired(key):
+            return None
+        return value
+
+    def exists(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def ttl(self, key: str) -> float:
+        """Seconds ``key`` has left; -1 if it never expires, -2 if it is missing."""
+        if self.get(key) is None:
+            return -2
+        deadline = self._deadlines.get(key)
+        if deadline is None:
+            return -1
+        return max(0.0, deadline - self._clock())
+
+    def deadline(self, key: str) -> float | None:
+        """The wall-clock second ``key`` expires at, or None."""
+        return self._deadlines.get(key)
+
+    def scan(self, cursor: int, pattern: str, count: int) -> tuple[int, list[str]]:
+        """One page of the live keys matching the glob ``pattern``.
+
+        Starts at bucket ``cursor`` and takes whole buckets until at least
+        ``count`` keys were examined. Returns ``(next_cursor, keys)``;
+        ``next_cursor`` is 0 when the scan is complete.
+        """
+        match = None if pattern == "*" else re.compile(fnmatch.translate(pattern)).match
+        now = self._clock()
+        found: list[str] = []
+        examined = 0
+        bucket = cursor
+        while bucket < BUCKETS and examined < count:
+            entries = self._buckets[bucket]
+            examined += len(entries)
+            for key in entries:
+                if match is not None and match(key) is None:
+                    continue
+                deadline = self._deadlines.get(key)
+                if deadline is None or deadline > now:
+                    found.append(key)
+            bucket += 1
+        return (0 if bucket >= BUCKETS else bucket), found
+
+    def items(self) -> Iterator[tuple[str, str, float | None]]:
+        """Every live ``(key, value, deadline)``, for snapshots and rebalancing."""
+        now = self._clock()
+        deadlines = self._deadlines
+        for entries in self._buckets:
+            for key, value in list(entries.items()):
+                deadline = deadlines.get(key)
+                if deadline is None or deadline > now:
+                    yield key, value, deadline
+
+    # -- writing ---------------------------------------------------------
+
+    def set(
+        self,
+        key: str,
+        value: str,
+        ttl_s: float | None = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        """Store ``value`` under ``key``; returns False if a condition failed.
+
+        ``nx``: only if the key is absent. ``xx``: only if present. A set
+        without ``ttl_s`` removes any deadline the key had (as Redis SET does).
+        """
+        if nx or xx:
+            present = self.get(key) is not None
+            if (nx and present) or (xx and not present):
+                return False
+        self.put(key, value, None if ttl_s is None else self._clock() + ttl_s)
+        return True
+
+    def put(self, key: str, value: str, deadline: float | None) -> None:
+        """Store ``value`` with an absolute deadline (None: never expires)."""
+        entries = self._buckets[hash(key) & _MASK]
+        old = entries.get(key)
+        if old is None:
+            self._count += 1
+            self.memory_bytes += _size(key, value)
+        else:
+            self.memory_bytes += sys.getsizeof(value) - sys.getsizeof(old)
+        entries[key] = value
+        if deadline is None:
+            if self._deadlines:
+                self._deadlines.pop(key, None)
+        else:
+            self._deadlines[key] = deadline
+            heapq.heappush(self._expiry_heap, (deadline, key))
+
+    def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
+        deadline = None if ttl_s is None else self._clock() + ttl_s
+        for key, value in pairs.items():
+            self.put(key, value, deadline)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; True if it was there (and not expired)."""
+        present = self.get(key) is not None
+        if present:
+            self._remove(key)
+        return present
+
+    def incr(self, key: str, delta: int) -> int:
+        """Add ``delta`` to the integer at ``key`` (missing counts as 0).
+
+        The deadline, if any, is kept, as Redis INCR does.
+
+        Raises:
+            NotAnInteger: the value is not a decimal int64, or the sum overflows.
+        """
+        current = self.get(key)
+        if current is None:
+            number = 0
+        else:
+            if not _is_decimal(current):
+                raise NotAnInteger(f"value of {key[:64]!r} is not an integer")
+            number = int(current)
+            if not INT64_MIN <= number <= INT64_MAX:
+                raise NotAnInteger(f"value of {key[:64]!r} is out of the int64 range")
+        result = number + delta
+        if not INT64_MIN <= result <= INT64_MAX:
+            raise NotAnInteger("increment would overflow int64")
+        self.put(key, str(result), self._deadlines.get(key))
+        return result
+
+    def cas(self, key: str, expected: str, value: str, ttl_s: float | None = None) -> bool:
+        """Set ``key`` to ``value`` only if its current value equals ``expected``."""
+        if self.get(key) != expected:
+            return False
+        self.put(key, value, None if ttl_s is None else self._clock() + ttl_s)
+        return True
+
+    # -- expiry ----------------------------------------------------------
+
+    def sweep(self, limit: int = 1000) -> int:
+        """Remove up to ``limit`` keys whose deadline has passed; returns how many."""
+        now = self._clock()
+        heap = self._expiry_heap
+        removed = 0
+        while heap and heap[0][0] <= now and removed < limit:
+            deadline, key = heapq.heappop(heap)
+            if self._deadlines.get(key) == deadline:  # else: a stale heap entry
+                self._remove(key)
+                self.expired_total += 1
+                removed += 1
+        if len(heap) > 2 * len(self._deadlines) + 1024:
+            # Overwritten deadlines leave stale entries behind; drop them.
+            self._expiry_heap = [(d, k) for k, d in self._deadlines.items()]
+            heapq.heapify(self._expiry_heap)
+        return removed
+
+    def _expired(self, key: str) -> bool:
+        deadline = self._deadlines.get(key)
+        if deadline is not None and deadline <= self._clock():
+            self._remove(key)
+            self.expired_total += 1
+            return True
+        return False
+
+    def _remove(self, key: str) -> None:
+        entries = self._buckets[hash(key) & _MASK]
+        value = entries.pop(key)
+        self._count -= 1
+        self.memory_bytes -= _size(key, value)
+        self._deadlines.pop(key, None)
+
+
+def _is_decimal(text: str) -> bool:
+    digits = text[1:] if text[:1] == "-" else text
+    return digits.isascii() and digits.isdigit() and len(digits) <= 20
+
+
