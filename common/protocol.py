@@ -21,6 +21,7 @@ success and ``payload`` is the result; any other status is an error code from
 
 from __future__ import annotations
 
+import itertools
 from enum import IntEnum
 from typing import Any
 
@@ -75,6 +76,17 @@ class ProtocolError(Exception):
         self.status = status
 
 
+#: Longest array the one-shot decoder accepts. msgpack allocates a list of the
+#: claimed length as soon as it reads an array header, before a single element
+#: has arrived, so every nested array may cost ``claimed x 8`` bytes: with this
+#: small bound a 1024-deep nest (msgpack's own depth limit) costs at most
+#: 128 KiB. Maps are not preallocated and keep the batch limit.
+SMALL_ARRAY_ITEMS = 16
+
+#: Most elements of a request array: op, up to 3 arguments, the options map.
+MAX_REQUEST_ITEMS = 5
+
+
 def decode_request(
     frame: bytes,
     max_str_bytes: int = limits.MAX_VALUE_BYTES,
@@ -82,10 +94,12 @@ def decode_request(
 ) -> tuple[str, list[Any], dict[str, Any]]:
     """Split a request frame into ``(op, args, options)``.
 
-    The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
-    maps with more than ``max_items`` entries (plus slack for the envelope),
-    binary and extension types are refused before they are allocated, so a
-    hostile header cannot make the server reserve memory it claims.
+    The unpacker is bounded: strings longer than ``max_str_bytes``, maps with
+    more than ``max_items`` entries (plus slack for the envelope), binary and
+    extension types are refused before they are allocated. Arrays longer than
+    :data:`SMALL_ARRAY_ITEMS` are allowed only as the key list of ``mget``,
+    decoded element by element (:func:`_decode_batch`), so a hostile header
+    or a deep nest of arrays cannot make the server reserve memory it claims.
 
     Raises:
         ProtocolError: the frame is not a valid request.
@@ -99,7 +113,7 @@ def decode_request(
             max_str_len=max_str_bytes,
             max_bin_len=0,
             max_ext_len=0,
-            max_array_len=max_items + 8,
+            max_array_len=SMALL_ARRAY_ITEMS,
             max_map_len=max_items + 8,
         )
     except UnicodeDecodeError:
@@ -107,7 +121,9 @@ def decode_request(
     except msgpack.ExtraData:
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
     except ValueError as exc:  # includes "exceeds max_*_len" and truncated input
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+        if "max_array_len" not in str(exc):
+            raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+        request = _decode_batch(frame, max_str_bytes, max_items)
     except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
     if not isinstance(request, list) or not request:
@@ -135,6 +151,58 @@ def decode_request(
             f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",
         )
     return op, args, options
+
+
+def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]:
+    """Decode a request holding one long array: the key list of ``mget``.
+
+    The array's header is read without allocating, checked against
+    ``max_items``, and its elements are decoded one by one with the small
+    array bound, so a claimed length costs nothing until the elements arrive.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_buffer_size=max(len(frame), 1),
+        max_str_len=max_str_bytes,
+        max_bin_len=0,
+        max_ext_len=0,
+        max_array_len=SMALL_ARRAY_ITEMS,
+        max_map_len=max_items + 8,
+    )
+    unpacker.feed(frame)
+    try:
+        count = unpacker.read_array_header()
+        if count > MAX_REQUEST_ITEMS:
+            raise ProtocolError(Status.BAD_REQUEST, f"a request has at most {MAX_REQUEST_ITEMS} elements")
+        request: list[Any] = [unpacker.unpack()] if count else []
+        for _ in range(count - 1):
+            if request[0] == "mget" and len(request) == 1 and frame[unpacker.tell()] in _ARRAY_HEADERS:
+                length = unpacker.read_array_header()
+                if length > max_items:
+                    raise ProtocolError(Status.TOO_LARGE, f"more than {max_items} keys in one request")
+                items = list(itertools.islice(unpacker, length))
+                if len(items) != length:
+                    raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input")
+                request.append(items)
+            else:
+                request.append(unpacker.unpack())
+    except ProtocolError:
+        raise
+    except UnicodeDecodeError:
+        raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
+    except msgpack.OutOfData:
+        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input") from None
+    except Exception as exc:
+        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+    if unpacker.tell() != len(frame):
+        raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
+    return request
+
+
+#: First bytes of a msgpack array: fixarray, array 16, array 32.
+_ARRAY_HEADERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 
 
 def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -> bytes:
