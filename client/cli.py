@@ -62,6 +62,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> 
                         help="resends after a timeout (env MEMLOOKUP_RETRIES, default: 2)")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
                         help="print results as JSON (a missing value is null)")
+    parser.add_argument("--server-key", default=default("MEMLOOKUP_SERVER_KEY", None), metavar="FILE",
+                        help="the server's CurveZMQ public key (its .key file): encrypt, and check it is that "
+                        "server (env MEMLOOKUP_SERVER_KEY)")
+    parser.add_argument("--client-key", default=default("MEMLOOKUP_CLIENT_KEY", None), metavar="FILE",
+                        help="our key pair (a .key_secret file from memlookup-keygen), for servers with "
+                        "--authorized-keys (env MEMLOOKUP_CLIENT_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     from client.client import Client
 
     try:
-        table = Client(args.node, timeout_s=args.timeout, retries=args.retries)
+        table = Client(args.node, timeout_s=args.timeout, retries=args.retries,
+                       server_key=args.server_key or None, client_key=args.client_key or None)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     try:

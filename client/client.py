@@ -8,6 +8,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import zmq
 
+from client.curve import CurveKeys
 from client.transport import Transport
 from common.address import DEFAULT_PORT, node_endpoints
 from common.errors import (
@@ -17,6 +18,7 @@ from common.errors import (
     PersistenceError,
     ServerError,
 )
+from common.keys import KeySource
 from common.limits import DEFAULT_SCAN_COUNT
 from common.protocol import ProtocolError, Status, decode_reply, encode_request
 
@@ -94,6 +96,17 @@ class Client:
         timeout_s: seconds to wait for each attempt.
         retries: resends after the first attempt times out.
         context: a ZeroMQ context to share; the process-wide one by default.
+        server_key: the server's CurveZMQ public key (its ``.key`` file, or
+            the 40-character key itself): encrypt the connection and make
+            sure it is that server. Needed for a server run with
+            ``--curve-secret-key``.
+        client_key: our key pair (a ``.key_secret`` file from
+            ``memlookup-keygen``), for a server that accepts only the keys in
+            its ``--authorized-keys``. Without it an ephemeral pair is used.
+
+    A server that refuses our key, or whose key is not ``server_key``, makes
+    a call raise :class:`common.errors.AuthenticationError` (a
+    :class:`NodeUnavailableError`) after ``timeout_s``, without retrying.
     """
 
     def __init__(
@@ -103,10 +116,13 @@ class Client:
         retries: int = 2,
         context: zmq.Context | None = None,
         default_port: int = DEFAULT_PORT,
+        server_key: KeySource | None = None,
+        client_key: KeySource | None = None,
     ) -> None:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
-        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node)
+        curve = CurveKeys.from_options(server_key, client_key)
+        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node, curve=curve)
         self._client_id = secrets.token_hex(8)
         self._sequence = itertools.count(1)
 

@@ -14,7 +14,8 @@ import time
 
 import zmq
 
-from common.errors import NodeUnavailableError
+from client.curve import CurveKeys, handshake_failure
+from common.errors import AuthenticationError, NodeUnavailableError
 
 
 class Transport:
@@ -26,6 +27,7 @@ class Transport:
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (shared by default).
         label: how to name the node in error messages.
+        curve: CurveZMQ keys; None for a plaintext connection.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Transport:
         retries: int,
         context: zmq.Context | None = None,
         label: str = "",
+        curve: CurveKeys | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -47,12 +50,16 @@ class Transport:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._poller = zmq.Poller()
+        self.curve = curve
+        self._monitor: zmq.Socket | None = None
 
     def _open(self) -> zmq.Socket:
         socket = self._context.socket(zmq.REQ)
         socket.setsockopt(zmq.LINGER, 0)
         if self.endpoint.startswith("tcp://["):
             socket.setsockopt(zmq.IPV6, 1)
+        if self.curve is not None:
+            self._monitor = self.curve.apply(socket)
         socket.connect(self.endpoint)
         self._poller.register(socket, zmq.POLLIN)
         self._socket = socket
@@ -61,6 +68,10 @@ class Transport:
     def _discard(self) -> None:
         if self._socket is not None:
             self._poller.unregister(self._socket)
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
 
@@ -81,6 +92,8 @@ class Transport:
             socket.send(frame, copy=len(frame) < 65536)
             if self._poller.poll(timeout_ms):
                 return socket.recv(copy=True)
+            if self._monitor is not None:
+                self._check_handshake(started)
             self._discard()  # Lazy Pirate: the REQ socket is stuck; start over
         waited = time.monotonic() - started
         raise NodeUnavailableError(
@@ -89,6 +102,14 @@ class Transport:
             node=self.label,
             waited_s=waited,
         )
+
+    def _check_handshake(self, started: float) -> None:
+        assert self._monitor is not None
+        failure = handshake_failure(self._monitor)
+        if failure is not None:
+            self._discard()
+            waited = time.monotonic() - started
+            raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
 
     def close(self) -> None:
         self._discard()

@@ -120,6 +120,8 @@ def decode_request(
         raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
     except msgpack.ExtraData:
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
+    except msgpack.StackError:
+        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply") from None
     except ValueError as exc:  # includes "exceeds max_*_len" and truncated input
         if "max_array_len" not in str(exc):
             raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
@@ -194,6 +196,8 @@ def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]
         raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
     except msgpack.OutOfData:
         raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input") from None
+    except msgpack.StackError:
+        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply") from None
     except Exception as exc:
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
     if unpacker.tell() != len(frame):

@@ -26,6 +26,7 @@ def pages() -> dict[str, str]:
     from argparse_manpage.manpage import Manpage
 
     from client.cli import build_parser as client_parser
+    from client.keygen import build_parser as keygen_parser
     from common import __version__
     from server.config import build_parser as server_parser
 
@@ -33,6 +34,7 @@ def pages() -> dict[str, str]:
     programs = (
         ("memlookup.1", client_parser(), "store and fetch strings in a memlookup server"),
         ("memlookup-server.1", server_parser(), "serve an in-memory key-value lookup table"),
+        ("memlookup-keygen.1", keygen_parser(), "create a CurveZMQ key pair for memlookup"),
     )
     for name, parser, summary in programs:
         data = {"project_name": "memlookup", "version": __version__, "manual_title": "memlookup manual",

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
+import zmq
+
 from common import __version__
 from server.config import parse_config
 from server.handler import Handler
 from server.loop import Server
+from server.memory import MemoryGuard
+from server.security import secure
 from server.store import Store
 
 log = logging.getLogger("server")
@@ -21,15 +25,37 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    server = Server(config, Handler(Store(), config.limits))
+    context = zmq.Context()
+    server = Server(config, Handler(Store(), config.limits), context)
+    try:
+        zap = secure(server, config, context)
+    except ValueError as exc:
+        log.error("%s", exc)
+        server.socket.close(linger=0)
+        context.term()
+        return 1
+    if config.max_memory_bytes:
+        guard = MemoryGuard(server.handler.store, config.max_memory_bytes, config.eviction)
+        if guard.baseline_bytes >= config.max_memory_bytes:
+            log.error("--max-memory %d is below what the server needs empty (%d bytes)",
+                      config.max_memory_bytes, guard.baseline_bytes)
+            return 1
+        guard.install(server.handler)
+        log.info("memory limit %d bytes, eviction %s", config.max_memory_bytes, config.eviction)
     try:
         bound = server.bind()
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface
         log.error("cannot listen on %s port %s: %s", config.bind, config.port, exc)
+        zap.stop()
+        server.socket.close(linger=0)
+        context.term()
         return 1
     server.install_signal_handlers()
+    log.info("%s", zap.policy.describe())
     log.info("memlookup %s listening on %s (in memory)", __version__, bound)
     server.serve_forever()
+    zap.stop()
+    context.term()
     log.info("stopped")
     return 0
 

@@ -49,6 +49,11 @@ class _Refused(Exception):
         self.status = status
 
 
+#: Raised by an operation, or by a wrapper installed with
+#: :meth:`Handler.wrap_op`, to answer with an error status.
+Refused = _Refused
+
+
 class Handler:
     """Executes requests against a :class:`Store`.
 
@@ -72,6 +77,11 @@ class Handler:
         #: Extra sections for ``stats`` (persistence, memory policy...), each a
         #: callable returning a dict, keyed by section name.
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def wrap_op(self, op: str, wrapper: Callable[[Callable[[list[Any], dict[str, Any]], Any]],
+                                                  Callable[[list[Any], dict[str, Any]], Any]]) -> None:
+        """Replace ``op``'s implementation by ``wrapper(current)`` (the memory cap uses it)."""
+        self._ops[op] = wrapper(self._ops[op])
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
