@@ -202,7 +202,10 @@ class AccessPolicy:
             keys = load_authorized_keys(self.keys_dir)
         except (OSError, ValueError) as exc:
             if force:
-                raise ValueError(str(exc)) from None
+                if isinstance(exc, OSError):
+                    raise ValueError(f"authorized keys directory {str(self.keys_dir)!r} does not exist "
+                                     f"or cannot be read: {exc.strerror}") from None
+                raise
             log.error("cannot reload authorized keys, keeping the %d loaded: %s", len(self._keys), exc)
             return
         if self._keys_stamp is not None:
