@@ -1,0 +1,130 @@
+"""--max-memory and --eviction against real servers: refusals, eviction order, real RSS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from client import Client, OutOfMemoryError
+from server.memory import parse_bytes
+from tests.servers import ROOT, run_cli
+
+VALUE = "v" * 1000
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("5000", 5000), ("100mb", 100 * 1024**2), ("100MB", 100 * 1024**2), ("2gb", 2 * 1024**3),
+    ("1k", 1000), ("1kb", 1024), ("3m", 3_000_000), ("1gib", 1024**3), ("0", 0), ("7b", 7),
+])
+def test_sizes_are_read_like_redis_maxmemory(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "mb", "-5mb", "1.5gb", "10 parsecs", "5xb"])
+def test_a_size_that_is_not_one_is_refused(text):
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_bytes(text)
+
+
+def _fill(table: Client, prefix: str, batches: int, ttl_s: float | None = None) -> None:
+    for batch in range(batches):
+        table.mset({f"{prefix}:{batch}:{i}": VALUE for i in range(50)}, ttl_s=ttl_s)
+
+
+def test_noeviction_refuses_writes_but_reads_and_deletes_work(start_server):
+    server = start_server("--max-memory", "40mb", "--eviction", "noeviction")
+    with Client(server.node, timeout_s=5) as table:
+        table.set("kept", "value")
+        with pytest.raises(OutOfMemoryError, match="out of memory"):
+            _fill(table, "fill", 10_000)
+        with pytest.raises(OutOfMemoryError):  # then fill the last gap key by key
+            for i in range(10_000):
+                table.set(f"single:{i}", VALUE)
+        keys = table.stats()["keys"]
+        assert table.get("kept") == "value"
+        assert table.mget(["kept", "fill:0:0"]) == ["value", VALUE]
+        with pytest.raises(OutOfMemoryError):
+            table.set("one-more", VALUE)
+        cli = run_cli(server.node, "set", "one-more", VALUE)
+        assert (cli.returncode, cli.stderr.startswith("error: out of memory")) == (3, True)
+        assert table.stats()["keys"] == keys  # nothing was evicted or half-written
+        for i in range(50):
+            assert table.delete(f"fill:0:{i}")
+        assert table.set("one-more", VALUE)
+        memory = table.stats()["memory"]
+        assert memory["evicted_keys"] == 0 and memory["refused_writes"] >= 3
+        assert memory["used_bytes"] <= memory["max_memory_bytes"]
+
+
+def test_allkeys_lru_evicts_the_least_recently_used_first(start_server):
+    server = start_server("--max-memory", "40mb", "--eviction", "allkeys-lru")
+    with Client(server.node, timeout_s=5) as table:
+        old = [f"old:{i}" for i in range(100)]
+        hot = [f"hot:{i}" for i in range(100)]
+        table.mset({key: VALUE for key in old})
+        table.mset({key: VALUE for key in hot})
+        batch = 0
+        while table.stats()["memory"]["evicted_keys"] < 1000:
+            table.mset({f"fill:{batch}:{i}": VALUE for i in range(50)})
+            assert None not in table.mget(hot)  # reading them keeps them recent
+            batch += 1
+            assert batch < 2000, "nothing was ever evicted"
+        assert table.mget(old) == [None] * len(old)
+        assert table.mget(hot) == [VALUE] * len(hot)
+        assert table.get("fill:0:0") is None  # older than the hot keys' last read
+        assert table.get(f"fill:{batch - 1}:0") == VALUE  # the newest write survives
+        memory = table.stats()["memory"]
+        assert memory["used_bytes"] <= memory["max_memory_bytes"]
+
+
+def test_volatile_ttl_evicts_the_nearest_deadline_first_and_never_a_key_without_ttl(start_server):
+    server = start_server("--max-memory", "40mb", "--eviction", "volatile-ttl")
+    with Client(server.node, timeout_s=5) as table:
+        forever = {f"forever:{i}": VALUE for i in range(100)}
+        table.mset(forever)
+        table.mset({f"soon:{i}": VALUE for i in range(100)}, ttl_s=1000)
+        table.mset({f"later:{i}": VALUE for i in range(100)}, ttl_s=100_000)
+        batch = 0
+        while table.get("soon:99") is not None:
+            table.mset({f"fill:{batch}:{i}": VALUE for i in range(50)}, ttl_s=10_000)
+            batch += 1
+            assert batch < 2000, "nothing was ever evicted"
+        assert table.mget(list(forever)) == list(forever.values())
+        assert table.mget([f"later:{i}" for i in range(100)]) == [VALUE] * 100
+        assert table.get("fill:0:0") is None  # the fillers expire before "later"
+        with pytest.raises(OutOfMemoryError):  # keys without TTL are never evicted
+            _fill(table, "permanent", 10_000)
+        assert table.mget(list(forever)) == list(forever.values())
+
+
+def test_rss_stays_within_the_limit_plus_ten_percent_under_lru_churn(start_server):
+    limit = parse_bytes("64mb")
+    server = start_server("--max-memory", "64mb", "--eviction", "allkeys-lru")
+    with Client(server.node, timeout_s=10) as table:
+        written = 0
+        for batch in range(1500):  # 150 MB of values through a 64 MiB server
+            table.mset({f"key:{batch}:{i}": VALUE + str(i) for i in range(100)})
+            written += 100 * 1000
+        stats = table.stats()
+    assert written > 2 * limit
+    assert stats["memory"]["evicted_keys"] > 0
+    assert stats["memory"]["used_bytes"] <= limit
+    assert stats["rss_bytes"] <= limit * 1.10, f"RSS {stats['rss_bytes']} over {limit} + 10%"
+    status = (open(f"/proc/{server.proc.pid}/status").read())
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+    assert peak_kib * 1024 <= limit * 1.10, f"peak RSS {peak_kib} KiB over the limit + 10%"
+
+
+def test_a_limit_below_the_empty_footprint_stops_the_server():
+    result = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--max-memory", "1mb"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "is below what the server needs empty" in result.stderr
+
+
+def test_a_bad_size_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--max-memory", "lots"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "is not a size" in result.stderr
