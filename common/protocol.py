@@ -117,6 +117,8 @@ def decode_request(
     except msgpack.ExtraData:
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
     except ValueError as exc:  # a bounded length was exceeded, or truncated input
+        if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
+            raise ProtocolError(Status.BAD_REQUEST, "bin and ext types are not allowed; send str") from None
         if "exceeds max_" in str(exc):
             raise ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}") from None
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
@@ -143,7 +145,8 @@ def decode_request(
     if options:
         unknown = options.keys() - OPTIONS.get(op, COMMON_OPTIONS)
         if unknown:
-            raise ProtocolError(Status.BAD_REQUEST, f"{op} has no option {sorted(unknown)[0][:64]!r}")
+            name = next(iter(unknown))
+            raise ProtocolError(Status.BAD_REQUEST, f"{op} has no option {str(name)[:64]!r}")
     version = options.get("v", PROTOCOL_VERSION)
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(

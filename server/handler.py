@@ -64,6 +64,11 @@ class Handler:
         self.limits = limits
         self._clock = clock
         self._started = clock()
+        # The decoder's bound on any one string: the largest thing a request
+        # may legitimately carry. The per-field limits are checked afterwards.
+        self._max_str_bytes = max(
+            limits.max_value_bytes, limits.max_key_bytes, limits.max_pattern_bytes, MAX_RID_CHARS * 4
+        )
         self._recent: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         # Cursors carry a tag of this run, so one from another run is refused
         # instead of silently resuming at the wrong place.
@@ -80,11 +85,12 @@ class Handler:
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
         try:
-            op, args, options = decode_request(
-                frame, self.limits.max_value_bytes, self.limits.max_batch_keys
-            )
+            op, args, options = decode_request(frame, self._max_str_bytes, self.limits.max_batch_keys)
         except ProtocolError as exc:
             return self._error(exc.status, str(exc))
+        except Exception:
+            log.exception("internal error decoding a request")
+            return self._error(Status.INTERNAL, "internal error decoding the request; see the server log")
         self.op_counts[op] += 1
         rid = options.get("rid") if op in WRITE_OPS else None
         if rid is not None:
@@ -111,6 +117,7 @@ class Handler:
 
     def _error(self, status: Status, message: str) -> bytes:
         self.error_counts[status.name] += 1
+        log.debug("refused a request: %s %s", status.name, message)
         return encode_reply(status, message)
 
     # -- argument checks ---------------------------------------------------
