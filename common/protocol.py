@@ -93,9 +93,6 @@ class ProtocolError(Exception):
 #: 128 KiB. Maps are not preallocated and keep the batch limit.
 SMALL_ARRAY_ITEMS = 16
 
-#: Most elements of a request array: op, up to 3 arguments, the options map.
-MAX_REQUEST_ITEMS = 5
-
 
 def decode_request(
     frame: bytes,
@@ -191,8 +188,8 @@ def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]
     unpacker.feed(frame)
     try:
         count = unpacker.read_array_header()
-        if count > MAX_REQUEST_ITEMS:
-            raise ProtocolError(Status.BAD_REQUEST, f"a request has at most {MAX_REQUEST_ITEMS} elements")
+        if count > SMALL_ARRAY_ITEMS:
+            raise ProtocolError(Status.TOO_LARGE, f"a request array has at most {SMALL_ARRAY_ITEMS} elements")
         request: list[Any] = [unpacker.unpack()] if count else []
         for _ in range(count - 1):
             if request[0] == "mget" and len(request) == 1 and frame[unpacker.tell()] in _ARRAY_HEADERS:
