@@ -54,7 +54,7 @@ LRU_ENTRY_BYTES = 100
 #: key against an estimate of 374 (see docs/BENCHMARKS.md, memory cap).
 KEY_SLACK_BYTES = 192
 
-#: Bytes ``incr`` may add: a new key's entry and a 20-digit number.
+#: Bytes ``incr`` may add besides the per-key costs: key and a 20-digit number.
 INCR_BYTES = 128
 
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
@@ -91,12 +91,6 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _entry_bytes(key: Any, value: Any) -> int:
-    if isinstance(key, str) and isinstance(value, str):
-        return sys.getsizeof(key) + sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES + KEY_SLACK_BYTES + LRU_ENTRY_BYTES
-    return 0  # the operation itself refuses a non-string
-
-
 class MemoryGuard:
     """Keeps the server under ``max_memory_bytes`` by refusing or evicting.
 
@@ -121,6 +115,9 @@ class MemoryGuard:
         self.evicted_keys = 0
         self.refused_writes = 0
         self._recency: OrderedDict[str, None] | None = OrderedDict() if policy == "allkeys-lru" else None
+        #: What a new key costs besides its strings, as :attr:`used_bytes` counts it.
+        self._key_extra_bytes = ENTRY_OVERHEAD_BYTES + KEY_SLACK_BYTES + (
+            LRU_ENTRY_BYTES if self._recency is not None else 0)
         self._scan_cursor = 0
 
     # -- accounting --------------------------------------------------------
@@ -184,6 +181,11 @@ class MemoryGuard:
                 return False
         return False
 
+    def _entry_bytes(self, key: Any, value: Any) -> int:
+        if isinstance(key, str) and isinstance(value, str):
+            return sys.getsizeof(key) + sys.getsizeof(value) + self._key_extra_bytes
+        return 0  # the operation itself refuses a non-string
+
     # -- recency (allkeys-lru only) -----------------------------------------
 
     def touch(self, key: str) -> None:
@@ -212,10 +214,10 @@ class MemoryGuard:
         """Wrap the handler's operations: writes check room first; LRU records use."""
         handler.stats_sections["memory"] = self.stats
         estimates: dict[str, Callable[[list[Any]], int]] = {
-            "set": lambda args: _entry_bytes(args[0], args[1]),
-            "cas": lambda args: _entry_bytes(args[0], args[2]),
-            "incr": lambda args: INCR_BYTES,
-            "mset": lambda args: sum(_entry_bytes(k, v) for k, v in args[0].items())
+            "set": lambda args: self._entry_bytes(args[0], args[1]),
+            "cas": lambda args: self._entry_bytes(args[0], args[2]),
+            "incr": lambda args: INCR_BYTES + self._key_extra_bytes,
+            "mset": lambda args: sum(self._entry_bytes(k, v) for k, v in args[0].items())
             if isinstance(args[0], dict) else 0,
         }
         for op, estimate in estimates.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import msgpack
 import pytest
 
 from client import Client, OutOfMemoryError
@@ -128,3 +129,50 @@ def test_a_bad_size_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "server", "--port", "0", "--max-memory", "lots"],
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "is not a size" in result.stderr
+
+
+def _handler_with_guard(policy: str, keys_that_fit: int):
+    from common.protocol import encode_request
+    from server.handler import Handler
+    from server.memory import MemoryGuard
+    from server.store import Store
+
+    store = Store()
+    handler = Handler(store)
+    probe = MemoryGuard(Store(), 1 << 40, policy, baseline_bytes=0)
+    probe_handler = Handler(probe.store)
+    probe.install(probe_handler)
+    probe_handler.handle(encode_request("set", "k00", "x" * 100))
+    guard = MemoryGuard(store, probe.used_bytes * keys_that_fit + 50, policy, baseline_bytes=0)
+    guard.install(handler)
+
+    def call(op, *args, **options):
+        return msgpack.unpackb(handler.handle(encode_request(op, *args, options=options or None)))
+
+    return store, guard, call
+
+
+def test_lru_evicts_in_exact_recency_order_without_a_socket():
+    store, guard, call = _handler_with_guard("allkeys-lru", keys_that_fit=5)
+    for name in "abcde":
+        assert call("set", f"k{name}0", "x" * 100) == [0, True]
+    assert call("get", "ka0") == [0, "x" * 100]  # a is now the most recent
+    assert call("exists", "kb0") == [0, True]  # and then b
+    assert call("set", "kf0", "x" * 100) == [0, True]
+    assert sorted(store.scan(0, "*", 100)[1]) == ["ka0", "kb0", "kd0", "ke0", "kf0"]  # c went first
+    assert call("set", "kg0", "x" * 100) == [0, True]
+    assert call("mget", ["kd0"]) == [0, [None]]  # then d
+    assert guard.evicted_keys == 2 and guard.used_bytes <= guard.max_memory_bytes
+
+
+def test_noeviction_refuses_without_a_socket_and_delete_makes_room():
+    store, guard, call = _handler_with_guard("noeviction", keys_that_fit=3)
+    for name in "abc":
+        assert call("set", f"k{name}0", "x" * 100)[0] == 0
+    status, message = call("set", "kd0", "x" * 100)
+    assert status == 6 and message.startswith("out of memory")
+    assert call("incr", "counter", 1)[0] == 6
+    assert call("get", "ka0") == [0, "x" * 100]
+    assert call("del", "ka0") == [0, True]
+    assert call("set", "kd0", "x" * 100) == [0, True]
+    assert len(store) == 3 and guard.refused_writes == 2
