@@ -27,14 +27,13 @@ handler's write (and, for LRU, read) operations only then.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from collections import OrderedDict
 from typing import Any, Callable
 
 from common.protocol import Status
-from server.handler import Handler, Refused
+from server.handler import Handler, Refused, _rss_bytes
 from server.store import ENTRY_OVERHEAD_BYTES, Store
 
 log = logging.getLogger(__name__)
@@ -81,14 +80,6 @@ def parse_bytes(text: str) -> int:
         return number
     power = "kmgt".index(unit) + 1
     return number * (1024 if binary else 1000) ** power
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class MemoryGuard:

@@ -109,6 +109,7 @@ def test_rss_stays_within_the_limit_plus_ten_percent_under_lru_churn(start_serve
             table.mset({f"key:{batch}:{i}": VALUE + str(i) for i in range(100)})
             written += 100 * 1000
         stats = table.stats()
+    print(f"rss {stats['rss_bytes']} used {stats['memory']['used_bytes']} limit {limit}")
     assert written > 2 * limit
     assert stats["memory"]["evicted_keys"] > 0
     assert stats["memory"]["used_bytes"] <= limit
