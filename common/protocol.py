@@ -123,18 +123,10 @@ def decode_request(
             max_array_len=SMALL_ARRAY_ITEMS,
             max_map_len=max_items + 8,
         )
-    except UnicodeDecodeError:
-        raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
-    except msgpack.ExtraData:
-        raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
-    except msgpack.StackError:
-        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply") from None
-    except ValueError as exc:  # a bounded length was exceeded, or truncated input
-        if "max_array_len" not in str(exc):
+    except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
+        if type(exc) is not ValueError or "max_array_len" not in str(exc):
             raise _refusal(exc) from None
         request = _decode_batch(frame, max_str_bytes, max_items)
-    except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
     if not isinstance(request, list) or not request:
         raise ProtocolError(Status.BAD_REQUEST, "a request is a non-empty msgpack array")
     op = request[0]
@@ -204,26 +196,26 @@ def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]
                 request.append(unpacker.unpack())
     except ProtocolError:
         raise
-    except UnicodeDecodeError:
-        raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
-    except msgpack.OutOfData:
-        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input") from None
-    except msgpack.StackError:
-        raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply") from None
-    except ValueError as exc:
-        raise _refusal(exc) from None
     except Exception as exc:
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+        raise _refusal(exc) from None
     if unpacker.tell() != len(frame):
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
     return request
 
 
-def _refusal(exc: ValueError) -> ProtocolError:
-    """The error for a bounded length exceeded, or truncated input."""
+def _refusal(exc: Exception) -> ProtocolError:
+    """The error reply for what the msgpack decoder raised."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8")
+    if isinstance(exc, msgpack.ExtraData):
+        return ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
+    if isinstance(exc, msgpack.StackError):
+        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply")
+    if isinstance(exc, msgpack.OutOfData):
+        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input")
     if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
         return ProtocolError(Status.BAD_REQUEST, "bin and ext types are not allowed; send str")
-    if "exceeds max_" in str(exc):
+    if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
         return ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}")
     return ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}")
 

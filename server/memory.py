@@ -30,7 +30,7 @@ import logging
 import re
 import sys
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from common.protocol import Status
 from server.handler import Handler, Refused, _rss_bytes
@@ -215,10 +215,13 @@ class MemoryGuard:
             handler.wrap_op(op, self._guard_write(estimate))
         if self._recency is None:
             return
+        found = self._tracking(lambda args, result: () if result is None or result is False or result == -2
+                               else (args[0],))  # get, ttl, exists: only keys that exist
         for op in ("get", "exists", "ttl", "cas", "set", "incr"):
-            handler.wrap_op(op, self._track_key)
-        handler.wrap_op("mget", self._track_mget)
-        handler.wrap_op("mset", self._track_mset)
+            handler.wrap_op(op, found)
+        handler.wrap_op("mget", self._tracking(
+            lambda args, values: [key for key, value in zip(args[0], values) if value is not None]))
+        handler.wrap_op("mset", self._tracking(lambda args, result: args[0]))
         handler.wrap_op("del", self._track_delete)
 
     def _guard_write(self, estimate: Callable[[list[Any]], int]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -229,30 +232,17 @@ class MemoryGuard:
             return guarded
         return wrap
 
-    def _track_key(self, op: Callable[[list[Any], dict[str, Any]], Any]) -> Callable[[list[Any], dict[str, Any]], Any]:
-        def tracked(args: list[Any], options: dict[str, Any]) -> Any:
-            result = op(args, options)
-            if result is not None and result is not False and result != -2:
-                self.touch(args[0])
-            return result
-        return tracked
-
-    def _track_mget(self, op: Callable[[list[Any], dict[str, Any]], Any]) -> Callable[[list[Any], dict[str, Any]], Any]:
-        def tracked(args: list[Any], options: dict[str, Any]) -> Any:
-            values = op(args, options)
-            for key, value in zip(args[0], values):
-                if value is not None:
+    def _tracking(self, touched: Callable[[list[Any], Any], Iterable[str]]) -> Callable[
+            [Callable[[list[Any], dict[str, Any]], Any]], Callable[[list[Any], dict[str, Any]], Any]]:
+        """A wrapper that marks ``touched(args, result)`` as just used."""
+        def wrap(op: Callable[[list[Any], dict[str, Any]], Any]) -> Callable[[list[Any], dict[str, Any]], Any]:
+            def tracked(args: list[Any], options: dict[str, Any]) -> Any:
+                result = op(args, options)
+                for key in touched(args, result):
                     self.touch(key)
-            return values
-        return tracked
-
-    def _track_mset(self, op: Callable[[list[Any], dict[str, Any]], Any]) -> Callable[[list[Any], dict[str, Any]], Any]:
-        def tracked(args: list[Any], options: dict[str, Any]) -> Any:
-            result = op(args, options)
-            for key in args[0]:
-                self.touch(key)
-            return result
-        return tracked
+                return result
+            return tracked
+        return wrap
 
     def _track_delete(self, op: Callable[[list[Any], dict[str, Any]], Any]) -> Callable[[list[Any], dict[str, Any]], Any]:
         def tracked(args: list[Any], options: dict[str, Any]) -> Any:
