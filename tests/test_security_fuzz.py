@@ -14,6 +14,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pytest
+
 from client import Client
 from common.protocol import WRITE_OPS, ProtocolError, decode_reply, decode_request, encode_request
 from server.handler import Handler
@@ -105,6 +107,7 @@ def _frames(count: int, seed: int) -> list[bytes]:
     return frames
 
 
+@pytest.mark.slow
 def test_100000_random_and_mutated_frames_against_a_live_server(server):
     with Client(server.node, timeout_s=5) as table:
         table.mset({f"key:{i}": f"value:{i}" for i in range(500)})

@@ -100,6 +100,7 @@ def test_volatile_ttl_evicts_the_nearest_deadline_first_and_never_a_key_without_
         assert table.mget(list(forever)) == list(forever.values())
 
 
+@pytest.mark.slow
 def test_rss_stays_within_the_limit_plus_ten_percent_under_lru_churn(start_server):
     limit = parse_bytes("64mb")
     server = start_server("--max-memory", "64mb", "--eviction", "allkeys-lru")

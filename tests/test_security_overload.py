@@ -11,9 +11,11 @@ import threading
 import time
 from collections import Counter
 
+import pytest
+
 from client import Client, NodeUnavailableError
-from tests.hostile import RawPeer, read_status_kib
 from common.protocol import encode_request
+from tests.hostile import RawPeer, read_status_kib
 
 MB = 1024 * 1024
 CLIENTS = 200
@@ -22,6 +24,7 @@ ROUNDS = 5
 KEYS = 100  # 1 KB values: a 100 KB request
 
 
+@pytest.mark.slow
 def test_200_clients_each_get_an_answer_or_a_clean_timeout_and_memory_stays_bounded(server):
     value = "x" * 1000
     pid = server.proc.pid
