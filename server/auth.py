@@ -106,7 +106,7 @@ class AccessPolicy:
         self.keys_dir = Path(keys_dir) if keys_dir is not None else None
         self._clock = clock
         self._keys: set[bytes] = set()
-        self._keys_stamp: tuple[int, int] | None = None
+        self._keys_stamp: frozenset[tuple[str, int, int]] | None = None
         self._keys_checked = -KEYS_RECHECK_S
         self._refusal_log = RateLimitedLog(log, clock=clock)
         self.accepted = 0
@@ -195,8 +195,7 @@ class AccessPolicy:
         self._keys_checked = now
         assert self.keys_dir is not None
         try:
-            stat = self.keys_dir.stat()
-            stamp = (stat.st_mtime_ns, stat.st_ino)
+            stamp = _directory_stamp(self.keys_dir)
             if stamp == self._keys_stamp and not force:
                 return
             keys = load_authorized_keys(self.keys_dir)
@@ -220,3 +219,11 @@ class AccessPolicy:
             "refused_connections": self.refused,
         }
 
+
+
+def _directory_stamp(directory: Path) -> frozenset[tuple[str, int, int]]:
+    """Name, size and mtime of every ``*.key`` file: changes when any key is added,
+    removed or rewritten in place (which leaves the directory's own mtime alone)."""
+    with os.scandir(directory) as entries:
+        return frozenset((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+                         for entry in entries if entry.name.endswith(".key"))

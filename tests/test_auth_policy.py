@@ -85,3 +85,17 @@ def test_curve_keypair_roundtrip_matches_zmq(tmp_path):
     public, secret = load_key_pair(secret_path)
     assert zmq.curve_public(secret) == public == load_public_key(public_path)
     assert load_public_key(public.decode()) == public  # the key text itself is accepted too
+
+
+def test_a_key_file_rewritten_in_place_is_reloaded(tmp_path, monkeypatch):
+    import server.auth
+
+    monkeypatch.setattr(server.auth, "KEYS_RECHECK_S", 0.0)
+    first_public, _ = create_key_pair(tmp_path / "authorized", "alice")
+    second_public, _ = create_key_pair(tmp_path / "spare", "alice")
+    policy = AccessPolicy.build([], False, curve=True, keys_dir=tmp_path / "authorized")
+    second = [_raw(load_public_key(second_public))]
+    assert not policy.decide("192.0.2.1", "CURVE", second)[0]
+    first_public.write_text(second_public.read_text() + "\n")  # same name, new key, same directory
+    assert policy.decide("192.0.2.1", "CURVE", second)[0]
+    assert not policy.decide("192.0.2.1", "CURVE", [b"\0" * 32])[0]  # the old key is gone
