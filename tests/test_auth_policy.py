@@ -94,8 +94,9 @@ def test_a_key_file_rewritten_in_place_is_reloaded(tmp_path, monkeypatch):
     first_public, _ = create_key_pair(tmp_path / "authorized", "alice")
     second_public, _ = create_key_pair(tmp_path / "spare", "alice")
     policy = AccessPolicy.build([], False, curve=True, keys_dir=tmp_path / "authorized")
-    second = [_raw(load_public_key(second_public))]
+    first, second = [_raw(load_public_key(first_public))], [_raw(load_public_key(second_public))]
+    assert policy.decide("192.0.2.1", "CURVE", first)[0]
     assert not policy.decide("192.0.2.1", "CURVE", second)[0]
     first_public.write_text(second_public.read_text() + "\n")  # same name, new key, same directory
     assert policy.decide("192.0.2.1", "CURVE", second)[0]
-    assert not policy.decide("192.0.2.1", "CURVE", [b"\0" * 32])[0]  # the old key is gone
+    assert not policy.decide("192.0.2.1", "CURVE", first)[0]  # the old key is gone
