@@ -211,7 +211,12 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and "keygen" in (sys.argv[1:] if argv is None else argv)[:1]:
+            print("hint: keys are made by memlookup-keygen DIR [NAME] (python -m client.keygen)", file=sys.stderr)
+        raise
 
     def emit(as_json: Any, text: str | None) -> None:
         if args.json:

@@ -48,6 +48,7 @@ def test_a_listed_client_key_works_and_is_encrypted(curve_server, keys):
         assert table.stats()["auth"]["curve"] is True
     result = run_cli("--server-key", keys["server"], "--client-key", keys["alice"], curve_server.node, "get", "norway")
     assert (result.returncode, result.stdout) == (0, "oslo\n")
+    assert curve_server.stop() == 0  # the ZAP thread does not hold up a clean exit
 
 
 def test_keys_from_the_environment(curve_server, keys):
@@ -173,3 +174,10 @@ def test_a_client_key_without_the_server_key_is_a_usage_error(server, keys):
 
 def test_protected_mode_is_announced_at_start(server):
     assert "accepting loopback peers only (protected mode" in server.log
+
+
+def test_memlookup_keygen_by_mistake_points_to_the_keygen_program(tmp_path):
+    result = run_cli("keygen", str(tmp_path))
+    assert result.returncode == 2
+    assert "hint: keys are made by memlookup-keygen DIR [NAME]" in result.stderr
+    assert not any(tmp_path.iterdir())
