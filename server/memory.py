@@ -148,8 +148,12 @@ class MemoryGuard:
             Refused: ``OUT_OF_MEMORY`` when the policy forbids evicting, or
                 nothing is left to evict.
         """
+        if self.used_bytes + incoming_bytes <= self.max_memory_bytes:
+            return
+        # A write that could not fit even in an empty table must not empty it first.
+        fits_at_all = self.baseline_bytes + incoming_bytes <= self.max_memory_bytes
         while self.used_bytes + incoming_bytes > self.max_memory_bytes:
-            if not self._evict_one():
+            if not fits_at_all or not self._evict_one():
                 self.refused_writes += 1
                 raise Refused(
                     Status.OUT_OF_MEMORY,
@@ -182,7 +186,7 @@ class MemoryGuard:
 
     def _evict_untracked(self) -> bool:
         recency = self._recency
-        for _ in range(2):  # at most one wrap-around of the scan
+        for _ in range(2):  # the rest of this pass over the buckets, then the start of the next
             cursor, keys = self.store.scan(self._scan_cursor, "*", 64)
             self._scan_cursor = cursor
             for key in keys:

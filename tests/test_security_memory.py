@@ -185,3 +185,12 @@ def test_noeviction_refuses_without_a_socket_and_delete_makes_room():
     assert call("del", "ka0") == [0, True]
     assert call("set", "kd0", "x" * 100) == [0, True]
     assert len(store) == 3 and guard.refused_writes == 2
+
+
+def test_a_write_bigger_than_the_whole_limit_is_refused_without_evicting_anything():
+    store, guard, call = _handler_with_guard("allkeys-lru", keys_that_fit=5)
+    for name in "abcde":
+        call("set", f"k{name}0", "x" * 100)
+    status, message = call("set", "huge", "x" * guard.max_memory_bytes)
+    assert status == 6 and message.startswith("out of memory")
+    assert len(store) == 5 and guard.evicted_keys == 0
