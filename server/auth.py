@@ -98,11 +98,13 @@ class AccessPolicy:
         keys_dir: directory of authorized client ``*.key`` files; None means
             no client key check (with CURVE: any client key is accepted).
         clock: monotonic seconds (for the log rate limit and key reloads).
+        curve: connections are CurveZMQ encrypted (only changes :meth:`describe`).
     """
 
     def __init__(self, allowed: list[Network] | None, keys_dir: str | os.PathLike[str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, curve: bool = False) -> None:
         self.allowed = allowed
+        self.curve = curve
         self.keys_dir = Path(keys_dir) if keys_dir is not None else None
         self._clock = clock
         self._keys: set[bytes] = set()
@@ -125,11 +127,7 @@ class AccessPolicy:
             allowed = [*LOOPBACK_NETWORKS, *networks]
         else:
             allowed = None if curve else list(LOOPBACK_NETWORKS)
-        return cls(allowed, keys_dir)
-
-    @property
-    def authorized_keys(self) -> frozenset[bytes]:
-        return frozenset(self._keys)
+        return cls(allowed, keys_dir, curve=curve)
 
     def describe(self) -> str:
         """One line for the start-up log saying who may connect."""
@@ -141,6 +139,8 @@ class AccessPolicy:
             where = "addresses in " + ", ".join(str(n) for n in self.allowed)
         if self.keys_dir is not None:
             who = f"with one of {len(self._keys)} client keys in {self.keys_dir}"
+        elif self.curve:
+            who = "encrypted, with any client key (no --authorized-keys)"
         else:
             who = "without authentication"
         return f"accepting {where}, {who}"
