@@ -101,7 +101,46 @@ def socket_rates() -> dict[str, float]:
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
+def decoder_costs() -> dict[int, tuple[float, float, float]]:
+    """Per ``mget`` frame: a bare ``msgpack.unpackb`` (the floor) and ``decode_request``.
+
+    Frames of more than 15 keys take the bomb-proof path (a ``skip`` pass that
+    builds nothing, then the decode). The two are timed in turns, in CPU
+    seconds, and the ratio is taken per pair, so load on the host cancels out
+    as far as it can. Returns ``{keys: (bare_us, full_us, median_ratio)}``.
+    """
+    import msgpack
+
+    from common.protocol import decode_request
+
+    costs = {}
+    for keys in (10, 17, 100, 1000, 10_000):
+        frame = encode_request("mget", [f"key:{i}" for i in range(keys)])
+        number = max(20, 100_000 // keys)
+        bare_runs, full_runs, ratios = [], [], []
+        for _ in range(HANDLER_REPEATS):
+            started = time.process_time()
+            for _ in range(number):
+                msgpack.unpackb(frame, raw=False, max_array_len=20_000)
+            bare = (time.process_time() - started) / number
+            started = time.process_time()
+            for _ in range(number):
+                decode_request(frame)
+            full = (time.process_time() - started) / number
+            bare_runs.append(bare * 1e6)
+            full_runs.append(full * 1e6)
+            ratios.append(full / bare)
+        costs[keys] = (statistics.median(bare_runs), statistics.median(full_runs), statistics.median(ratios))
+    return costs
+
+
 def main() -> None:
+    costs = decoder_costs()
+    print(f"Decoding an mget frame, µs of CPU, median of {HANDLER_REPEATS} paired runs:\n")
+    print("| keys | msgpack.unpackb | decode_request | ratio (paired) |\n| ---: | ---: | ---: | ---: |")
+    for keys, (bare, full, ratio) in costs.items():
+        print(f"| {keys:,} | {bare:.2f} | {full:.2f} | {ratio:.2f} |")
+    print()
     handler = handler_rates()
     print(f"Handler.handle, no socket, 10,000 keys of 100 bytes; CPU time, median of {HANDLER_REPEATS} "
           f"interleaved runs of {HANDLER_CALLS:,} calls\n")

@@ -21,7 +21,7 @@ success and ``payload`` is the result; any other status is an error code from
 
 from __future__ import annotations
 
-import itertools
+import re
 from enum import IntEnum
 from typing import Any
 
@@ -90,7 +90,8 @@ class ProtocolError(Exception):
 #: claimed length as soon as it reads an array header, before a single element
 #: has arrived, so every nested array may cost ``claimed x 8`` bytes: with this
 #: small bound a 1024-deep nest (msgpack's own depth limit) costs at most
-#: 128 KiB. Maps are not preallocated and keep the batch limit.
+#: 128 KiB. A frame with a longer array (mget's keys) takes the checked path.
+#: Maps are not preallocated and keep the batch limit.
 SMALL_ARRAY_ITEMS = 16
 
 
@@ -103,30 +104,38 @@ def decode_request(
 
     The unpacker is bounded: strings longer than ``max_str_bytes``, maps with
     more than ``max_items`` entries (plus slack for the envelope), binary and
-    extension types are refused before they are allocated. Arrays longer than
-    :data:`SMALL_ARRAY_ITEMS` are allowed only as the key list of ``mget``,
-    decoded element by element (:func:`_decode_batch`), so a hostile header
-    or a deep nest of arrays cannot make the server reserve memory it claims.
+    extension types are refused before they are allocated. A frame with an
+    array longer than :data:`SMALL_ARRAY_ITEMS` is first checked to hold
+    every element it claims (:func:`_decode_batch`), so a hostile header or a
+    deep nest of arrays cannot make the server reserve memory it claims.
 
     Raises:
         ProtocolError: the frame is not a valid request.
     """
-    try:
-        request = msgpack.unpackb(
-            frame,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=max_str_bytes,
-            max_bin_len=0,
-            max_ext_len=0,
-            max_array_len=SMALL_ARRAY_ITEMS,
-            max_map_len=max_items + 8,
-        )
-    except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
-        if type(exc) is not ValueError or "max_array_len" not in str(exc):
-            raise _refusal(exc) from None
+    if frame[1:6] == b"\xa4mget" and frame[6:7] in _LONG_ARRAY_HEADERS:
+        # A long key list: no first try. Its length is checked from the header.
+        width = 2 if frame[6] == 0xDC else 4
+        _check_array_length(int.from_bytes(frame[7:7 + width], "big"), max_items)
         request = _decode_batch(frame, max_str_bytes, max_items)
+    else:
+        try:
+            request = msgpack.unpackb(
+                frame,
+                raw=False,
+                use_list=True,
+                strict_map_key=True,
+                max_str_len=max_str_bytes,
+                max_bin_len=0,
+                max_ext_len=0,
+                max_array_len=SMALL_ARRAY_ITEMS,
+                max_map_len=max_items + 8,
+            )
+        except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
+            claimed = _CLAIMED_ARRAY.match(str(exc)) if type(exc) is ValueError else None
+            if claimed is None:
+                raise _refusal(exc) from None
+            _check_array_length(int(claimed.group(1)), max_items)
+            request = _decode_batch(frame, max_str_bytes, max_items)
     if not isinstance(request, list) or not request:
         raise ProtocolError(Status.BAD_REQUEST, "a request is a non-empty msgpack array")
     op = request[0]
@@ -159,48 +168,52 @@ def decode_request(
     return op, args, options
 
 
-def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]:
-    """Decode a request holding one long array: the key list of ``mget``.
+#: msgpack's message for an array over ``max_array_len``; group 1 is the claim.
+_CLAIMED_ARRAY = re.compile(r"(\d+) exceeds max_array_len")
 
-    The array's header is read without allocating, checked against
-    ``max_items``, and its elements are decoded one by one with the small
-    array bound, so a claimed length costs nothing until the elements arrive.
+
+def _check_array_length(claimed: int, max_items: int) -> None:
+    """Refuse an array header over the batch bound before anything is decoded."""
+    if claimed > max_items + 8:
+        raise ProtocolError(Status.TOO_LARGE, f"request over a size limit: an array of {claimed} elements")
+
+
+#: Headers of arrays that may hold more than 15 elements (array 16, array 32).
+_LONG_ARRAY_HEADERS = (b"\xdc", b"\xdd")
+
+
+def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]:
+    """Decode a request holding a long array (the key list of ``mget``).
+
+    First the whole frame is walked with ``Unpacker.skip``, which builds no
+    objects: it fails on a frame that claims more elements than it carries,
+    or nests too deep, having allocated nothing. A frame that passes is
+    complete, so every array header is backed by its elements in the frame,
+    and decoding it reserves no more than the frame's own size warrants.
     """
-    unpacker = msgpack.Unpacker(
-        raw=False,
-        use_list=True,
-        strict_map_key=True,
-        max_buffer_size=max(len(frame), 1),
-        max_str_len=max_str_bytes,
-        max_bin_len=0,
-        max_ext_len=0,
-        max_array_len=SMALL_ARRAY_ITEMS,
-        max_map_len=max_items + 8,
-    )
+    size = max(len(frame), 1)
+    unpacker = msgpack.Unpacker(max_buffer_size=size, read_size=size)
     unpacker.feed(frame)
     try:
-        count = unpacker.read_array_header()
-        if count > SMALL_ARRAY_ITEMS:
-            raise ProtocolError(Status.TOO_LARGE, f"a request array has at most {SMALL_ARRAY_ITEMS} elements")
-        request: list[Any] = [unpacker.unpack()] if count else []
-        for _ in range(count - 1):
-            if request[0] == "mget" and len(request) == 1 and frame[unpacker.tell()] in _ARRAY_HEADERS:
-                length = unpacker.read_array_header()
-                if length > max_items:
-                    raise ProtocolError(Status.TOO_LARGE, f"more than {max_items} keys in one request")
-                items = list(itertools.islice(unpacker, length))
-                if len(items) != length:
-                    raise ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input")
-                request.append(items)
-            else:
-                request.append(unpacker.unpack())
-    except ProtocolError:
-        raise
+        unpacker.skip()
     except Exception as exc:
         raise _refusal(exc) from None
     if unpacker.tell() != len(frame):
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
-    return request
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_str_bytes,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=max_items + 8,
+            max_map_len=max_items + 8,
+        )
+    except Exception as exc:
+        raise _refusal(exc) from None
 
 
 def _refusal(exc: Exception) -> ProtocolError:
@@ -218,10 +231,6 @@ def _refusal(exc: Exception) -> ProtocolError:
     if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
         return ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}")
     return ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}")
-
-
-#: First bytes of a msgpack array: fixarray, array 16, array 32.
-_ARRAY_HEADERS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 
 
 def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -> bytes:
