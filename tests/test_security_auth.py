@@ -181,3 +181,16 @@ def test_memlookup_keygen_by_mistake_points_to_the_keygen_program(tmp_path):
     assert result.returncode == 2
     assert "hint: keys are made by memlookup-keygen DIR [NAME]" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_flood_of_refused_connections_does_not_flood_the_log(curve_server, keys):
+    for _ in range(15):
+        with Client(curve_server.node, timeout_s=0.2, retries=0, server_key=keys["server"],
+                    client_key=keys["mallory"]) as mallory:
+            with pytest.raises(NodeUnavailableError):
+                mallory.ping()
+    with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as alice:
+        refused = alice.stats()["auth"]["refused_connections"]
+    lines = [line for line in curve_server.log.splitlines() if "refused a connection" in line]
+    assert refused >= 15  # more than the 10 lines a window may log
+    assert len(lines) <= 10, f"{len(lines)} refusal lines for {refused} refusals"
