@@ -11,7 +11,7 @@ from common import __version__
 from server.config import parse_config
 from server.handler import Handler
 from server.loop import Server
-from server.memory import MemoryGuard
+from server.memory import cap_memory
 from server.security import secure
 from server.store import Store
 
@@ -28,20 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     server = Server(config, Handler(Store(), config.limits), context)
     try:
+        cap_memory(server.handler, config.max_memory_bytes, config.eviction)
         zap = secure(server, config, context)
     except ValueError as exc:
         log.error("%s", exc)
         server.socket.close(linger=0)
         context.term()
         return 1
-    if config.max_memory_bytes:
-        guard = MemoryGuard(server.handler.store, config.max_memory_bytes, config.eviction)
-        if guard.baseline_bytes >= config.max_memory_bytes:
-            log.error("--max-memory %d is below what the server needs empty (%d bytes)",
-                      config.max_memory_bytes, guard.baseline_bytes)
-            return 1
-        guard.install(server.handler)
-        log.info("memory limit %d bytes, eviction %s", config.max_memory_bytes, config.eviction)
     try:
         bound = server.bind()
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface

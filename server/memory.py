@@ -289,3 +289,23 @@ class MemoryGuard:
             "evicted_keys": self.evicted_keys,
             "refused_writes": self.refused_writes,
         }
+
+
+def cap_memory(handler: Handler, max_memory_bytes: int, policy: str) -> MemoryGuard | None:
+    """Install a :class:`MemoryGuard` on ``handler`` when a limit is set (0: none).
+
+    Call after the table is loaded: what it holds then is data, the rest of
+    the process's memory is the baseline.
+
+    Raises:
+        ValueError: the limit is below what the server uses with an empty table.
+    """
+    if not max_memory_bytes:
+        return None
+    guard = MemoryGuard(handler.store, max_memory_bytes, policy)
+    if guard.baseline_bytes >= max_memory_bytes:
+        raise ValueError(f"--max-memory {max_memory_bytes} is below what the server needs empty "
+                         f"({guard.baseline_bytes} bytes)")
+    guard.install(handler)
+    log.info("memory limit %d bytes, eviction %s", max_memory_bytes, policy)
+    return guard
