@@ -9,6 +9,7 @@
 
 from client.client import Client
 from common.errors import (
+    AuthenticationError,
     InvalidRequestError,
     MemlookupError,
     NodeUnavailableError,
@@ -19,6 +20,7 @@ from common.errors import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "Client",
     "InvalidRequestError",
     "MemlookupError",

@@ -8,6 +8,9 @@ the :class:`server.auth.AccessPolicy` built from the flags.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import zmq
 
 from common.keys import load_key_pair
@@ -15,6 +18,8 @@ from server.auth import AccessPolicy
 from server.config import ServerConfig
 from server.loop import Server
 from server.zap import MONITOR_EVENTS, ZapThread
+
+log = logging.getLogger(__name__)
 
 #: The ZAP domain the server's socket announces.
 ZAP_DOMAIN = b"memlookup"
@@ -31,6 +36,8 @@ def secure(server: Server, config: ServerConfig, context: zmq.Context) -> ZapThr
     socket = server.socket
     if curve:
         public, secret = load_key_pair(config.curve_secret_key)  # type: ignore[arg-type]
+        if os.stat(config.curve_secret_key).st_mode & 0o077:  # type: ignore[arg-type]
+            log.warning("%s can be read by other users: chmod 600 it", config.curve_secret_key)
         socket.setsockopt(zmq.CURVE_SERVER, 1)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
         socket.setsockopt(zmq.CURVE_SECRETKEY, secret)

@@ -194,3 +194,10 @@ def test_a_flood_of_refused_connections_does_not_flood_the_log(curve_server, key
     lines = [line for line in curve_server.log.splitlines() if "refused a connection" in line]
     assert refused >= 15  # more than the 10 lines a window may log
     assert len(lines) <= 10, f"{len(lines)} refusal lines for {refused} refusals"
+
+
+def test_a_secret_key_readable_by_others_is_warned_about(start_server, keys):
+    os.chmod(keys["server_secret"], 0o644)
+    server = start_server("--curve-secret-key", keys["server_secret"])
+    assert "can be read by other users: chmod 600 it" in server.log
+    assert "encrypted, with any client key" in server.log
