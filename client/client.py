@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import zmq
 
-from client.curve import CurveKeys
 from client.transport import Transport
 from common.address import DEFAULT_PORT, node_endpoints
 from common.errors import (
@@ -18,9 +17,11 @@ from common.errors import (
     PersistenceError,
     ServerError,
 )
-from common.keys import KeySource
 from common.limits import DEFAULT_SCAN_COUNT
 from common.protocol import ProtocolError, Status, decode_reply, encode_request
+
+if TYPE_CHECKING:
+    from common.keys import KeySource
 
 _ERRORS: dict[int, type[ServerError]] = {
     Status.NOT_INTEGER: NotAnIntegerError,
@@ -116,12 +117,16 @@ class Client:
         retries: int = 2,
         context: zmq.Context | None = None,
         default_port: int = DEFAULT_PORT,
-        server_key: KeySource | None = None,
-        client_key: KeySource | None = None,
+        server_key: "KeySource | None" = None,
+        client_key: "KeySource | None" = None,
     ) -> None:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
-        curve = CurveKeys.from_options(server_key, client_key)
+        curve = None
+        if server_key is not None or client_key is not None:
+            from client.curve import CurveKeys  # only secured clients pay for its imports
+
+            curve = CurveKeys.from_options(server_key, client_key)
         self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node, curve=curve)
         self._client_id = secrets.token_hex(8)
         self._sequence = itertools.count(1)

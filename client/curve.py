@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import zmq
-from zmq.utils.monitor import parse_monitor_message
+from typing import TYPE_CHECKING
 
-from common.keys import KeySource, load_key_pair, load_public_key
+import zmq
+
+if TYPE_CHECKING:
+    from common.keys import KeySource
 
 _HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused our client key",
@@ -33,7 +35,7 @@ class CurveKeys:
     client_secret: bytes
 
     @classmethod
-    def load(cls, server_key: KeySource, client_key: KeySource | None = None) -> "CurveKeys":
+    def load(cls, server_key: "KeySource", client_key: "KeySource | None" = None) -> "CurveKeys":
         """Keys from ``server_key`` (a ``.key`` file or Z85 text) and ``client_key``
         (a ``.key_secret`` file); without one, an ephemeral pair is made (the
         link is encrypted, but a server with authorized keys will refuse it).
@@ -41,6 +43,8 @@ class CurveKeys:
         Raises:
             ValueError: a file is missing or holds no key.
         """
+        from common.keys import load_key_pair, load_public_key  # zmq.auth: only for secured clients
+
         server_public = load_public_key(server_key)
         if client_key is None:
             client_public, client_secret = zmq.curve_keypair()
@@ -49,7 +53,7 @@ class CurveKeys:
         return cls(server_public, client_public, client_secret)
 
     @classmethod
-    def from_options(cls, server_key: KeySource | None, client_key: KeySource | None) -> "CurveKeys | None":
+    def from_options(cls, server_key: "KeySource | None", client_key: "KeySource | None") -> "CurveKeys | None":
         """None when neither key is given; see :meth:`load`."""
         if server_key is None and client_key is None:
             return None
@@ -69,6 +73,8 @@ class CurveKeys:
 
 def handshake_failure(monitor: zmq.Socket) -> str | None:
     """Why the handshake failed, if the monitor saw it fail and never succeed."""
+    from zmq.utils.monitor import parse_monitor_message  # imports asyncio: keep it off the CLI's start
+
     failure = None
     while monitor.poll(0):
         try:

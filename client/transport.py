@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import time
 
+from typing import TYPE_CHECKING
+
 import zmq
 
-from client.curve import CurveKeys, handshake_failure
 from common.errors import AuthenticationError, NodeUnavailableError
+
+if TYPE_CHECKING:
+    from client.curve import CurveKeys
 
 
 class Transport:
@@ -37,7 +41,7 @@ class Transport:
         retries: int,
         context: zmq.Context | None = None,
         label: str = "",
-        curve: CurveKeys | None = None,
+        curve: "CurveKeys | None" = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -104,6 +108,8 @@ class Transport:
         )
 
     def _check_handshake(self, started: float) -> None:
+        from client.curve import handshake_failure
+
         assert self._monitor is not None
         failure = handshake_failure(self._monitor)
         if failure is not None:
