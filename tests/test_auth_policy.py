@@ -100,3 +100,17 @@ def test_a_key_file_rewritten_in_place_is_reloaded(tmp_path, monkeypatch):
     first_public.write_text(second_public.read_text() + "\n")  # same name, new key, same directory
     assert policy.decide("192.0.2.1", "CURVE", second)[0]
     assert not policy.decide("192.0.2.1", "CURVE", first)[0]  # the old key is gone
+
+
+def test_allow_and_keys_come_from_the_environment_too(monkeypatch):
+    from server.config import parse_config
+
+    monkeypatch.setenv("MEMLOOKUP_ALLOW", "10.0.0.0/8, 192.168.0.0/16")
+    monkeypatch.setenv("MEMLOOKUP_MAX_MEMORY", "100mb")
+    monkeypatch.setenv("MEMLOOKUP_EVICTION", "allkeys-lru")
+    config = parse_config([])
+    assert parse_networks(config.allow) == parse_networks(["10.0.0.0/8", "192.168.0.0/16"])
+    assert (config.max_memory_bytes, config.eviction) == (100 * 1024 * 1024, "allkeys-lru")
+    assert parse_config(["--allow", "172.16.0.0/12"]).allow == ["172.16.0.0/12"]  # a flag beats the variable
+    monkeypatch.setenv("MEMLOOKUP_INSECURE_ALLOW_ALL", "1")
+    assert parse_config([]).insecure_allow_all
