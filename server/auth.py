@@ -166,7 +166,9 @@ class AccessPolicy:
 
     def _check(self, address: str, mechanism: str, credentials: list[bytes]) -> tuple[bool, str]:
         if self.allowed is not None and not self._address_allowed(address):
-            return False, "address not allowed"
+            return False, "address not allowed" + (
+                " (protected mode: start the server with --allow or keys to let it in)"
+                if self.allowed == list(LOOPBACK_NETWORKS) else "")
         if self.keys_dir is not None:
             if mechanism != "CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
                 return False, "no client key"

@@ -24,7 +24,8 @@ def test_protected_mode_lets_loopback_in(address):
 @pytest.mark.parametrize("address", ["10.78.0.2", "::ffff:192.0.2.1", "2001:db8::1", "", "not-an-ip"])
 def test_protected_mode_refuses_everyone_else(address):
     policy = AccessPolicy.build([], False, curve=False, keys_dir=None)
-    assert policy.decide(address, "NULL", []) == (False, "address not allowed")
+    assert policy.decide(address, "NULL", []) == (
+        False, "address not allowed (protected mode: start the server with --allow or keys to let it in)")
     assert policy.refused == 1
 
 
