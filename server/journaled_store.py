@@ -10,7 +10,7 @@ state of the key to :attr:`changes` (what the journal will write) and its old
 state to an undo list. If the batch cannot be made durable,
 :meth:`undo_batch` restores every key, newest change first, so that a write
 whose reply is an error is not visible either. Expiry removals are not
-recorded: loading filters expired keys by their deadline.
+recorded: loading (:meth:`Store.load`) drops expired keys by their deadline.
 """
 
 from __future__ import annotations
@@ -64,11 +64,3 @@ class JournaledStore(Store):
             else:
                 Store.put(self, key, value, deadline)
         self.end_batch()
-
-    def apply(self, key: str, value: str | None, deadline: float | None, now: float) -> None:
-        """Replay one journal or snapshot entry (not recorded); expired entries delete."""
-        if value is None or (deadline is not None and deadline <= now):
-            if key in self._buckets[hash(key) & _MASK]:
-                self._remove(key)
-        else:
-            Store.put(self, key, value, deadline)

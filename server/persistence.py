@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 
@@ -209,6 +209,9 @@ class Persistence:
             if match:
                 (snapshots if match.group(1) == "snapshot" else journals).append(int(match.group(2)))
         base = max(snapshots, default=0)
+        for generation in journals:
+            if generation < base:  # a compaction finished but had no time to delete it
+                (self.dir / _name("journal", generation)).unlink()
         journals = sorted(g for g in journals if g >= base)
         if not snapshots and journals and journals[0] != 1:
             raise RecoveryError(
@@ -255,21 +258,14 @@ class Persistence:
             problem_at, result.reason = result.valid_bytes, "snapshot has no end record"
         if problem_at is not None:
             self._refuse_or_repair(path, problem_at, result.reason or "snapshot cut short", result.size)
-        apply = self.store.apply
-        for payload in result.payloads:
-            if payload:
-                for key, value, deadline in self._decode(path, payload):
-                    apply(key, value, deadline, now)
+        self.store.load(self._entries(path, result.payloads), now)
         return problem_at is not None
 
     def _load_journal(self, generation: int, now: float, last: bool) -> bool:
         """Replay one journal; True if repair cut it short."""
         path = self.dir / _name("journal", generation)
         result = self._read(path, JOURNAL_MAGIC)
-        apply = self.store.apply
-        for payload in result.payloads:
-            for key, value, deadline in self._decode(path, payload):
-                apply(key, value, deadline, now)
+        self.store.load(self._entries(path, result.payloads), now)
         self.report.records += len(result.payloads)
         if result.corrupt_at is None and result.torn_at is None:
             if result.size < MAGIC_BYTES:  # empty: give it its header
@@ -304,11 +300,16 @@ class Persistence:
         self.report.repaired.append(message)
 
     @staticmethod
-    def _decode(path: Path, payload: memoryview) -> Any:
-        try:
-            return msgpack.unpackb(payload, raw=False, use_list=False)
-        except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
-            raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
+    def _entries(path: Path, payloads: list[memoryview]) -> Iterator[Any]:
+        """Every ``(key, value, deadline)`` in the records, in order."""
+        for payload in payloads:
+            if not payload:
+                continue  # a snapshot's end record
+            try:
+                entries = msgpack.unpackb(payload, raw=False, use_list=False)
+            except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
+                raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
+            yield from entries
 
     def _truncate(self, path: Path, size: int) -> None:
         with open(path, "r+b") as file:

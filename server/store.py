@@ -18,7 +18,7 @@ import heapq
 import re
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 #: Number of hash buckets; a power of two. Also the number of scan steps.
 BUCKETS = 4096
@@ -162,6 +162,41 @@ class Store:
         else:
             self._deadlines[key] = deadline
             heapq.heappush(self._expiry_heap, (deadline, key))
+
+    def load(self, entries: Iterable[tuple[str, str | None, float | None]], now: float) -> None:
+        """Apply saved ``(key, value, deadline)`` entries in order (persistence loads with this).
+
+        ``value`` None deletes the key, and so does a deadline not after
+        ``now``: the key expired while it was on disk. Each entry does what
+        :meth:`put` or :meth:`_remove` does, with every lookup hoisted out of
+        the loop, because loading millions of keys is most of a restart.
+        """
+        buckets, deadlines, heap, getsizeof = self._buckets, self._deadlines, self._expiry_heap, sys.getsizeof
+        count, memory = self._count, self.memory_bytes
+        for key, value, deadline in entries:
+            bucket = buckets[hash(key) & _MASK]
+            old = bucket.get(key)
+            if value is None or (deadline is not None and deadline <= now):
+                if old is not None:
+                    del bucket[key]
+                    count -= 1
+                    memory -= getsizeof(key) + getsizeof(old) + ENTRY_OVERHEAD_BYTES
+                    deadlines.pop(key, None)
+                continue
+            if old is None:
+                count += 1
+                memory += getsizeof(key) + getsizeof(value) + ENTRY_OVERHEAD_BYTES
+            else:
+                memory += getsizeof(value) - getsizeof(old)
+            bucket[key] = value
+            if deadline is None:
+                if deadlines:
+                    deadlines.pop(key, None)
+            else:
+                deadlines[key] = deadline
+                heap.append((deadline, key))
+        self._count, self.memory_bytes = count, memory
+        heapq.heapify(heap)
 
     def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
         deadline = None if ttl_s is None else self._clock() + ttl_s
