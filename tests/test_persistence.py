@@ -370,3 +370,24 @@ def test_full_disk_under_always_answers_persistence_error_and_reads_keep_working
             restarted.stop()
     finally:
         server.kill()
+
+
+def test_leftovers_of_an_interrupted_compaction_are_ignored_and_removed(tmp_path):
+    data_dir = tmp_path / "data"
+    _fill(data_dir, PAIRS)
+    journal = data_dir / "journal.00000001"
+    # As if a compaction to generation 2 finished its snapshot but died before deleting
+    # generation 1, while a later one (3) had only begun its temp file.
+    store = JournaledStore()
+    persistence = Persistence(data_dir, "always", store)
+    persistence.open()
+    persistence._compact_in_process()
+    persistence.close()
+    journal.write_bytes(JOURNAL_MAGIC + b"garbage that must never be read")
+    (data_dir / "snapshot.00000003.tmp").write_bytes(b"half a snapshot")
+    server = _start(data_dir)
+    try:
+        assert _table(server) == PAIRS
+        assert sorted(os.listdir(data_dir)) == ["journal.00000002", "lock", "snapshot.00000002"]
+    finally:
+        server.stop()
