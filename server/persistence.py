@@ -147,6 +147,7 @@ class Persistence:
         self.report = RecoveryReport()
         # Per-batch state of the reply wrapper (see attach()).
         self._held: list[bytearray] = []
+        self._usual_batch = 1.0
         self._rids: list[str] = []
 
     # -- opening and recovery --------------------------------------------------
@@ -366,11 +367,27 @@ class Persistence:
         handler.handle = handle
         self._forget_reply = handler.forget_reply
         server.before_reply = self.before_reply
+        if self.policy == "always":
+            server.batch_linger = self.batch_linger
         server.periodic.append(self.periodic)
         handler.stats_sections["persistence"] = self.stats
 
+    def batch_linger(self, size: int) -> int:
+        """Milliseconds the loop should wait for more requests to join a batch of ``size``.
+
+        Under ``always`` each batch costs an fsync, so a batch should hold a
+        request from every writer that is active. Their number is estimated by
+        the recent batch sizes: a batch with changes that is well below them
+        waits up to 1 ms for the others; a lone writer never waits.
+        """
+        if not self.store.changes:
+            return 0  # nothing to fsync yet: readers need not wait
+        return 1 if size < self._usual_batch * 0.75 else 0
+
     def before_reply(self, count: int) -> None:
         """Write the batch's changes as one record; under ``always`` fsync it. Undo on failure."""
+        usual = self._usual_batch
+        self._usual_batch = count if count >= usual else usual + (count - usual) / 32
         store = self.store
         if not store.changes:
             self._held.clear()
@@ -448,6 +465,13 @@ class Persistence:
 
     def periodic(self) -> None:
         """Reap a finished compaction; start one when the journal has outgrown its bounds."""
+        try:
+            self._compaction_step()
+        except Exception:  # never let housekeeping take the server down
+            log.exception("compaction housekeeping failed")
+            self._next_compaction = time.monotonic() + COMPACTION_RETRY_S
+
+    def _compaction_step(self) -> None:
         if self._child:
             self._reap()
             return
@@ -475,7 +499,11 @@ class Persistence:
             self._compaction_failed(f"cannot start journal {generation}: {exc}")
             (self.dir / _name("journal", generation)).unlink(missing_ok=True)
             return False
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the new journal simply goes on
+            self._compaction_failed(f"cannot fork the snapshot writer: {exc}")
+            return False
         if pid == 0:  # the child: write the table as it is now, then leave
             code = 1
             try:
@@ -490,7 +518,12 @@ class Persistence:
         return True
 
     def _reap(self, block: bool = False) -> None:
-        pid, status = os.waitpid(self._child, 0 if block else os.WNOHANG)
+        try:
+            pid, status = os.waitpid(self._child, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # someone else reaped it: its outcome is unknown
+            self._child = 0
+            self._compaction_failed("the snapshot writer vanished")
+            return
         if pid == 0:
             return
         self._child = 0
