@@ -167,27 +167,18 @@ class Store:
         """Apply saved ``(key, value, deadline)`` entries in order (persistence loads with this).
 
         ``value`` None deletes the key, and so does a deadline not after
-        ``now``: the key expired while it was on disk. Each entry does what
-        :meth:`put` or :meth:`_remove` does, with every lookup hoisted out of
-        the loop, because loading millions of keys is most of a restart.
+        ``now``: the key expired while it was on disk. The result is what
+        :meth:`put` and :meth:`delete` one by one would give, but the loop does
+        only the dict work, and the key count and memory figure are summed
+        once at the end: loading millions of keys is most of a restart.
         """
-        buckets, deadlines, heap, getsizeof = self._buckets, self._deadlines, self._expiry_heap, sys.getsizeof
-        count, memory = self._count, self.memory_bytes
+        buckets, deadlines, heap = self._buckets, self._deadlines, self._expiry_heap
         for key, value, deadline in entries:
             bucket = buckets[hash(key) & _MASK]
-            old = bucket.get(key)
             if value is None or (deadline is not None and deadline <= now):
-                if old is not None:
-                    del bucket[key]
-                    count -= 1
-                    memory -= getsizeof(key) + getsizeof(old) + ENTRY_OVERHEAD_BYTES
+                if bucket.pop(key, None) is not None and deadlines:
                     deadlines.pop(key, None)
                 continue
-            if old is None:
-                count += 1
-                memory += getsizeof(key) + getsizeof(value) + ENTRY_OVERHEAD_BYTES
-            else:
-                memory += getsizeof(value) - getsizeof(old)
             bucket[key] = value
             if deadline is None:
                 if deadlines:
@@ -195,8 +186,12 @@ class Store:
             else:
                 deadlines[key] = deadline
                 heap.append((deadline, key))
-        self._count, self.memory_bytes = count, memory
         heapq.heapify(heap)
+        getsizeof = sys.getsizeof
+        self._count = sum(map(len, buckets))
+        self.memory_bytes = self._count * ENTRY_OVERHEAD_BYTES + sum(
+            sum(map(getsizeof, bucket)) + sum(map(getsizeof, bucket.values())) for bucket in buckets
+        )
 
     def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
         deadline = None if ttl_s is None else self._clock() + ttl_s

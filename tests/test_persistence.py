@@ -391,3 +391,32 @@ def test_leftovers_of_an_interrupted_compaction_are_ignored_and_removed(tmp_path
         assert sorted(os.listdir(data_dir)) == ["journal.00000002", "lock", "snapshot.00000002"]
     finally:
         server.stop()
+
+
+def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one():
+    import random
+
+    from server.store import Store
+
+    rng = random.Random(7)
+    now = time.time()
+    entries = []
+    for _ in range(5000):
+        key = f"k{rng.randrange(300)}"
+        roll = rng.random()
+        if roll < 0.2:
+            entries.append((key, None, None))
+        else:
+            deadline = None if roll < 0.6 else now + rng.uniform(-10, 10)
+            entries.append((key, "v" * rng.randrange(50) + key, deadline))
+    loaded = Store()
+    loaded.load(iter(entries), now)
+    applied = Store()
+    for key, value, deadline in entries:
+        if value is None or (deadline is not None and deadline <= now):
+            applied.delete(key)
+        else:
+            applied.put(key, value, deadline)
+    assert sorted(loaded.items()) == sorted(applied.items())
+    assert (len(loaded), loaded.memory_bytes) == (len(applied), applied.memory_bytes)
+    assert loaded.keys_with_ttl == sum(d is not None for _, _, d in applied.items())
