@@ -3,6 +3,7 @@
     python3 bench/persistence.py engines      # SQLite WAL vs the journal, no server
     python3 bench/persistence.py writes       # 16 writers: always vs Redis always; everysec vs in memory
     python3 bench/persistence.py restart      # restart with 1M keys vs Redis loading its AOF
+    python3 bench/persistence.py stall        # one writer's latency while 1M keys are compacted
     python3 bench/persistence.py all
 
 Needs ``redis-server`` and ``redis-benchmark`` (Debian: redis-server) for the
@@ -271,6 +272,56 @@ def bench_restart(keys: int, repeat: int, base: Path) -> None:
     print(f"  compaction pause (fork) with {keys:,} keys: {pause_ms:.1f} ms")
 
 
+def bench_stall(keys: int, base: Path) -> None:
+    """Latency of one writer while a compaction of ``keys`` keys runs, against the same run before it."""
+    data = Path(tempfile.mkdtemp(dir=base))
+    server = memlookup(["--data-dir", str(data), "--compact-after-bytes", str(1 << 40)])
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    for start in range(0, keys, 1000):
+        sock.send(msgpack.packb(["mset", {f"key:{i:012d}": f"value:{i:026d}" for i in range(start, start + 1000)}]))
+        sock.recv()
+    sock.close()
+    server.stop()
+    journal_bytes = sum(p.stat().st_size for p in data.glob("journal.*"))
+    # The journal crosses the threshold after a few seconds of overwrites.
+    server = memlookup(["--data-dir", str(data), "--compact-after-bytes", str(journal_bytes + 4_000_000)])
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+
+    def call(*request: object) -> object:
+        sock.send(msgpack.packb(list(request)))
+        return msgpack.unpackb(sock.recv())[1]
+
+    before: list[float] = []
+    during: list[float] = []
+    i = 0
+    stats = call("stats")["persistence"]  # type: ignore[index]
+    while True:
+        started = time.perf_counter()
+        call("set", f"key:{i % keys:012d}", "x" * 60)
+        (during if stats["compactions"] or stats["compacting"] else before).append(time.perf_counter() - started)
+        i += 1
+        if i % 200 == 0:
+            stats = call("stats")["persistence"]  # type: ignore[index]
+            if stats["compactions"] >= 1:
+                break
+    sock.close()
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+    def describe(values: list[float]) -> str:
+        values = sorted(values)
+        pick = lambda q: values[min(len(values) - 1, int(len(values) * q))] * 1000  # noqa: E731
+        return f"{len(values):7,d} writes  p50 {pick(0.5):5.2f} ms  p99 {pick(0.99):5.2f} ms  p99.9 {pick(0.999):6.2f} ms  max {values[-1] * 1000:7.2f} ms"
+
+    print(f"one writer (everysec) before and during a compaction of {keys:,} keys:")
+    print(f"  before  {describe(before)}")
+    print(f"  during  {describe(during)}")
+    print(f"  the server's own pause (new journal + fork): {stats['last_compaction_pause_ms']:.1f} ms")
+
+
 def bench_engines(batches: int = 2000, batch: int = 16) -> None:
     """The two engines without a server: per-batch cost and loading 1M entries."""
     base = Path(tempfile.mkdtemp(dir=ROOT))
@@ -317,7 +368,7 @@ def bench_engines(batches: int = 2000, batch: int = 16) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("engines", "writes", "restart", "all"))
+    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "all"))
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the restart figure")
@@ -330,6 +381,8 @@ def main() -> None:
             bench_writes(args.seconds, args.repeat, base)
         if args.what in ("restart", "all"):
             bench_restart(args.keys, args.repeat, base)
+        if args.what in ("stall", "all"):
+            bench_stall(args.keys, base)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -143,6 +143,7 @@ class Persistence:
         self.last_compaction_pause_ms = 0.0
         self._child = 0
         self._child_started = 0.0
+        self._dropper: threading.Thread | None = None
         self._next_compaction = 0.0
         self.report = RecoveryReport()
         # Per-batch state of the reply wrapper (see attach()).
@@ -475,6 +476,8 @@ class Persistence:
         if self._child:
             self._reap()
             return
+        if self._dropper is not None and self._dropper.is_alive():
+            return
         if (
             self.journal_bytes > self.compact_after_bytes
             and self.journal_bytes > self.snapshot_bytes
@@ -531,7 +534,12 @@ class Persistence:
         if code != 0:
             self._compaction_failed(f"snapshot writer exited with {code}")
             return
-        self._drop_generations_before(self.generation)
+        # Deleting a big journal and fsyncing the directory takes ~100 ms on a
+        # busy disk: a thread does it (the GIL is released meanwhile).
+        self._dropper = threading.Thread(
+            target=self._drop_generations_before, args=(self.generation,), name="drop-old-files", daemon=True
+        )
+        self._dropper.start()
         self.compactions += 1
         log.info("compaction %d done in %.2f s: snapshot %d bytes", self.generation,
                  time.monotonic() - self._child_started, self.snapshot_bytes)
@@ -553,7 +561,7 @@ class Persistence:
         for entry in os.listdir(self.dir):
             match = _FILE.match(entry)
             if match and int(match.group(2)) < generation:
-                (self.dir / entry).unlink()
+                (self.dir / entry).unlink(missing_ok=True)
         _fsync_dir(self.dir)
 
     def _write_snapshot(self, generation: int) -> None:
@@ -615,6 +623,8 @@ class Persistence:
             self._syncer.join()
         if self._child:
             self._reap(block=True)
+        if self._dropper is not None:
+            self._dropper.join()
         with self._fd_lock:
             if self._fd >= 0:
                 try:
