@@ -15,7 +15,8 @@ then ``fork()``s: the child writes the table as it was at that instant to
 directory; only then does the server delete the older generation. A crash at
 any step leaves either the old snapshot plus both journals, or the new
 snapshot plus the new journal, and both load to the same table. The server
-itself only pauses to open the new journal and fork, a few milliseconds.
+itself only pauses to open the new journal and fork: the fork grows with the
+table (about 20 ms with 1 M keys, docs/BENCHMARKS.md).
 
 Durability of a batch (see :meth:`Persistence.before_reply`): its changes are
 applied in memory while the batch is handled, then written as one record,
