@@ -422,6 +422,8 @@ class Persistence:
         self.journal_bytes = good + len(record)
 
     def _fsync(self) -> None:
+        """fdatasync the journal up to what was written; on failure stop acknowledging writes."""
+        target = self.journal_bytes
         try:
             os.fdatasync(self._fd)
         except OSError as exc:
@@ -430,7 +432,7 @@ class Persistence:
             self.broken = f"fsync of the journal failed: {exc}; restart the server once the disk is fixed"
             log.error("%s", self.broken)
             raise
-        self._synced_bytes = self.journal_bytes
+        self._synced_bytes = max(self._synced_bytes, target)
         self.last_fsync_unix = time.time()
         self.fsyncs += 1
 
@@ -452,18 +454,12 @@ class Persistence:
     def sync(self) -> None:
         """fsync what was written and not yet synced (the ``everysec`` thread's job)."""
         with self._fd_lock:
-            target = self.journal_bytes
-            if target == self._synced_bytes or self._fd < 0:
+            if self.journal_bytes == self._synced_bytes or self._fd < 0:
                 return
             try:
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                self.broken = f"fsync of the journal failed: {exc}; restart the server once the disk is fixed"
-                log.error("%s", self.broken)
-                return
-            self._synced_bytes = max(self._synced_bytes, target)
-            self.last_fsync_unix = time.time()
-            self.fsyncs += 1
+                self._fsync()
+            except OSError:
+                pass  # logged, and the server now refuses writes
 
     def periodic(self) -> None:
         """Reap a finished compaction; start one when the journal has outgrown its bounds."""

@@ -40,6 +40,19 @@ def _fill(data_dir: Path, pairs: dict[str, str], *args: str) -> None:
         assert server.stop() == 0
 
 
+def _kill(server: ServerProcess) -> None:
+    server.signal(signal.SIGKILL)
+    server.proc.wait()
+
+
+def _flip_byte(path: Path, offset: int, mask: int) -> bytes:
+    """XOR one byte of a file with ``mask``; returns the damaged content."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
 def _table(server: ServerProcess) -> dict[str, str]:
     with Client(server.node, timeout_s=5.0) as client:
         keys = sorted(client.keys())
@@ -59,6 +72,14 @@ def _record_offsets(path: Path, magic: bytes) -> list[int]:
 PAIRS = {f"country:{i}": f"capital-{i}" for i in range(6)}
 
 
+def _filled_journal(tmp_path: Path, name: str = "data") -> tuple[Path, Path, list[int]]:
+    """A data dir holding PAIRS, one record each: (dir, its journal, the record offsets)."""
+    data_dir = tmp_path / name
+    _fill(data_dir, PAIRS)
+    journal = data_dir / "journal.00000001"
+    return data_dir, journal, _record_offsets(journal, JOURNAL_MAGIC)
+
+
 def test_restart_recovers_the_table_and_says_where_it_is(tmp_path):
     data_dir = tmp_path / "data"
     server = _start(data_dir, "--fsync", "everysec")
@@ -70,8 +91,7 @@ def test_restart_recovers_the_table_and_says_where_it_is(tmp_path):
         assert client.cas("a", "1", "one")
         stats = client.stats()["persistence"]
     assert stats["enabled"] is True and stats["fsync"] == "everysec" and stats["data_dir"] == str(data_dir)
-    server.signal(signal.SIGKILL)
-    server.proc.wait()
+    _kill(server)
     restarted = _start(data_dir)
     try:
         assert _table(restarted) == {"a": "one", "c": "3", "hits": "5"}
@@ -124,8 +144,7 @@ def test_missing_or_empty_data_files_start_an_empty_table(tmp_path):
             with Client(server.node, timeout_s=5.0) as client:
                 assert list(client.keys()) == []
                 client.set("k", "v")
-            server.signal(signal.SIGKILL)
-            server.proc.wait()
+            _kill(server)
             again = _start(data_dir)
             assert _table(again) == {"k": "v"}
             again.stop()
@@ -134,10 +153,7 @@ def test_missing_or_empty_data_files_start_an_empty_table(tmp_path):
 
 
 def test_torn_tail_at_every_offset_of_the_last_record_loads_every_complete_one(tmp_path):
-    source = tmp_path / "source"
-    _fill(source, PAIRS)
-    journal = source / "journal.00000001"
-    offsets = _record_offsets(journal, JOURNAL_MAGIC)
+    source, journal, offsets = _filled_journal(tmp_path, "source")
     last_start, end = offsets[-2], offsets[-1]
     assert end == journal.stat().st_size
     complete = dict(list(PAIRS.items())[:-1])
@@ -155,10 +171,7 @@ def test_torn_tail_at_every_offset_of_the_last_record_loads_every_complete_one(t
 
 
 def test_torn_tail_through_the_real_server_warns_and_keeps_accepting_writes(tmp_path):
-    data_dir = tmp_path / "data"
-    _fill(data_dir, PAIRS)
-    journal = data_dir / "journal.00000001"
-    offsets = _record_offsets(journal, JOURNAL_MAGIC)
+    data_dir, journal, offsets = _filled_journal(tmp_path)
     os.truncate(journal, offsets[-2] + 5)
     server = _start(data_dir, "--fsync", "always")
     try:
@@ -166,8 +179,7 @@ def test_torn_tail_through_the_real_server_warns_and_keeps_accepting_writes(tmp_
         assert _table(server) == dict(list(PAIRS.items())[:-1])
         with Client(server.node, timeout_s=5.0) as client:
             client.set("after", "the tear")
-        server.signal(signal.SIGKILL)
-        server.proc.wait()
+        _kill(server)
         again = _start(data_dir)
         assert _table(again) == {**dict(list(PAIRS.items())[:-1]), "after": "the tear"}
         again.stop()
@@ -189,21 +201,16 @@ def test_zero_filled_tail_after_a_power_loss_is_a_torn_tail(tmp_path):
 
 
 def test_flipped_byte_in_the_middle_refuses_naming_file_and_offset_then_repair_keeps_the_prefix(tmp_path):
-    data_dir = tmp_path / "data"
-    _fill(data_dir, PAIRS)
-    journal = data_dir / "journal.00000001"
-    offsets = _record_offsets(journal, JOURNAL_MAGIC)
+    data_dir, journal, offsets = _filled_journal(tmp_path)
     third = offsets[2]
-    data = bytearray(journal.read_bytes())
-    data[third + 14] ^= 0x40  # inside the third record's payload
-    journal.write_bytes(bytes(data))
+    data = _flip_byte(journal, third + 14, 0x40)  # inside the third record's payload
     size = len(data)
 
     refused = run_server("--data-dir", str(data_dir))
     assert refused.returncode == 1
     assert f"{journal}: corrupt at offset {third} (record checksum mismatch)" in refused.stderr
     assert "--repair" in refused.stderr
-    assert journal.read_bytes() == bytes(data), "a refused start must not touch the files"
+    assert journal.read_bytes() == data, "a refused start must not touch the files"
 
     repaired = _start(data_dir, "--repair")
     try:
@@ -219,13 +226,9 @@ def test_flipped_byte_in_the_middle_refuses_naming_file_and_offset_then_repair_k
 
 
 def test_flipped_byte_in_a_record_header_is_corruption_not_a_torn_tail(tmp_path):
-    data_dir = tmp_path / "data"
-    _fill(data_dir, PAIRS)
-    journal = data_dir / "journal.00000001"
-    second = _record_offsets(journal, JOURNAL_MAGIC)[1]
-    data = bytearray(journal.read_bytes())
-    data[second + 2] ^= 0x01  # the length field: would claim a record past the end
-    journal.write_bytes(bytes(data))
+    data_dir, journal, offsets = _filled_journal(tmp_path)
+    second = offsets[1]
+    _flip_byte(journal, second + 2, 0x01)  # the length field: would claim a record past the end
     refused = run_server("--data-dir", str(data_dir))
     assert refused.returncode == 1
     assert f"corrupt at offset {second} (record header checksum mismatch)" in refused.stderr
@@ -239,8 +242,7 @@ def test_lock_refuses_a_second_live_server_and_frees_when_it_dies(tmp_path):
         assert refused.returncode == 1
         assert f"data dir {data_dir} is in use by another live server (pid {first.proc.pid})" in refused.stderr
     finally:
-        first.signal(signal.SIGKILL)
-        first.proc.wait()
+        _kill(first)
     second = _start(data_dir)
     second.stop()
 
@@ -269,8 +271,7 @@ def test_compaction_bounds_the_files_and_a_restart_after_it_loads_the_same_table
         assert total < 3000 * 60 / 2, f"files not bounded: {total} bytes in {names}"
         assert sum(name.startswith("snapshot.") for name in names) == 1
         assert not any(name.endswith(".tmp") for name in names)
-        server.signal(signal.SIGKILL)
-        server.proc.wait()
+        _kill(server)
         restarted = _start(data_dir)
         try:
             assert _table(restarted) == expected
@@ -297,9 +298,7 @@ def test_flipped_byte_in_a_snapshot_is_refused_and_repair_keeps_the_journal(tmp_
     finally:
         assert server.stop() == 0
     snapshot = next(data_dir.glob("snapshot.*"))
-    data = bytearray(snapshot.read_bytes())
-    data[len(SNAPSHOT_MAGIC) + 20] ^= 0xFF
-    snapshot.write_bytes(bytes(data))
+    _flip_byte(snapshot, len(SNAPSHOT_MAGIC) + 20, 0xFF)
     refused = run_server("--data-dir", str(data_dir))
     assert refused.returncode == 1
     assert f"{snapshot}: corrupt at offset {len(SNAPSHOT_MAGIC)}" in refused.stderr
@@ -361,8 +360,7 @@ def test_full_disk_under_always_answers_persistence_error_and_reads_keep_working
             # Nothing stays broken: a record that still fits is accepted.
             client.set("small", "fits")
             acknowledged["small"] = "fits"
-        server.signal(signal.SIGKILL)
-        server.proc.wait()
+        _kill(server)
         restarted = _start(data_dir)
         try:
             assert _table(restarted) == acknowledged
