@@ -395,12 +395,17 @@ class Persistence:
             self._held.clear()
             return
         record = frame(msgpack.packb(store.changes))
+        good = self.journal_bytes
         try:
             if self.broken:
                 raise OSError(errno.EIO, self.broken)
             self._append(record)
             if self.policy == "always":
-                self._fsync()
+                try:
+                    self._fsync()
+                except OSError:
+                    self._cut_back(good)  # so that a restart does not bring the failed batch back
+                    raise
         except OSError as exc:
             self._fail_batch(exc)
         else:
@@ -409,17 +414,21 @@ class Persistence:
         self._rids.clear()
 
     def _append(self, record: bytes) -> None:
-        fd, good = self._fd, self.journal_bytes
+        good = self.journal_bytes
         try:
-            _write_all(fd, record)
+            _write_all(self._fd, record)
         except OSError:
             self.write_errors += 1
-            try:
-                os.ftruncate(fd, good)  # take back a partial record
-            except OSError as exc:
-                self.broken = f"journal could not be cut back after a failed write: {exc}"
+            self._cut_back(good)  # take back a partial record
             raise
         self.journal_bytes = good + len(record)
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            self.journal_bytes = size
+        except OSError as exc:
+            self.broken = f"journal could not be cut back after a failed write: {exc}"
 
     def _fsync(self) -> None:
         """fdatasync the journal up to what was written; on failure stop acknowledging writes."""

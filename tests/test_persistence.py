@@ -418,3 +418,54 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
     assert sorted(loaded.items()) == sorted(applied.items())
     assert (len(loaded), loaded.memory_bytes) == (len(applied), applied.memory_bytes)
     assert loaded.keys_with_ttl == sum(d is not None for _, _, d in applied.items())
+
+
+def test_failed_fsync_under_always_refuses_writes_until_restart_and_reads_keep_working(tmp_path, monkeypatch):
+    """A real server loop in this process, whose fdatasync fails as a dying disk's does (EIO).
+
+    A failing fsync cannot be produced on demand without special devices, so
+    here os.fdatasync is replaced; everything else (journal, loop, sockets,
+    client) is real.
+    """
+    import errno
+    import threading
+
+    from server.config import ServerConfig
+    from server.handler import Handler
+    from server.loop import Server
+
+    store = JournaledStore()
+    persistence = Persistence(tmp_path, "always", store)
+    persistence.open()
+    server = Server(ServerConfig(port=0), Handler(store))
+    persistence.attach(server)
+    node = server.bind().replace("tcp://", "")
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with Client(node, timeout_s=5.0) as client:
+            client.set("kept", "1")
+
+            def dying_disk(fd: int) -> None:
+                raise OSError(errno.EIO, "Input/output error")
+
+            monkeypatch.setattr(os, "fdatasync", dying_disk)
+            with pytest.raises(PersistenceError, match="Input/output error"):
+                client.set("lost", "2")
+            monkeypatch.undo()
+            assert client.get("lost") is None
+            assert client.get("kept") == "1"
+            with pytest.raises(PersistenceError, match="restart the server"):
+                client.incr("kept")  # the disk's state is unknown now: no more acknowledgements
+            assert client.get("kept") == "1"
+            stats = client.stats()["persistence"]
+            assert "fsync of the journal failed" in stats["broken"] and stats["failed_batches"] == 2
+    finally:
+        server.stop()
+        loop.join(5)
+        persistence.close()
+    restarted = _start(tmp_path)
+    try:
+        assert _table(restarted) == {"kept": "1"}
+    finally:
+        restarted.stop()
