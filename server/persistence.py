@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import logging
 import os
 import re
@@ -163,6 +164,8 @@ class Persistence:
                 or a directory that cannot be read or written.
         """
         started = time.perf_counter()
+        collecting = gc.isenabled()
+        gc.disable()  # loading makes millions of objects and no cycles: the collector only slows it
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock()
@@ -173,6 +176,10 @@ class Persistence:
         except RecoveryError:
             self.close()
             raise
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # the loaded table is permanent: later collections need not scan it
         self.report.keys = len(self.store)
         self.report.load_s = time.perf_counter() - started
         if self.policy == "everysec":
