@@ -96,6 +96,9 @@ def _rounds(tmp_path, policy: str, rounds: int, seed: int) -> None:
                     f"round {round_no} ({policy}): {key} is {found[key]!r}, expected one of {allowed[key]!r}"
                 )
             known = found
+        with Client(server.node, timeout_s=5.0) as client:
+            generation = client.stats()["persistence"]["generation"]
+        assert generation > 1, "no compaction ran during the rounds; the test did not exercise it"
     finally:
         server.kill()
     assert acknowledged_total > rounds * WRITERS, "the writers hardly wrote anything; the test proved nothing"
