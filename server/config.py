@@ -16,6 +16,11 @@ from common.limits import Limits
 from server.auth import parse_networks
 from server.memory import parse_bytes
 
+#: ``--fsync`` policies (server/persistence.py implements them).
+FSYNC_POLICIES = ("always", "everysec", "no")
+#: Default ``--compact-after-bytes`` (Redis: auto-aof-rewrite-min-size).
+COMPACT_AFTER_BYTES = 64 * 1024 * 1024
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
@@ -36,6 +41,10 @@ class ServerConfig:
     insecure_allow_all: bool = False
     max_memory_bytes: int = 0
     eviction: str = "noeviction"
+    data_dir: str | None = None
+    fsync: str = "everysec"
+    repair: bool = False
+    compact_after_bytes: int = COMPACT_AFTER_BYTES
 
 
 def _env(name: str, default: object) -> object:
@@ -95,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eviction", "MEMLOOKUP_EVICTION", "noeviction",
         "what happens at --max-memory: refuse writes, evict the least recently used keys, or "
         "evict the keys closest to expiring", choices=EVICTION_POLICIES)
+    add("--data-dir", "SERVER_DATA_DIR", None,
+        "keep the table in this directory so it survives restarts and crashes; "
+        "without it the server is purely in memory", metavar="DIR")
+    add("--fsync", "MEMLOOKUP_FSYNC", "everysec",
+        "with --data-dir: always = a write is on disk before its reply (concurrent writes share "
+        "one fsync); everysec = a crash of the process loses nothing acknowledged, a power loss "
+        "about a second; no = the operating system decides", choices=FSYNC_POLICIES)
+    add("--compact-after-bytes", "MEMLOOKUP_COMPACT_AFTER_BYTES", COMPACT_AFTER_BYTES,
+        "with --data-dir: rewrite the journal as a snapshot once it is larger than this and "
+        "than the last snapshot", type=int, metavar="N")
+    parser.add_argument("--repair", action="store_true",
+                        default=str(_env("MEMLOOKUP_REPAIR", "")).lower() in ("1", "yes", "true"),
+                        help="with --data-dir: if a data file is corrupt, keep the valid part before the "
+                             "damage, drop the rest and say how much, instead of refusing to start "
+                             "(env MEMLOOKUP_REPAIR=1, default: off)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -122,6 +146,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             insecure_allow_all=bool(args.insecure_allow_all),
             max_memory_bytes=parse_bytes(str(args.max_memory)),
             eviction=str(args.eviction),
+            data_dir=args.data_dir or None,
+            fsync=str(args.fsync).lower(),
+            repair=bool(args.repair),
+            compact_after_bytes=int(args.compact_after_bytes),
         )
     except ValueError as exc:
         parser.error(f"bad setting: {exc}")
@@ -137,6 +165,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"port {config.port} is not from 0 to 65535")
     if config.log_level not in LOG_LEVELS:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if config.fsync not in FSYNC_POLICIES:
+        parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    if config.compact_after_bytes < 1:
+        parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
     for name, value in vars(config.limits).items():
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")

@@ -194,3 +194,21 @@ def test_a_write_bigger_than_the_whole_limit_is_refused_without_evicting_anythin
     status, message = call("set", "huge", "x" * guard.max_memory_bytes)
     assert status == 6 and message.startswith("out of memory")
     assert len(store) == 5 and guard.evicted_keys == 0
+
+
+def test_evictions_are_made_durable_with_a_data_dir(start_server, tmp_path):
+    args = ("--max-memory", "40mb", "--eviction", "allkeys-lru", "--data-dir", str(tmp_path), "--fsync", "always")
+    server = start_server(*args)
+    with Client(server.node, timeout_s=10) as table:
+        batch = 0
+        while table.stats()["memory"]["evicted_keys"] == 0:
+            _fill(table, f"b{batch}", 1)
+            batch += 1
+            assert batch < 2000, "nothing was ever evicted"
+        _fill(table, "last", 5)
+        before = sorted(table.keys())
+    assert server.stop() == 0
+    restarted = start_server(*args)
+    with Client(restarted.node, timeout_s=10) as table:
+        assert sorted(table.keys()) == before  # evicted keys do not come back on restart
+        assert table.get("b0:0:0") is None
