@@ -200,6 +200,9 @@ def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]
         raise _refusal(exc) from None
     if unpacker.tell() != len(frame):
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
+    # The bounds of decode_request's one-pass call, but arrays up to the batch
+    # limit. Both calls spell the arguments out: sharing them as **kwargs
+    # measured 0.3 to 0.6 µs more per request on the hot path.
     try:
         return msgpack.unpackb(
             frame,
