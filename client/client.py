@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import secrets
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import zmq
@@ -107,17 +107,27 @@ class Client:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
         self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node)
-        self._client_id = secrets.token_hex(8)
+        self._client_id = os.urandom(8).hex()
         self._sequence = itertools.count(1)
+        self._timeout_s, self._retries, self._context = timeout_s, retries, context
+        self._stream: Any = None  # the pipeline's transport, opened on first use
 
     # -- plumbing --------------------------------------------------------------
 
     def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> Any:
+        return self._payload(self._transport.request(self._encode(op, args, options, write)))
+
+    def _encode(self, op: str, args: tuple[Any, ...], options: dict[str, Any] | None, write: bool) -> bytes:
+        """The request frame; a write gets a request id, so that resending it is safe."""
         if write:
             options = dict(options or ())
             options["rid"] = f"{self._client_id}:{next(self._sequence)}"
-        status, payload = self._parse(self._transport.request(encode_request(op, *args, options=options)))
-        return payload
+        return encode_request(op, *args, options=options)
+
+    @classmethod
+    def _payload(cls, frame: bytes) -> Any:
+        """The result in a reply frame, or the error it carries, raised."""
+        return cls._parse(frame)[1]
 
     @staticmethod
     def _parse(frame: bytes) -> tuple[int, Any]:
@@ -146,9 +156,30 @@ class Client:
             options["ttl_s"] = ttl_s
         return options
 
+    def pipeline(self, window: int | None = None) -> Any:
+        """A :class:`client.pipeline.Pipeline`: queue commands, send them together.
+
+        Args:
+            window: most requests in flight at once (default 256).
+        """
+        from client.pipeline import DEFAULT_WINDOW, Pipeline, StreamTransport
+
+        if self._stream is None or (window is not None and window != self._stream.window):
+            self.close_pipeline()
+            self._stream = StreamTransport(
+                self.endpoint, self._timeout_s, self._retries, window or DEFAULT_WINDOW, self._context, self.node
+            )
+        return Pipeline(self, self._stream)
+
+    def close_pipeline(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def close(self) -> None:
-        """Close the socket. The client reconnects if used again."""
+        """Close the sockets. The client reconnects if used again."""
         self._transport.close()
+        self.close_pipeline()
 
     def __enter__(self) -> "Client":
         return self

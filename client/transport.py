@@ -46,21 +46,21 @@ class Transport:
         self.label = label or endpoint
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
-        self._poller = zmq.Poller()
 
     def _open(self) -> zmq.Socket:
         socket = self._context.socket(zmq.REQ)
         socket.setsockopt(zmq.LINGER, 0)
+        # A blocking recv with a timeout: one call per reply, no poll set;
+        # zmq.Again means the attempt timed out.
+        socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
         if self.endpoint.startswith("tcp://["):
             socket.setsockopt(zmq.IPV6, 1)
         socket.connect(self.endpoint)
-        self._poller.register(socket, zmq.POLLIN)
         self._socket = socket
         return socket
 
     def _discard(self) -> None:
         if self._socket is not None:
-            self._poller.unregister(self._socket)
             self._socket.close(linger=0)
             self._socket = None
 
@@ -74,14 +74,15 @@ class Transport:
             NodeUnavailableError: no reply after every attempt.
         """
         attempts = 1 + (self.retries if retry else 0)
-        timeout_ms = max(1, int(self.timeout_s * 1000))
+        copy = len(frame) < 65536  # zero-copy only pays off for large frames
         started = time.monotonic()
         for _ in range(attempts):
             socket = self._socket or self._open()
-            socket.send(frame, copy=len(frame) < 65536)
-            if self._poller.poll(timeout_ms):
-                return socket.recv(copy=True)
-            self._discard()  # Lazy Pirate: the REQ socket is stuck; start over
+            socket.send(frame, copy=copy)
+            try:
+                return socket.recv()
+            except zmq.Again:  # RCVTIMEO passed
+                self._discard()  # Lazy Pirate: the REQ socket is stuck; start over
         waited = time.monotonic() - started
         raise NodeUnavailableError(
             f"no reply from {self.label} within {waited:.1f} s "

@@ -1,0 +1,262 @@
+"""Many requests in flight on one connection: the pipeline API and its transport.
+
+A lockstep client waits one round trip per request. A pipeline sends up to
+``window`` requests before it waits for the first reply, so the round trips
+overlap and the server answers them in batches.
+
+Wire: a DEALER socket sends ``[sequence, b"", request]``; the server's ROUTER
+returns everything before the empty delimiter unchanged, so each reply comes
+back as ``[sequence, b"", reply]``. Replies on one connection arrive in the
+order the requests were sent (the server answers one connection in order), and
+the sequence number checks it.
+
+Retries: when no reply arrives within ``timeout_s``, the socket is closed (a
+late reply dies with it), a new one is opened and every unanswered request is
+sent again, in order, up to ``retries`` times in a row. Writes carry request
+ids, and the server answers a resent write it already applied with its first
+reply instead of applying it again -- as long as it still remembers it (the
+server keeps the last 10,000 write replies across all clients, so keep the
+window well below that). Reads are simply asked again.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Any, Callable, Deque, Mapping
+
+import zmq
+
+from common.errors import MemlookupError, NodeUnavailableError
+
+if TYPE_CHECKING:
+    from client.client import Client
+
+#: Requests a pipeline keeps in flight by default.
+DEFAULT_WINDOW = 256
+
+_SNDMORE = int(zmq.SNDMORE)
+
+#: Called with each reply frame, in the order the requests were submitted.
+OnReply = Callable[[bytes], None]
+
+
+class StreamTransport:
+    """A DEALER socket that keeps up to ``window`` requests in flight.
+
+    :meth:`submit` sends at once while fewer than ``window`` requests are
+    unanswered, otherwise it first waits for the oldest reply; :meth:`drain`
+    waits for all. Every reply is handed to the callback given with its
+    request, in submission order.
+
+    Args:
+        endpoint: ``tcp://host:port``.
+        timeout_s: how long to wait for the next reply before resending.
+        retries: how many times in a row to reopen and resend before giving up.
+        window: most requests in flight.
+        context: the ZeroMQ context (the process-wide one by default).
+        label: how to name the node in error messages.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float,
+        retries: int,
+        window: int = DEFAULT_WINDOW,
+        context: zmq.Context | None = None,
+        label: str = "",
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.window = window
+        self.label = label or endpoint
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket | None = None
+        self._next_sequence = 0
+        #: Unanswered requests, oldest first: (sequence, frame, on_reply).
+        self._in_flight: Deque[tuple[int, bytes, OnReply]] = collections.deque()
+
+    def _open(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
+        # Never let ZeroMQ drop or block a send: the window bounds the queue.
+        socket.setsockopt(zmq.SNDHWM, 0)
+        if self.endpoint.startswith("tcp://["):
+            socket.setsockopt(zmq.IPV6, 1)
+        socket.connect(self.endpoint)
+        self._socket = socket
+        return socket
+
+    def _send(self, socket: zmq.Socket, sequence: int, frame: bytes) -> None:
+        socket.send(sequence.to_bytes(8, "big"), _SNDMORE)
+        socket.send(b"", _SNDMORE)
+        socket.send(frame, copy=len(frame) < 65536)
+
+    def submit(self, frame: bytes, on_reply: OnReply) -> None:
+        """Send ``frame``; ``on_reply`` gets its reply frame later (during a
+        later ``submit`` or ``drain``)."""
+        while len(self._in_flight) >= self.window:
+            self._receive_one()
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        self._in_flight.append((sequence, frame, on_reply))
+        self._send(self._socket or self._open(), sequence, frame)
+
+    def drain(self) -> None:
+        """Wait until every submitted request has been answered."""
+        while self._in_flight:
+            self._receive_one()
+
+    def _receive_one(self) -> None:
+        failures = 0
+        started = time.monotonic()
+        while True:
+            socket = self._socket or self._open()
+            try:
+                frames = socket.recv_multipart()
+            except zmq.Again:
+                failures += 1
+                if failures > self.retries:
+                    break
+                self._resend_all()
+                continue
+            if len(frames) != 3 or len(frames[0]) != 8:
+                continue  # not an answer to us; ignore it
+            sequence = int.from_bytes(frames[0], "big")
+            if sequence != self._in_flight[0][0]:
+                continue  # a duplicate of an answer already taken
+            _, _, on_reply = self._in_flight.popleft()
+            on_reply(frames[2])
+            return
+        self.close()
+        lost = len(self._in_flight)
+        self._in_flight.clear()
+        waited = time.monotonic() - started
+        raise NodeUnavailableError(
+            f"no reply from {self.label} within {waited:.1f} s "
+            f"({failures} attempts of {self.timeout_s:g} s); {lost} pipelined requests "
+            "unanswered: their writes may or may not have been applied",
+            node=self.label,
+            waited_s=waited,
+        )
+
+    def _resend_all(self) -> None:
+        """Lazy Pirate for a stream: a new socket, every unanswered request again."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        socket = self._open()
+        for sequence, frame, _ in self._in_flight:
+            self._send(socket, sequence, frame)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+
+class Pipeline:
+    """Queue commands, then send them all at once with :meth:`execute`.
+
+    ::
+
+        with table.pipeline() as p:
+            p.set("a", "1")
+            p.incr("hits")
+            p.get("a")
+        p.results            # [True, 1, '1']
+
+        p = table.pipeline()
+        p.set("b", "2").get("b")
+        p.execute()          # [True, '2']
+
+    Commands are the client's own (``get``, ``set``, ``delete``, ``exists``,
+    ``mget``, ``mset``, ``ttl``, ``incr``, ``cas``, ``ping``), checked the
+    same way when queued; each returns the pipeline, so calls can be chained.
+    They run in the order queued, each on its own -- a pipeline is not a
+    transaction: other clients' requests may run between them.
+
+    Errors: a command the server refuses does not stop the others. With
+    ``raise_on_error`` (the default) :meth:`execute` raises the first such
+    error after every command has run; otherwise the exception object takes
+    that command's place in the results. If the node stops answering,
+    :class:`NodeUnavailableError` is raised after ``retries`` resends of the
+    unanswered commands; then any of them may or may not have been applied.
+    See :mod:`client.pipeline` for why resending writes is safe.
+    """
+
+    def __init__(self, client: "Client", transport: StreamTransport) -> None:
+        self._client = client
+        self._transport = transport
+        self._queued: list[tuple[bytes, Callable[[bytes], Any]]] = []
+        #: The results of the last :meth:`execute` (or of the ``with`` block).
+        self.results: list[Any] = []
+
+    def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> "Pipeline":
+        self._queued.append((self._client._encode(op, args, options, write), self._client._payload))
+        return self
+
+    # The client's commands, reused as they are: they check their arguments
+    # and end in ``self._call``, which here queues instead of sending.
+    from client.client import Client as _Client
+
+    _check_str = staticmethod(_Client._check_str)
+    _write_options = staticmethod(_Client._write_options)
+    get = _Client.get
+    set = _Client.set
+    delete = _Client.delete
+    exists = _Client.exists
+    mget = _Client.mget
+    ttl = _Client.ttl
+    incr = _Client.incr
+    cas = _Client.cas
+    del _Client
+
+    def mset(self, pairs: Mapping[str, str], ttl_s: float | None = None) -> "Pipeline":
+        self._client.mset.__func__(self, pairs, ttl_s)  # type: ignore[attr-defined]
+        return self
+
+    def ping(self) -> "Pipeline":
+        return self._call("ping")
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued command and return their results, in order."""
+        queued, self._queued = self._queued, []
+        results: list[Any] = []
+        for frame, decode in queued:
+            results.append(None)
+            self._transport.submit(frame, _store_at(results, len(results) - 1, decode))
+        self._transport.drain()
+        self.results = results
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, MemlookupError):
+                    raise result
+        return results
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.execute()
+        else:
+            self._queued.clear()
+
+
+def _store_at(results: list[Any], index: int, decode: Callable[[bytes], Any]) -> OnReply:
+    def on_reply(frame: bytes) -> None:
+        try:
+            results[index] = decode(frame)
+        except MemlookupError as exc:
+            results[index] = exc
+
+    return on_reply
