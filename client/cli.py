@@ -78,8 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_connection_options(parser, suppress=False)
     parser.add_argument("node", metavar="NODE", help="the server to talk to")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--pipe", action="store_true",
+                        help="bulk load: run the commands on standard input, one a line (COMMAND words, "
+                             "shell quoting), batched and pipelined; print errors and a summary")
+    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
 
+
+def command_parsers(command_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                    ) -> dict[str, argparse.ArgumentParser]:
+    """Each COMMAND's own parser, by name (``--pipe`` parses its lines with them)."""
+    commands = argparse.ArgumentParser(prog="memlookup").add_subparsers(parser_class=command_class)
+    _add_commands(commands)
+    return dict(commands.choices)
+
+
+def _add_commands(commands: Any) -> None:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         _add_connection_options(sub, suppress=True)
@@ -121,7 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("ping", "check that the node answers")
     command("stats", "print the node's counters")
-    return parser
 
 
 def _read_stdin() -> str:
@@ -189,6 +202,14 @@ def _run(args: argparse.Namespace, table: Any, emit: Callable[[Any, str], None])
     return EXIT_OK
 
 
+def _pipe(table: Any) -> int:
+    from client import bulk
+
+    summary = bulk.run(table, command_parsers(bulk.LineParser), sys.stdin.buffer, sys.stderr,
+                       progress=sys.stderr.isatty())
+    return EXIT_REFUSED if summary.errors else EXIT_OK
+
+
 def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for name, value in stats.items():
@@ -205,7 +226,12 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.pipe and args.command:
+        parser.error("--pipe reads its commands from standard input; give no COMMAND")
+    if not args.pipe and not args.command:
+        parser.error("a COMMAND is required (or --pipe to read commands from standard input)")
 
     def emit(as_json: Any, text: str | None) -> None:
         if args.json:
@@ -223,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc), EXIT_USAGE)
     try:
         with table:
+            if args.pipe:
+                return _pipe(table)
             return _run(args, table, emit)
     except _Outcome as outcome:
         _fail(str(outcome), outcome.code)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from common import __version__
 from common.limits import Limits
+from common.limits import utf8_over as _utf8_over
 from common.protocol import (
     OPS,
     PROTOCOL_VERSION,
@@ -228,13 +229,6 @@ class Handler:
         for name, section in self.stats_sections.items():
             stats[name] = section()
         return stats
-
-
-def _utf8_over(text: str, limit: int) -> bool:
-    """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""
-    if len(text) * 4 <= limit:
-        return False
-    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def _rss_bytes() -> int:
