@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import random
 import sys
+import threading
 import time
 from array import array
 from typing import Any, Iterator
@@ -156,6 +157,7 @@ def _worker(args: argparse.Namespace, index: int, limit: int | None, start: Any,
             done.value += pending
         results.put((index, len(latencies), errors, array("d", latencies).tobytes(), elapsed, None))
     except BaseException as exc:  # report, never hang the parent
+        start.abort()  # the others and the parent stop waiting for this one
         results.put((index, 0, 0, b"", 0.0, f"{type(exc).__name__}: {exc}"))
     finally:
         driver.close()
@@ -191,7 +193,10 @@ def run(args: argparse.Namespace, show_progress: bool) -> dict[str, Any]:
         from tqdm import tqdm
 
         bar = tqdm(total=None if args.duration else total, unit=" req", file=sys.stderr, leave=False)
-    start.wait(timeout=60)
+    try:
+        start.wait(timeout=60)
+    except threading.BrokenBarrierError:
+        pass  # a client failed to start; its report says why
     began = time.perf_counter()
     collected: list[tuple] = []
     while len(collected) < len(workers):

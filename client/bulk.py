@@ -126,6 +126,7 @@ class BulkLoader:
                     key, value = words[1].decode(), words[2].decode()
                 except UnicodeDecodeError:
                     self.feed(line_number, raw)  # reported there
+                    pairs = self._pairs
                     continue
                 if not pairs:
                     self._pairs_first_line = line_number
@@ -136,7 +137,8 @@ class BulkLoader:
                     self._flush_pairs()
                     pairs = self._pairs
             elif words:
-                self.feed(line_number, raw)
+                self.feed(line_number, raw)  # sends the pending batch first
+                pairs = self._pairs
 
     def feed(self, line_number: int, raw: bytes) -> None:
         """Take one line of input (with or without its newline)."""
