@@ -9,6 +9,7 @@ own Python client.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Callable, Iterator
 
@@ -50,29 +51,31 @@ class MemlookupDriver:
 
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
                       on_done: Callable[[], None]) -> int:
-        """Keep ``depth`` requests in flight; returns how many were refused."""
-        from common.errors import MemlookupError
+        """Keep ``depth`` requests in flight; returns how many were refused.
 
+        Frames are built through the client's own pipeline (so writes carry
+        request ids as usual); replies come back in order, so one queue of
+        send times matches them, and the status is read from the reply's
+        second byte (``[status, payload]`` packs as 0x92, status) instead of
+        decoding the whole reply.
+        """
         pipeline = self.client.pipeline(window=depth)
-        stream = pipeline._transport
-        errors = 0
+        stream, queued = pipeline._transport, pipeline._queued
         perf = time.perf_counter
-        payload = self.client._payload
+        sent_at: collections.deque[float] = collections.deque()
+        errors = 0
+
+        def on_reply(reply: bytes) -> None:
+            nonlocal errors
+            latencies.append(perf() - sent_at.popleft())
+            if reply[1] != 0:
+                errors += 1
+            on_done()
 
         for op, keys, value in requests:
             apply(pipeline, op, keys, value)
-            frame, _ = pipeline._queued.pop()
-            started = perf()
-
-            def on_reply(reply: bytes, started: float = started) -> None:
-                nonlocal errors
-                latencies.append(perf() - started)
-                try:
-                    payload(reply)
-                except MemlookupError:
-                    errors += 1
-                on_done()
-
+            frame = queued.pop()[0]
+            sent_at.append(perf())
             stream.submit(frame, on_reply)
         stream.drain()
         return errors

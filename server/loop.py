@@ -138,6 +138,9 @@ class Server:
             if len(frames) == 3 and not frames[1]:  # a REQ peer: [identity, b"", body]
                 frames[2] = handle(frames[2])
                 replies.append(frames)
+            elif len(frames) == 2 and frames[1]:  # a DEALER without envelope: [identity, body]
+                frames[1] = handle(frames[1])
+                replies.append(frames)
             else:
                 replies.append(self._answer(frames, handle))
             if len(replies) >= MAX_BATCH_REQUESTS or not events(_EVENTS) & _POLLIN:
