@@ -17,7 +17,6 @@ from common.errors import (
     PersistenceError,
     ServerError,
 )
-from common.limits import DEFAULT_SCAN_COUNT
 from common.protocol import ProtocolError, Status, decode_reply, encode_request
 
 _ERRORS: dict[int, type[ServerError]] = {
@@ -243,19 +242,22 @@ class Client:
             self._check_str("value", value)
         self._call("mset", pairs, options=self._write_options(ttl_s), write=True)
 
-    def scan(self, cursor: int = 0, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> tuple[int, list[str]]:
+    def scan(self, cursor: int = 0, pattern: str = "*", count: int | None = None) -> tuple[int, list[str]]:
         """One page of keys matching the glob ``pattern``.
 
         Start with cursor 0 and pass each returned cursor back until it is 0
         again. A key that exists for the whole scan is returned exactly once;
-        keys added or removed meanwhile may or may not be. ``count`` is a hint.
-        Cursors are valid only within one run of the server.
+        keys added or removed meanwhile may or may not be. ``count`` is a hint
+        (None: ``common.limits.DEFAULT_SCAN_COUNT``, 1000). Cursors are valid
+        only within one run of the server.
         """
         self._check_str("pattern", pattern)
+        if count is None:
+            from common.limits import DEFAULT_SCAN_COUNT as count  # lazily: CLI start-up time
         next_cursor, keys = self._call("keys", pattern, cursor, count)
         return next_cursor, keys
 
-    def keys(self, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> Iterator[str]:
+    def keys(self, pattern: str = "*", count: int | None = None) -> Iterator[str]:
         """Every key matching the glob ``pattern`` (``*``, ``?``, ``[abc]``, ``[!abc]``), page by page."""
         cursor = 0
         while True:

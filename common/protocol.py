@@ -26,7 +26,6 @@ from typing import Any
 
 import msgpack
 
-from common import limits
 
 PROTOCOL_VERSION = 1
 
@@ -77,8 +76,8 @@ class ProtocolError(Exception):
 
 def decode_request(
     frame: bytes,
-    max_str_bytes: int = limits.MAX_VALUE_BYTES,
-    max_items: int = limits.MAX_BATCH_KEYS,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
 ) -> tuple[str, list[Any], dict[str, Any]]:
     """Split a request frame into ``(op, args, options)``.
 
@@ -92,19 +91,27 @@ def decode_request(
 
 def unpack_request(
     frame: bytes,
-    max_str_bytes: int = limits.MAX_VALUE_BYTES,
-    max_items: int = limits.MAX_BATCH_KEYS,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
 ) -> Any:
     """Decode a request frame's msgpack, not yet checking its shape.
 
     The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
     maps with more than ``max_items`` entries (plus slack for the envelope),
     binary and extension types are refused before they are allocated, so a
-    hostile header cannot make the server reserve memory it claims.
+    hostile header cannot make the server reserve memory it claims. The
+    bounds default to the documented limits.
 
     Raises:
         ProtocolError: the frame is not valid msgpack within the bounds.
     """
+    if max_str_bytes is None or max_items is None:
+        # Imported here: a client never decodes requests, and the limits
+        # module costs a one-shot CLI command measurable start-up time.
+        from common import limits
+
+        max_str_bytes = limits.MAX_VALUE_BYTES if max_str_bytes is None else max_str_bytes
+        max_items = limits.MAX_BATCH_KEYS if max_items is None else max_items
     try:
         return msgpack.unpackb(
             frame,
