@@ -8,6 +8,7 @@ that can be shared across requests (an fsync, say) is done once per batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -119,6 +120,8 @@ class Server:
                     next_tick = now + interval_s
                     for task in self.periodic:
                         task()
+            with contextlib.suppress(zmq.Again):  # what already arrived is answered, not dropped
+                self._answer_ready(_recv_message(socket, _NOBLOCK))
         finally:
             socket.close()
             if self._own_context:
