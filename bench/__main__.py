@@ -25,6 +25,7 @@ from array import array
 from typing import Any, Iterator
 
 from bench.drivers import DRIVERS, OPS, Request
+from client.cli import _positive_float
 
 #: Requests a worker does between progress reports.
 REPORT_EVERY = 256
@@ -49,17 +50,11 @@ def _mix(text: str) -> dict[str, float]:
     return mix
 
 
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-        return value
-
-    return parse
+def _positive_int(text: str) -> int:
+    value = _positive_float(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,26 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("node", metavar="NODE", nargs="?", default="127.0.0.1:7400",
                         help="host:port of the server (default: 127.0.0.1:7400)")
-    parser.add_argument("-c", "--clients", type=_positive(int), default=4, metavar="N",
+    parser.add_argument("-c", "--clients", type=_positive_int, default=4, metavar="N",
                         help="client processes, each with its own connection (default: 4)")
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("-n", "--requests", type=_positive(int), metavar="N",
+    amount.add_argument("-n", "--requests", type=_positive_int, metavar="N",
                         help="total requests (default: 100000)")
-    amount.add_argument("--duration", type=_positive(float), metavar="S", help="run for S seconds instead")
-    parser.add_argument("-d", "--value-bytes", type=_positive(int), default=32, metavar="B",
+    amount.add_argument("--duration", type=_positive_float, metavar="S", help="run for S seconds instead")
+    parser.add_argument("-d", "--value-bytes", type=_positive_int, default=32, metavar="B",
                         help="value size in bytes (default: 32)")
-    parser.add_argument("-r", "--keyspace", type=_positive(int), default=100_000, metavar="N",
+    parser.add_argument("-r", "--keyspace", type=_positive_int, default=100_000, metavar="N",
                         help="number of distinct keys, 16 bytes each (default: 100000)")
     parser.add_argument("--mix", type=_mix, default=_mix("get=50,set=50"), metavar="OP=W,...",
                         help=f"operation mix, from {', '.join(OPS)} (default: get=50,set=50)")
-    parser.add_argument("-P", "--pipeline", type=_positive(int), default=1, metavar="N",
+    parser.add_argument("-P", "--pipeline", type=_positive_int, default=1, metavar="N",
                         help="requests in flight per client; 1 is lockstep (default: 1)")
-    parser.add_argument("-b", "--batch", type=_positive(int), default=10, metavar="N",
+    parser.add_argument("-b", "--batch", type=_positive_int, default=10, metavar="N",
                         help="keys per mget/mset request (default: 10)")
     parser.add_argument("--prefill", action="store_true", help="store every key of the keyspace first (untimed)")
     parser.add_argument("--target", choices=sorted(DRIVERS), default="memlookup",
                         help="kind of server at NODE (default: memlookup)")
-    parser.add_argument("--timeout", type=_positive(float), default=5.0, metavar="S",
+    parser.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S",
                         help="seconds to wait for a reply before the run fails (default: 5)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable request sequence")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -40,7 +40,19 @@ def apply(target: Any, op: str, keys: list[str], value: str) -> Any:
     return target.ping()
 
 
-class MemlookupDriver:
+class _Driver:
+    client: Any
+
+    def prefill(self, keys: list[str], value: str, batch: int = 1000) -> None:
+        """Store every key, ``batch`` at a time (untimed)."""
+        for start in range(0, len(keys), batch):
+            self.client.mset(dict.fromkeys(keys[start:start + batch], value))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class MemlookupDriver(_Driver):
     def __init__(self, node: str, timeout_s: float = 5.0) -> None:
         from client import Client
 
@@ -80,15 +92,9 @@ class MemlookupDriver:
         stream.drain()
         return errors
 
-    def prefill(self, keys: list[str], value: str, batch: int = 1000) -> None:
-        for start in range(0, len(keys), batch):
-            self.client.mset(dict.fromkeys(keys[start:start + batch], value))
-
-    def close(self) -> None:
-        self.client.close()
 
 
-class RedisDriver:
+class RedisDriver(_Driver):
     def __init__(self, node: str, timeout_s: float = 5.0) -> None:
         import redis
 
@@ -130,12 +136,6 @@ class RedisDriver:
             flush()
         return errors
 
-    def prefill(self, keys: list[str], value: str, batch: int = 1000) -> None:
-        for start in range(0, len(keys), batch):
-            self.client.mset(dict.fromkeys(keys[start:start + batch], value))
-
-    def close(self) -> None:
-        self.client.close()
 
 
 DRIVERS = {"memlookup": MemlookupDriver, "redis": RedisDriver}

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Mapping
 
 import zmq
 
+from client.transport import Transport
 from common.errors import MemlookupError, NodeUnavailableError
 
 if TYPE_CHECKING:
@@ -40,22 +41,20 @@ DEFAULT_WINDOW = 256
 OnReply = Callable[[bytes], None]
 
 
-class StreamTransport:
+class StreamTransport(Transport):
     """A DEALER socket that keeps up to ``window`` requests in flight.
 
     :meth:`submit` sends at once while fewer than ``window`` requests are
     unanswered, otherwise it first waits for the oldest reply; :meth:`drain`
     waits for all. Every reply is handed to the callback given with its
-    request, in submission order.
-
-    Args:
-        endpoint: ``tcp://host:port``.
-        timeout_s: how long to wait for the next reply before resending.
-        retries: how many times in a row to reopen and resend before giving up.
-        window: most requests in flight.
-        context: the ZeroMQ context (the process-wide one by default).
-        label: how to name the node in error messages.
+    request, in submission order. ``timeout_s`` is how long to wait for the
+    next reply before resending; ``retries`` how many times in a row to
+    reopen and resend before giving up. Other arguments as :class:`Transport`.
     """
+
+    socket_type = zmq.DEALER
+    # Never let ZeroMQ drop or block a send: the window bounds the queue.
+    socket_options = ((zmq.SNDHWM, 0),)
 
     def __init__(
         self,
@@ -68,27 +67,10 @@ class StreamTransport:
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        self.endpoint = endpoint
-        self.timeout_s = timeout_s
-        self.retries = retries
+        super().__init__(endpoint, timeout_s, retries, context, label)
         self.window = window
-        self.label = label or endpoint
-        self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
         #: Unanswered requests, oldest first: (frame, on_reply).
         self._in_flight: Deque[tuple[bytes, OnReply]] = collections.deque()
-
-    def _open(self) -> zmq.Socket:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
-        # Never let ZeroMQ drop or block a send: the window bounds the queue.
-        socket.setsockopt(zmq.SNDHWM, 0)
-        if self.endpoint.startswith("tcp://["):
-            socket.setsockopt(zmq.IPV6, 1)
-        socket.connect(self.endpoint)
-        self._socket = socket
-        return socket
 
     @staticmethod
     def _send(socket: zmq.Socket, frame: bytes) -> None:
@@ -122,7 +104,7 @@ class StreamTransport:
                 continue
             self._in_flight.popleft()[1](reply)
             return
-        self.close()
+        self._discard()
         lost = len(self._in_flight)
         self._in_flight.clear()
         waited = time.monotonic() - started
@@ -136,17 +118,10 @@ class StreamTransport:
 
     def _resend_all(self) -> None:
         """Lazy Pirate for a stream: a new socket, every unanswered request again."""
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        self._discard()
         socket = self._open()
         for frame, _ in self._in_flight:
             self._send(socket, frame)
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
 
 
 class Pipeline:

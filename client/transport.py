@@ -28,6 +28,10 @@ class Transport:
         label: how to name the node in error messages.
     """
 
+    #: The kind of socket, and options set on it before it connects.
+    socket_type: int = zmq.REQ
+    socket_options: tuple[tuple[int, int], ...] = ()
+
     def __init__(
         self,
         endpoint: str,
@@ -48,8 +52,10 @@ class Transport:
         self._socket: zmq.Socket | None = None
 
     def _open(self) -> zmq.Socket:
-        socket = self._context.socket(zmq.REQ)
+        socket = self._context.socket(self.socket_type)
         socket.setsockopt(zmq.LINGER, 0)
+        for option, value in self.socket_options:
+            socket.setsockopt(option, value)
         # A blocking recv with a timeout: one call per reply, no poll set;
         # zmq.Again means the attempt timed out.
         socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
