@@ -1,11 +1,15 @@
 """One request, one reply, with a timeout and retries: the Lazy Pirate pattern.
 
-From the ZeroMQ guide (chapter 4): send on a REQ socket and poll for the reply
-with a timeout. On timeout the REQ socket is stuck (it insists on a reply
-before the next send), so close it with LINGER 0, open a new one and resend.
+From the ZeroMQ guide (chapter 4): send, and wait for the reply with a
+timeout. On timeout close the socket with LINGER 0, open a new one and resend.
 After the last retry give up with :class:`NodeUnavailableError`. A reply that
 arrives late goes to the closed socket and is dropped by ZeroMQ, so it can
-never be taken for the answer to a later request.
+never be taken for the answer to a later request. A wait cut short by any
+other exception (Ctrl-C) also discards the socket, which would otherwise be
+stuck waiting for that reply.
+
+(A DEALER without envelope, two frames per request at the server instead of
+three, was measured against REQ here and was no faster.)
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from common.errors import NodeUnavailableError
 
 
 class Transport:
-    """A REQ socket to one endpoint, reopened after every timeout.
+    """A lockstep socket to one endpoint, reopened after every timeout.
 
     Args:
         endpoint: ``tcp://host:port``.
@@ -88,7 +92,10 @@ class Transport:
             try:
                 return socket.recv()
             except zmq.Again:  # RCVTIMEO passed
-                self._discard()  # Lazy Pirate: the REQ socket is stuck; start over
+                self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
+            except BaseException:
+                self._discard()  # an interrupted wait: never reuse a socket owed a reply
+                raise
         waited = time.monotonic() - started
         raise NodeUnavailableError(
             f"no reply from {self.label} within {waited:.1f} s "
