@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"operation mix, from {', '.join(OPS)} (default: get=50,set=50)")
     parser.add_argument("-P", "--pipeline", type=_positive_int, default=1, metavar="N",
                         help="requests in flight per client; 1 is lockstep (default: 1)")
+    parser.add_argument("-m", "--per-message", type=_positive_int, default=1, metavar="N",
+                        help="with -P: requests packed into one batch message (memlookup only; default: 1)")
     parser.add_argument("-b", "--batch", type=_positive_int, default=10, metavar="N",
                         help="keys per mget/mset request (default: 10)")
     parser.add_argument("--prefill", action="store_true", help="store every key of the keyspace first (untimed)")
@@ -146,7 +148,7 @@ def _worker(args: argparse.Namespace, index: int, limit: int | None, start: Any,
                 latencies.append(perf() - t0)
                 tick()
         else:
-            errors = driver.run_pipelined(requests, args.pipeline, latencies, tick)
+            errors = driver.run_pipelined(requests, args.pipeline, latencies, tick, args.per_message)
         elapsed = time.perf_counter() - began
         with done.get_lock():
             done.value += pending
@@ -222,6 +224,7 @@ def run(args: argparse.Namespace, show_progress: bool) -> dict[str, Any]:
         "node": args.node,
         "clients": args.clients,
         "pipeline": args.pipeline,
+        "per_message": args.per_message,
         "batch": args.batch,
         "value_bytes": args.value_bytes,
         "keyspace": args.keyspace,
@@ -244,7 +247,8 @@ def format_text(result: dict[str, Any]) -> str:
     mix = ",".join(f"{op}={weight:g}" for op, weight in result["mix"].items())
     lat = result["latency_us"]
     return "\n".join([
-        f"{result['target']} at {result['node']}: {result['clients']} clients, pipeline {result['pipeline']}, "
+        f"{result['target']} at {result['node']}: {result['clients']} clients, pipeline {result['pipeline']} "
+        f"({result['per_message']} per message), "
         f"batch {result['batch']}, {result['value_bytes']}-byte values, keyspace {result['keyspace']}, mix {mix}",
         f"  {result['requests']} requests in {result['seconds']:.2f} s, {result['errors']} errors",
         f"  throughput: {result['requests_per_s']:.0f} requests/s",

@@ -62,16 +62,19 @@ class MemlookupDriver(_Driver):
         return apply(self.client, op, keys, value)
 
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
-                      on_done: Callable[[], None]) -> int:
-        """Keep ``depth`` requests in flight; returns how many were refused.
+                      on_done: Callable[[], None], per_message: int = 1) -> int:
+        """Keep ``depth`` requests in flight, ``per_message`` to a message; returns how many were refused.
 
         Frames are built through the client's own pipeline (so writes carry
-        request ids as usual); replies come back in order, so one queue of
-        send times matches them, and the status is read from the reply's
-        second byte (``[status, payload]`` packs as 0x92, status) instead of
-        decoding the whole reply.
+        request ids as usual). Replies come back in order, so one queue of
+        send times matches them. A single reply's status is its second byte
+        (``[status, payload]`` packs as 0x92, status); a batch reply is decoded.
         """
-        pipeline = self.client.pipeline(window=depth)
+        import msgpack
+
+        from common.protocol import encode_batch
+
+        pipeline = self.client.pipeline(window=depth, per_message=per_message)
         stream, queued = pipeline._transport, pipeline._queued
         perf = time.perf_counter
         sent_at: collections.deque[float] = collections.deque()
@@ -84,14 +87,30 @@ class MemlookupDriver(_Driver):
                 errors += 1
             on_done()
 
+        def on_batch_reply(reply: bytes) -> None:
+            nonlocal errors
+            status, items = msgpack.unpackb(reply)
+            now = perf()
+            for item in items:
+                latencies.append(now - sent_at.popleft())
+                errors += status != 0 or item[0] != 0
+                on_done()
+
+        chunk: list[bytes] = []
         for op, keys, value in requests:
             apply(pipeline, op, keys, value)
-            frame = queued.pop()[0]
+            chunk.append(queued.pop()[0])
             sent_at.append(perf())
-            stream.submit(frame, on_reply)
+            if len(chunk) >= per_message:
+                if per_message == 1:
+                    stream.submit(chunk[0], on_reply)
+                else:
+                    stream.submit(encode_batch(chunk), on_batch_reply)
+                chunk = []
+        if chunk:
+            stream.submit(encode_batch(chunk), on_batch_reply)
         stream.drain()
         return errors
-
 
 
 class RedisDriver(_Driver):
@@ -106,8 +125,9 @@ class RedisDriver(_Driver):
         return apply(self.client, op, keys, value)
 
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
-                      on_done: Callable[[], None]) -> int:
-        """redis-py pipelines are sent whole: each request's latency is its batch's."""
+                      on_done: Callable[[], None], per_message: int = 1) -> int:
+        """redis-py pipelines are sent whole: each request's latency is its batch's
+        (``per_message`` does not apply: Redis has no batch message)."""
         import redis
 
         errors = 0

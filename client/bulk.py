@@ -96,7 +96,7 @@ class BulkLoader:
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
-        self.pipeline = client.pipeline(window)
+        self.pipeline = client.pipeline(window, per_message=1)  # its own batches: mset
         self._stream = self.pipeline._transport
         self._pairs: dict[str, str] = {}
         self._pairs_first_line = 0  # line number of the batch's first pair

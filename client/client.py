@@ -128,18 +128,23 @@ class Client:
         """The result in a reply frame, or the error it carries, raised."""
         return cls._parse(frame)[1]
 
-    @staticmethod
-    def _parse(frame: bytes) -> tuple[int, Any]:
+    @classmethod
+    def _parse(cls, frame: bytes) -> tuple[int, Any]:
         try:
             status, payload = decode_reply(frame)
         except ProtocolError as exc:
             raise ServerError(str(exc), Status.INTERNAL) from None
+        return status, cls._result(status, payload)
+
+    @staticmethod
+    def _result(status: int, payload: Any) -> Any:
+        """The payload of a success; the error a refusal stands for, raised."""
         if status != Status.OK:
             message = str(payload)
             if status in _CALLER_MISTAKES:
                 raise InvalidRequestError(message, status)
             raise _ERRORS.get(status, ServerError)(message, status)
-        return status, payload
+        return payload
 
     @staticmethod
     def _check_str(what: str, value: Any) -> None:
@@ -155,20 +160,23 @@ class Client:
             options["ttl_s"] = ttl_s
         return options
 
-    def pipeline(self, window: int | None = None) -> Any:
+    def pipeline(self, window: int | None = None, per_message: int | None = None) -> Any:
         """A :class:`client.pipeline.Pipeline`: queue commands, send them together.
 
         Args:
-            window: most requests in flight at once (default 256).
+            window: most commands in flight at once (default 256).
+            per_message: commands packed into one ``batch`` message (default 16).
         """
-        from client.pipeline import DEFAULT_WINDOW, Pipeline, StreamTransport
+        from client.pipeline import DEFAULT_PER_MESSAGE, DEFAULT_WINDOW, Pipeline, StreamTransport
 
-        if self._stream is None or (window is not None and window != self._stream.window):
+        per_message = per_message or DEFAULT_PER_MESSAGE
+        messages = max(1, (window or DEFAULT_WINDOW) // per_message)
+        if self._stream is None or messages != self._stream.window:
             self.close_pipeline()
             self._stream = StreamTransport(
-                self.endpoint, self._timeout_s, self._retries, window or DEFAULT_WINDOW, self._context, self.node
+                self.endpoint, self._timeout_s, self._retries, messages, self._context, self.node
             )
-        return Pipeline(self, self._stream)
+        return Pipeline(self, self._stream, per_message)
 
     def close_pipeline(self) -> None:
         if self._stream is not None:

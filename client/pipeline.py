@@ -24,18 +24,22 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Mapping
+from typing import Any, Callable, Deque, Mapping
 
 import zmq
 
 from client.transport import Transport
-from common.errors import MemlookupError, NodeUnavailableError
+from common.errors import MemlookupError, NodeUnavailableError, ServerError
+from common.protocol import Status, encode_batch
 
-if TYPE_CHECKING:
-    from client.client import Client
+from client.client import Client
 
-#: Requests a pipeline keeps in flight by default.
+#: Commands a pipeline keeps in flight by default.
 DEFAULT_WINDOW = 256
+
+#: Commands packed into one ``batch`` message by default: the server pays
+#: its per-message socket cost once for all of them.
+DEFAULT_PER_MESSAGE = 16
 
 #: Called with each reply frame, in the order the requests were submitted.
 OnReply = Callable[[bytes], None]
@@ -154,10 +158,11 @@ class Pipeline:
     See :mod:`client.pipeline` for why resending writes is safe.
     """
 
-    def __init__(self, client: "Client", transport: StreamTransport) -> None:
+    def __init__(self, client: Client, transport: StreamTransport, per_message: int = DEFAULT_PER_MESSAGE) -> None:
         self._client = client
         self._transport = transport
-        self._queued: list[tuple[bytes, Callable[[bytes], Any]]] = []
+        self._per_message = per_message
+        self._queued: list[tuple[bytes, Callable[[bytes], Any]]] = []  # (frame, decode)
         #: The results of the last :meth:`execute` (or of the ``with`` block).
         self.results: list[Any] = []
 
@@ -167,19 +172,16 @@ class Pipeline:
 
     # The client's commands, reused as they are: they check their arguments
     # and end in ``self._call``, which here queues instead of sending.
-    from client.client import Client as _Client
-
-    _check_str = staticmethod(_Client._check_str)
-    _write_options = staticmethod(_Client._write_options)
-    get = _Client.get
-    set = _Client.set
-    delete = _Client.delete
-    exists = _Client.exists
-    mget = _Client.mget
-    ttl = _Client.ttl
-    incr = _Client.incr
-    cas = _Client.cas
-    del _Client
+    _check_str = staticmethod(Client._check_str)
+    _write_options = staticmethod(Client._write_options)
+    get = Client.get
+    set = Client.set
+    delete = Client.delete
+    exists = Client.exists
+    mget = Client.mget
+    ttl = Client.ttl
+    incr = Client.incr
+    cas = Client.cas
 
     def mset(self, pairs: Mapping[str, str], ttl_s: float | None = None) -> "Pipeline":
         self._client.mset.__func__(self, pairs, ttl_s)  # type: ignore[attr-defined]
@@ -192,12 +194,21 @@ class Pipeline:
         return len(self._queued)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send every queued command and return their results, in order."""
+        """Send every queued command and return their results, in order.
+
+        Commands go ``per_message`` to a ``batch`` message (one alone as
+        itself), up to the window in flight.
+        """
         queued, self._queued = self._queued, []
-        results: list[Any] = []
-        for frame, decode in queued:
-            results.append(None)
-            self._transport.submit(frame, _store_at(results, len(results) - 1, decode))
+        results: list[Any] = [None] * len(queued)
+        per_message = self._per_message
+        for start in range(0, len(queued), per_message):
+            chunk = queued[start:start + per_message]
+            if len(chunk) == 1:
+                frame, on_reply = chunk[0][0], _store_one(results, start)
+            else:
+                frame, on_reply = encode_batch([frame for frame, _ in chunk]), _store_batch(results, start, len(chunk))
+            self._transport.submit(frame, on_reply)
         self._transport.drain()
         self.results = results
         if raise_on_error:
@@ -216,11 +227,33 @@ class Pipeline:
             self._queued.clear()
 
 
-def _store_at(results: list[Any], index: int, decode: Callable[[bytes], Any]) -> OnReply:
+def _store_one(results: list[Any], index: int) -> OnReply:
     def on_reply(frame: bytes) -> None:
         try:
-            results[index] = decode(frame)
+            results[index] = Client._payload(frame)
         except MemlookupError as exc:
             results[index] = exc
+
+    return on_reply
+
+
+def _store_batch(results: list[Any], start: int, count: int) -> OnReply:
+    """Spread a batch reply's item replies over ``results[start:start + count]``."""
+    def on_reply(frame: bytes) -> None:
+        try:
+            items = Client._payload(frame)
+            if not isinstance(items, list) or len(items) != count:
+                raise ServerError(f"batch reply with {len(items) if isinstance(items, list) else 'no'} items "
+                                  f"for {count} requests", Status.INTERNAL)
+        except MemlookupError as exc:  # the whole batch was refused
+            results[start:start + count] = [exc] * count
+            return
+        for index, item in enumerate(items, start):
+            try:
+                results[index] = Client._result(item[0], item[1])
+            except MemlookupError as exc:
+                results[index] = exc
+            except (TypeError, IndexError, KeyError):
+                results[index] = ServerError(f"garbled item in a batch reply: {item!r:.64}", Status.INTERNAL)
 
     return on_reply

@@ -60,6 +60,7 @@ OPS: dict[str, int] = {
     "incr": 2,  # key, delta
     "cas": 3,  # key, expected, value  options: ttl_s
     "stats": 0,
+    "batch": 1,  # [request, ...]: each answered as if alone; reply [reply, ...]
 }
 
 #: Options every request may carry: protocol version and request id.
@@ -197,6 +198,19 @@ def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -
     if options:
         return _pack([op, *args, options])
     return _pack([op, *args])
+
+
+_BATCH_PREFIX = _pack("batch")
+_array_header = msgpack.Packer().pack_array_header
+
+
+def encode_batch(requests: list[bytes]) -> bytes:
+    """A ``batch`` request frame carrying already encoded request frames.
+
+    ``["batch", [r1, r2, ...]]`` is built by concatenation: each request's
+    msgpack stays as it is, behind the two array headers.
+    """
+    return b"\x92" + _BATCH_PREFIX + _array_header(len(requests)) + b"".join(requests)
 
 
 def encode_reply(status: int, payload: Any) -> bytes:

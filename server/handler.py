@@ -15,6 +15,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any, Callable
 
+import msgpack
+
 from common import __version__
 from common.limits import Limits
 from common.limits import utf8_over as _utf8_over
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 #: How many write replies are remembered by request id, so that a client's
 #: retry of a write that did arrive is answered instead of applied twice.
 RECENT_REPLIES = 10_000
+
+#: A success reply's first bytes: a 2-array, status 0 (the payload follows).
+_BATCH_OK = b"\x92\x00"
+
+_array_header = msgpack.Packer().pack_array_header
 
 #: The options of a plain write from the client library.
 _RID_ONLY = frozenset({"rid"})
@@ -91,6 +98,16 @@ class Handler:
         """Answer one request frame; never raises."""
         try:
             request = unpack_request(frame, self._max_str_bytes, self.limits.max_batch_keys)
+        except ProtocolError as exc:
+            return self._error(exc.status, str(exc))
+        except Exception:
+            log.exception("internal error decoding a request")
+            return self._error(Status.INTERNAL, "internal error decoding the request; see the server log")
+        return self._answer(request, in_batch=False)
+
+    def _answer(self, request: Any, in_batch: bool) -> bytes:
+        """Answer one decoded request (alone, or one item of a ``batch``)."""
+        try:
             # Fast paths for the commonest requests, measured to matter:
             # ["get", key] is answered here (the same checks and answer as
             # below, a third of the work; anything added below for every
@@ -112,6 +129,10 @@ class Handler:
             log.exception("internal error decoding a request")
             return self._error(Status.INTERNAL, "internal error decoding the request; see the server log")
         self.op_counts[op] += 1
+        if op == "batch":
+            if in_batch:
+                return self._error(Status.BAD_REQUEST, "a batch cannot contain a batch")
+            return self._answer_batch(args[0])
         rid = options.get("rid") if op in WRITE_OPS else None
         if rid is not None:
             if not isinstance(rid, str) or len(rid) > MAX_RID_CHARS:
@@ -134,6 +155,20 @@ class Handler:
             if len(self._recent) > RECENT_REPLIES:
                 self._recent.popitem(last=False)
         return reply
+
+    def _answer_batch(self, items: Any) -> bytes:
+        """``[0, [reply, ...]]``: each item answered as if it came alone, in order.
+
+        The item replies are already msgpack, so the batch reply is their
+        concatenation behind an array header, not a re-encoding.
+        """
+        if not isinstance(items, list):
+            return self._error(Status.BAD_REQUEST, "batch takes an array of requests")
+        if len(items) > self.limits.max_batch_keys:
+            return self._error(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
+        answer = self._answer
+        replies = [answer(item, True) for item in items]
+        return _BATCH_OK + _array_header(len(replies)) + b"".join(replies)
 
     def _error(self, status: Status, message: str) -> bytes:
         self.error_counts[status.name] += 1
@@ -184,6 +219,9 @@ class Handler:
         return value
 
     # -- operations ----------------------------------------------------------
+
+    def _op_batch(self, args: list[Any], options: dict[str, Any]) -> Any:
+        raise AssertionError("handled by _answer_batch")  # pragma: no cover
 
     def _op_ping(self, args: list[Any], options: dict[str, Any]) -> str:
         return "PONG"

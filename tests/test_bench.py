@@ -75,3 +75,13 @@ def test_compare_quick_mode_produces_the_table(tmp_path):
     for row in ("1. lockstep get", "2. four processes", "3. capacity", "4. bulk load", "5. memory per key",
                 "6. one-shot CLI get"):
         assert row in text
+
+
+def test_requests_packed_per_message_are_all_counted(server):
+    result = run_bench(server.node, "-c", "1", "-n", "500", "-P", "32", "-m", "8", "--mix", "get=1,set=1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["requests"], report["errors"], report["per_message"]) == (500, 0, 8)
+    with Client(server.node) as table:
+        ops = table.stats()["ops"]
+    assert ops.get("get", 0) + ops.get("set", 0) == 500 and ops["batch"] == 63  # 500 / 8, rounded up

@@ -58,3 +58,36 @@ def test_a_dead_node_raises_node_unavailable(start_server):
         p.set("a", "1")
         with pytest.raises(NodeUnavailableError, match="may or may not have been applied"):
             p.execute()
+
+
+def test_a_batch_message_answers_each_request_as_if_alone(server):
+    """The wire op behind pipelines, sent raw: order, per-item errors, no nesting."""
+    import msgpack
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(f"tcp://{server.node}")
+    try:
+        items = [["set", "a", "1", {"rid": "t:1"}], ["get", "a"], ["incr", "a", 2, {"rid": "t:2"}],
+                 ["nope"], ["batch", []], ["get", 5]]
+        sock.send(msgpack.packb(["batch", items]))
+        status, replies = msgpack.unpackb(sock.recv())
+        assert status == 0
+        assert replies[:3] == [[0, True], [0, "1"], [0, 3]]
+        assert [reply[0] for reply in replies[3:]] == [2, 1, 1]  # unknown op, nested batch, bad key
+        sock.send(msgpack.packb(["batch", "not a list"]))
+        assert msgpack.unpackb(sock.recv())[0] == 1
+    finally:
+        sock.close()
+
+
+def test_commands_are_packed_into_batch_messages(client):
+    p = client.pipeline(window=64, per_message=8)
+    for i in range(40):
+        p.set(f"k{i}", str(i))
+    p.get("k39")
+    assert p.execute()[-1] == "39"
+    ops = client.stats()["ops"]
+    assert ops["set"] == 40 and ops["batch"] == 5  # 41 commands: 5 messages of 8, the last one alone
