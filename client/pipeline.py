@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable, Deque, Mapping
+from typing import Any, Callable, Deque, Iterator, Mapping
 
 import zmq
 
@@ -40,6 +40,10 @@ DEFAULT_WINDOW = 256
 #: Commands packed into one ``batch`` message by default: the server pays
 #: its per-message socket cost once for all of them.
 DEFAULT_PER_MESSAGE = 16
+
+#: Most bytes of requests packed into one message: large values go alone,
+#: so a batch never nears the server's message size limit.
+PACK_BYTES = 1 << 20
 
 #: Called with each reply frame, in the order the requests were submitted.
 OnReply = Callable[[bytes], None]
@@ -201,14 +205,11 @@ class Pipeline:
         """
         queued, self._queued = self._queued, []
         results: list[Any] = [None] * len(queued)
-        per_message = self._per_message
-        for start in range(0, len(queued), per_message):
-            chunk = queued[start:start + per_message]
-            if len(chunk) == 1:
-                frame, on_reply = chunk[0][0], _store_one(results, start)
+        for start, frames in _chunks([frame for frame, _ in queued], self._per_message):
+            if len(frames) == 1:
+                self._transport.submit(frames[0], _store_one(results, start))
             else:
-                frame, on_reply = encode_batch([frame for frame, _ in chunk]), _store_batch(results, start, len(chunk))
-            self._transport.submit(frame, on_reply)
+                self._transport.submit(encode_batch(frames), _store_batch(results, start, len(frames)))
         self._transport.drain()
         self.results = results
         if raise_on_error:
@@ -225,6 +226,20 @@ class Pipeline:
             self.execute()
         else:
             self._queued.clear()
+
+
+def _chunks(frames: list[bytes], per_message: int) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first index, frames)`` for each message: at most ``per_message``
+    frames and PACK_BYTES together; a larger frame goes alone."""
+    start, chunk, size = 0, [], 0
+    for index, frame in enumerate(frames):
+        if chunk and (len(chunk) >= per_message or size + len(frame) > PACK_BYTES):
+            yield start, chunk
+            start, chunk, size = index, [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield start, chunk
 
 
 def _store_one(results: list[Any], index: int) -> OnReply:

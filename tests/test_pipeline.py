@@ -91,3 +91,11 @@ def test_commands_are_packed_into_batch_messages(client):
     assert p.execute()[-1] == "39"
     ops = client.stats()["ops"]
     assert ops["set"] == 40 and ops["batch"] == 5  # 41 commands: 5 messages of 8, the last one alone
+
+
+def test_large_values_are_not_packed_together(client):
+    big = "x" * (700 * 1024)
+    with client.pipeline(per_message=16) as p:
+        p.set("big1", big).set("big2", big).set("small", "s").get("small")
+    assert p.results == [True, True, True, "s"]
+    assert client.stats()["ops"].get("batch", 0) == 1  # big1 alone, then big2 with the two small ones
