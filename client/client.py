@@ -119,8 +119,8 @@ class Client:
     def _encode(self, op: str, args: tuple[Any, ...], options: dict[str, Any] | None, write: bool) -> bytes:
         """The request frame; a write gets a request id, so that resending it is safe."""
         if write:
-            options = dict(options or ())
-            options["rid"] = f"{self._client_id}:{next(self._sequence)}"
+            rid = f"{self._client_id}:{next(self._sequence)}"
+            options = {**options, "rid": rid} if options else {"rid": rid}
         return encode_request(op, *args, options=options)
 
     @classmethod
@@ -224,6 +224,8 @@ class Client:
         """
         self._check_str("key", key)
         self._check_str("value", value)
+        if ttl_s is None and not nx and not xx:  # the common case, without building options
+            return self._call("set", key, value, write=True)
         return self._call("set", key, value, options=self._write_options(ttl_s, nx=nx, xx=xx), write=True)
 
     def delete(self, key: str) -> bool:
