@@ -7,6 +7,7 @@ becomes an ``INTERNAL`` error reply rather than a dead server.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -82,6 +83,8 @@ class Handler:
             limits.max_value_bytes, limits.max_key_bytes, limits.max_pattern_bytes, MAX_RID_CHARS * 4
         )
         self._recent: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        #: Replies remembered so far (see :meth:`rids_remembered_since`).
+        self.remembered_count = 0
         # Cursors carry a tag of this run, so one from another run is refused
         # instead of silently resuming at the wrong place.
         self._scan_tag = random.randrange(1, 2**20)
@@ -152,6 +155,7 @@ class Handler:
             return self._error(Status.INTERNAL, f"internal error answering {op}; see the server log")
         if rid is not None:  # only applied writes: a refused one may be retried
             self._recent[rid] = reply
+            self.remembered_count += 1
             if len(self._recent) > RECENT_REPLIES:
                 self._recent.popitem(last=False)
         return reply
@@ -169,6 +173,17 @@ class Handler:
         answer = self._answer
         replies = [answer(item, True) for item in items]
         return _BATCH_OK + _array_header(len(replies)) + b"".join(replies)
+
+    def rids_remembered_since(self, count: int) -> list[Any]:
+        """The request ids remembered since ``remembered_count`` was ``count``,
+        oldest first (persistence forgets them if their batch is undone; one
+        ``batch`` request can remember many)."""
+        new = min(self.remembered_count - count, len(self._recent))
+        return list(itertools.islice(reversed(self._recent), new))[::-1]
+
+    def forget_reply(self, rid: str) -> None:
+        """Forget the reply of ``rid``: its write was undone, so a retry must run again."""
+        self._recent.pop(rid, None)
 
     def _error(self, status: Status, message: str) -> bytes:
         self.error_counts[status.name] += 1
