@@ -27,7 +27,6 @@ from typing import Any
 
 import msgpack
 
-from common import limits
 
 PROTOCOL_VERSION = 1
 
@@ -62,6 +61,7 @@ OPS: dict[str, int] = {
     "incr": 2,  # key, delta
     "cas": 3,  # key, expected, value  options: ttl_s
     "stats": 0,
+    "batch": 1,  # [request, ...]: each answered as if alone; reply [reply, ...]
 }
 
 #: Options every request may carry: protocol version and request id.
@@ -97,45 +97,75 @@ SMALL_ARRAY_ITEMS = 16
 
 def decode_request(
     frame: bytes,
-    max_str_bytes: int = limits.MAX_VALUE_BYTES,
-    max_items: int = limits.MAX_BATCH_KEYS,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
 ) -> tuple[str, list[Any], dict[str, Any]]:
     """Split a request frame into ``(op, args, options)``.
+
+    The same as :func:`check_request` of :func:`unpack_request`.
+
+    Raises:
+        ProtocolError: the frame is not a valid request.
+    """
+    return check_request(unpack_request(frame, max_str_bytes, max_items))
+
+
+def unpack_request(
+    frame: bytes,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
+) -> Any:
+    """Decode a request frame's msgpack, not yet checking its shape.
 
     The unpacker is bounded: strings longer than ``max_str_bytes``, maps with
     more than ``max_items`` entries (plus slack for the envelope), binary and
     extension types are refused before they are allocated. A frame with an
     array longer than :data:`SMALL_ARRAY_ITEMS` is first checked to hold
     every element it claims (:func:`_decode_batch`), so a hostile header or a
-    deep nest of arrays cannot make the server reserve memory it claims.
+    deep nest of arrays cannot make the server reserve memory it claims. The
+    bounds default to the documented limits.
 
     Raises:
-        ProtocolError: the frame is not a valid request.
+        ProtocolError: the frame is not valid msgpack within the bounds.
     """
+    if max_str_bytes is None or max_items is None:
+        # Imported here: a client never decodes requests, and the limits
+        # module costs a one-shot CLI command measurable start-up time.
+        from common import limits
+
+        max_str_bytes = limits.MAX_VALUE_BYTES if max_str_bytes is None else max_str_bytes
+        max_items = limits.MAX_BATCH_KEYS if max_items is None else max_items
     if frame[1:6] == b"\xa4mget" and frame[6:7] in _LONG_ARRAY_HEADERS:
         # A long key list: no first try. Its length is checked from the header.
         width = 2 if frame[6] == 0xDC else 4
         _check_array_length(int.from_bytes(frame[7:7 + width], "big"), max_items)
-        request = _decode_batch(frame, max_str_bytes, max_items)
-    else:
-        try:
-            request = msgpack.unpackb(
-                frame,
-                raw=False,
-                use_list=True,
-                strict_map_key=True,
-                max_str_len=max_str_bytes,
-                max_bin_len=0,
-                max_ext_len=0,
-                max_array_len=SMALL_ARRAY_ITEMS,
-                max_map_len=max_items + 8,
-            )
-        except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
-            claimed = _CLAIMED_ARRAY.match(str(exc)) if type(exc) is ValueError else None
-            if claimed is None:
-                raise _refusal(exc) from None
-            _check_array_length(int(claimed.group(1)), max_items)
-            request = _decode_batch(frame, max_str_bytes, max_items)
+        return _decode_batch(frame, max_str_bytes, max_items)
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_str_bytes,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=SMALL_ARRAY_ITEMS,
+            max_map_len=max_items + 8,
+        )
+    except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
+        claimed = _CLAIMED_ARRAY.match(str(exc)) if type(exc) is ValueError else None
+        if claimed is None:
+            raise _refusal(exc) from None
+        _check_array_length(int(claimed.group(1)), max_items)
+        return _decode_batch(frame, max_str_bytes, max_items)
+
+
+def check_request(request: Any) -> tuple[str, list[Any], dict[str, Any]]:
+    """Split a decoded request into ``(op, args, options)``, checking its shape.
+
+    Raises:
+        ProtocolError: not a valid request.
+    """
     if not isinstance(request, list) or not request:
         raise ProtocolError(Status.BAD_REQUEST, "a request is a non-empty msgpack array")
     op = request[0]
@@ -234,23 +264,40 @@ def _refusal(exc: Exception) -> ProtocolError:
     if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
         return ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}")
     return ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}")
+#: One Packer for every frame: msgpack.packb builds a new one per call, which
+#: measured costs more than the packing of a small request. Packing holds the
+#: GIL throughout, so sharing it between threads is safe.
+_pack = msgpack.Packer().pack
 
 
 def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -> bytes:
     """Build a request frame."""
     if options:
-        return msgpack.packb([op, *args, options])
-    return msgpack.packb([op, *args])
+        return _pack([op, *args, options])
+    return _pack([op, *args])
+
+
+_BATCH_PREFIX = _pack("batch")
+_array_header = msgpack.Packer().pack_array_header
+
+
+def encode_batch(requests: list[bytes]) -> bytes:
+    """A ``batch`` request frame carrying already encoded request frames.
+
+    ``["batch", [r1, r2, ...]]`` is built by concatenation: each request's
+    msgpack stays as it is, behind the two array headers.
+    """
+    return b"\x92" + _BATCH_PREFIX + _array_header(len(requests)) + b"".join(requests)
 
 
 def encode_reply(status: int, payload: Any) -> bytes:
     """Build a reply frame."""
-    return msgpack.packb([status, payload])
+    return _pack([status, payload])
 
 
 def ok(payload: Any) -> bytes:
     """A success reply."""
-    return msgpack.packb([0, payload])
+    return _pack([0, payload])
 
 
 def decode_reply(frame: bytes) -> tuple[int, Any]:

@@ -201,3 +201,17 @@ def test_a_secret_key_readable_by_others_is_warned_about(start_server, keys):
     server = start_server("--curve-secret-key", keys["server_secret"])
     assert "can be read by other users: chmod 600 it" in server.log
     assert "encrypted, with any client key" in server.log
+
+
+def test_pipelines_and_pipe_mode_use_the_keys_too(curve_server, keys):
+    with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
+        pipeline = table.pipeline()
+        for i in range(50):
+            pipeline.set(f"k{i}", str(i))
+        pipeline.get("k7")
+        assert pipeline.execute()[-1] == "7"
+    piped = run_cli("--server-key", keys["server"], "--client-key", keys["alice"], curve_server.node, "--pipe",
+                    input="set piped yes\n")
+    assert piped.returncode == 0, piped.stderr
+    fetched = run_cli("--server-key", keys["server"], "--client-key", keys["alice"], curve_server.node, "get", "piped")
+    assert fetched.stdout == "yes\n"
