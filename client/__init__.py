@@ -5,9 +5,15 @@
     with Client("127.0.0.1") as table:
         table.set("norway", "oslo")
         table.get("norway")        # 'oslo'
+
+    from client import ClusterClient   # many nodes, each key on 2 of them
+
+    with ClusterClient("n1,n2,n3", replicas=2) as table:
+        table.set("norway", "oslo")
 """
 
 from client.client import Client
+from client.cluster import ClusterClient
 from common.errors import (
     InvalidRequestError,
     MemlookupError,
@@ -20,6 +26,7 @@ from common.errors import (
 
 __all__ = [
     "Client",
+    "ClusterClient",
     "InvalidRequestError",
     "MemlookupError",
     "NodeUnavailableError",

@@ -1,0 +1,69 @@
+"""The command line's multi-node part: which client to open, ``--nodes``, rebalance's progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from client.client import Client
+from client.cluster import ClusterClient, expand_nodes
+
+
+def open_table(node: str, replicas: int, timeout_s: float, retries: int) -> Client | ClusterClient:
+    """A plain :class:`Client` for one node, a :class:`ClusterClient` for several.
+
+    Raises:
+        ValueError: a node is not an address or does not resolve, or R < 1.
+    """
+    names = expand_nodes(node)
+    if len(names) == 1:
+        return Client(names[0], timeout_s=timeout_s, retries=retries)
+    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries)
+
+
+def with_nodes(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``argv`` with the ``--nodes`` (or ``MEMLOOKUP_NODES``) list put in NODE's place when NODE is left out.
+
+    NODE is left out when the first word that is not an option (or an
+    option's value) is a command name.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--nodes", default=parser.get_default("nodes"))
+    nodes = pre.parse_known_args(argv)[0].nodes
+    if not nodes:
+        return argv
+    takes_value = {"--timeout", "--retries", "--replicas", "--nodes"}
+    commands = _command_names(parser)
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return argv
+        if word in takes_value:
+            index += 2
+            continue
+        if word.startswith("-"):
+            index += 1
+            continue
+        return argv[:index] + [nodes] + argv[index:] if word in commands else argv
+    return argv
+
+
+def _command_names(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+def cluster_rebalance(table: ClusterClient) -> dict[str, Any]:
+    """Run :func:`client.rebalance.rebalance` with a progress bar on a terminal's stderr."""
+    from tqdm import tqdm
+
+    from client.rebalance import rebalance, total_copies
+
+    with tqdm(total=total_copies(table), unit="key", desc="rebalance", file=sys.stderr, disable=None) as bar:
+        report = rebalance(table, progress=bar.update)
+    return asdict(report)
