@@ -84,7 +84,7 @@ class ClusterClient:
         seconds: calls skip it, then try it again. When every owner of a key
         is marked dead, they are all tried anyway.
 
-    Writes (``set``, ``delete``, ``mset``):
+    Writes (``set``, ``mset``, ``delete``):
         Sent to every owner that is not marked dead. A write succeeds when
         every live owner acknowledged it, and at least one did; an owner
         that times out is marked dead and the write still succeeds on the
@@ -92,7 +92,8 @@ class ClusterClient:
         and the write may or may not have been applied anywhere. If an owner
         refuses it (out of memory, say), the error is raised; owners asked
         before it keep the write. ``mset`` is all-or-none on each node, not
-        across nodes.
+        across nodes. ``delete`` goes to every live node, owner or not, so
+        that a copy not yet moved by ``rebalance`` cannot come back.
 
     Conditional writes (``set`` with nx/xx, ``cas``, ``incr``):
         Decided by the first live owner alone; its outcome is then copied
@@ -104,16 +105,19 @@ class ClusterClient:
 
     What a reader sees during a failure:
         Reads go to the first live owner and fall back to the next on a
-        timeout, so with R copies any R-1 failed nodes lose nothing that
-        was written while they were up. A read during the timeout that
-        detects a failure is slow (``timeout_s * (retries + 1)``), not wrong.
-        A node that was unreachable (not restarted) misses the writes made
-        meanwhile; once it answers again it is the first owner again, so a
-        reader can see the older value (or none, for a key written while
-        it was away; a restarted in-memory node comes back empty) until
-        ``rebalance`` (see :mod:`client.rebalance`) copies the missing
-        keys to it. Keys are not versioned: if two owners hold different
-        values, nothing here decides which is newer.
+        timeout, and also when the first owner does not have the key (a
+        miss therefore costs R requests). So with R copies, any R-1 failed
+        nodes lose nothing, and a node that comes back empty, or a node
+        just added whose keys ``rebalance`` has not moved yet, does not hide
+        a key. A read that runs into a failure is slow
+        (``timeout_s * (retries + 1)``), not wrong. A node that was
+        unreachable but kept running misses the overwrites made meanwhile;
+        once it answers again it is the first owner again, so a reader can
+        see the older value until the next write of that key. Keys are not
+        versioned: when owners disagree, nothing decides which is newer
+        (``rebalance`` counts such keys as conflicts). ``incr``, ``cas`` and
+        ``set nx`` on a key that its new first owner does not hold yet see
+        it as missing.
 
     Error Handling:
         As :class:`Client`; :class:`NodeUnavailableError` means no owner of
@@ -187,13 +191,21 @@ class ClusterClient:
         node.dead_until = 0.0
         return result
 
-    def _read(self, key: str, call: Callable[[Client], T]) -> T:
+    def _read(self, key: str, call: Callable[[Client], T], missing: T) -> T:
+        """``call`` on the first live owner; on a timeout, or when it says ``missing``, the next one."""
         failure: NodeUnavailableError | None = None
+        answered = False
         for name in self._live_first(self.owners(key)):
             try:
-                return self.on(name, call)
+                result = self.on(name, call)
             except NodeUnavailableError as exc:
                 failure = exc
+                continue
+            if result != missing:
+                return result
+            answered = True
+        if answered:
+            return missing
         raise _none_answered(key, failure)
 
     def _write_all(self, key: str, names: list[str], call: Callable[[Client], T]) -> list[T]:
@@ -262,14 +274,14 @@ class ClusterClient:
 
     def get(self, key: str) -> str | None:
         """The value of ``key`` from its first live owner, or None."""
-        return self._read(key, lambda c: c.get(key))
+        return self._read(key, lambda c: c.get(key), None)
 
     def exists(self, key: str) -> bool:
-        return self._read(key, lambda c: c.exists(key))
+        return self._read(key, lambda c: c.exists(key), False)
 
     def ttl(self, key: str) -> float:
         """Seconds until ``key`` expires; -1 if never, -2 if missing (first live owner)."""
-        return self._read(key, lambda c: c.ttl(key))
+        return self._read(key, lambda c: c.ttl(key), -2)
 
     def set(
         self, key: str, value: str, ttl_s: float | None = None, nx: bool = False, xx: bool = False
@@ -289,8 +301,18 @@ class ClusterClient:
         return all(self._write_all(key, self._live(self.owners(key)), lambda c: c.set(key, value, ttl_s=ttl_s)))
 
     def delete(self, key: str) -> bool:
-        """Remove ``key`` from every live owner; True if any of them had it."""
-        return any(self._write_all(key, self._live(self.owners(key)), lambda c: c.delete(key)))
+        """Remove ``key`` from every live node (owner or not); True if any had it.
+
+        Every node, not only the owners, so that a copy still waiting on a
+        former owner for ``rebalance`` cannot bring the key back. Succeeds
+        when at least one owner acknowledged it.
+        """
+        results = self.on_each({name: _delete(key) for name in self._live(self.nodes)})
+        owners = self.owners(key)
+        if all(isinstance(results.get(name), NodeUnavailableError) or name not in results for name in owners):
+            failure = next((r for r in results.values() if isinstance(r, NodeUnavailableError)), None)
+            raise _none_answered(key, failure)
+        return any(result is True for result in results.values())
 
     def cas(self, key: str, expected: str, value: str, ttl_s: float | None = None) -> bool:
         """Compare-and-set, decided by the first live owner, then copied to the others."""
@@ -321,32 +343,35 @@ class ClusterClient:
     def mget(self, keys: Sequence[str]) -> list[str | None]:
         """The values of ``keys`` in order; each node's share fetched in parallel.
 
-        Keys whose first live owner fails are asked of their next owner.
+        Keys whose owner fails, or does not have them, are asked of their
+        next owner (so a miss costs one more round when R > 1).
         """
         keys = list(keys)
         values: list[str | None] = [None] * len(keys)
-        # Candidate owners of each key, live ones first; a key drops one per failure.
+        # Owners still to ask for each key, live ones first.
         pending = {index: self._live_first(self.owners(key)) for index, key in enumerate(keys)}
+        answered: set[int] = set()
         failure: NodeUnavailableError | None = None
         while pending:
             by_node: dict[str, list[int]] = {}
             for index, candidates in pending.items():
-                by_node.setdefault(candidates[0], []).append(index)
-            work = {
-                name: _batched_get([keys[i] for i in indexes]) for name, indexes in by_node.items()
-            }
+                by_node.setdefault(candidates.pop(0), []).append(index)
+            work = {name: _batched_get([keys[i] for i in indexes]) for name, indexes in by_node.items()}
             for name, result in self.on_each(work).items():
                 indexes = by_node[name]
                 if isinstance(result, NodeUnavailableError):
                     failure = result
-                    for index in indexes:
-                        pending[index].pop(0)
-                        if not pending[index]:
-                            raise _none_answered(keys[index], failure)
-                    continue
+                    result = [None] * len(indexes)
+                else:
+                    answered.update(indexes)
                 for index, value in zip(indexes, result):
-                    values[index] = value
-                    del pending[index]
+                    if value is not None:
+                        values[index] = value
+                        del pending[index]
+                    elif not pending[index]:
+                        del pending[index]
+                        if index not in answered:
+                            raise _none_answered(keys[index], failure)
         return values
 
     def mset(self, pairs: Mapping[str, str], ttl_s: float | None = None) -> None:
@@ -428,6 +453,10 @@ class ClusterClient:
                 for op, count in result.get(section, {}).items():
                     total[section][op] = total[section].get(op, 0) + count
         return {"replicas": self.replicas, "total": total, "nodes": per_node}
+
+
+def _delete(key: str) -> Callable[[Client], bool]:
+    return lambda client: client.delete(key)
 
 
 def _copy_if_stored(key: str, value: str, ttl_s: float | None) -> Callable[[Client, bool], None]:
