@@ -27,6 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface
         log.error("cannot listen on %s port %s: %s", config.bind, config.port, exc)
         return 1
+    if config.metrics_port:
+        from server.metrics import serve_metrics
+
+        try:
+            latency, metrics_port = serve_metrics(server.handler, config.bind, config.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s port %s: %s", config.bind, config.metrics_port, exc)
+            return 1
+        server.after_batch = latency.observe
+        log.info("metrics on http://%s:%d/metrics", config.bind, metrics_port)
     server.install_signal_handlers()
     log.info("memlookup %s listening on %s (in memory)", __version__, bound)
     server.serve_forever()

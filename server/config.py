@@ -26,6 +26,7 @@ class ServerConfig:
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
     sweep_interval_s: float = 0.1
+    metrics_port: int = 0
 
 
 def _env(name: str, default: object) -> object:
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "largest request message (ZMQ_MAXMSGSIZE); a larger one drops the connection", type=int, metavar="N")
     add("--max-scan-count", "MEMLOOKUP_MAX_SCAN_COUNT", limits.MAX_SCAN_COUNT,
         "most keys one keys page examines", type=int, metavar="N")
+    add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
+        "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -76,6 +79,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             bind=args.bind,
             port=int(args.port),
             log_level=str(args.log_level).lower(),
+            metrics_port=int(args.metrics_port),
             limits=Limits(
                 max_key_bytes=int(args.max_key_bytes),
                 max_value_bytes=int(args.max_value_bytes),
@@ -88,6 +92,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"bad setting in the environment: {exc}")
     if not 0 <= config.port < 65536:
         parser.error(f"port {config.port} is not from 0 to 65535")
+    if not 0 <= config.metrics_port < 65536:
+        parser.error(f"metrics port {config.metrics_port} is not from 0 (off) to 65535")
     if config.log_level not in LOG_LEVELS:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     for name, value in vars(config.limits).items():

@@ -64,6 +64,9 @@ class Server:
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None
+        #: Called with the batch's request count and its duration in seconds
+        #: after its replies went out (the metrics' latency histogram).
+        self.after_batch: Callable[[int, float], None] | None = None
         #: Called about every ``config.sweep_interval_s``, between batches.
         self.periodic: list[Callable[[], None]] = [handler.store.sweep]
         self.endpoint = ""
@@ -104,6 +107,7 @@ class Server:
                 self._context.term()
 
     def _answer_ready(self) -> None:
+        started = time.perf_counter()
         socket, handle = self.socket, self.handler.handle
         replies: list[list[bytes]] = []
         for _ in range(MAX_BATCH_REQUESTS):
@@ -116,6 +120,8 @@ class Server:
             self.before_reply(len(replies))
         for reply in replies:
             socket.send_multipart(reply)
+        if self.after_batch is not None:
+            self.after_batch(len(replies), time.perf_counter() - started)
 
     @staticmethod
     def _answer(frames: list[bytes], handle: Callable[[bytes], bytes]) -> list[bytes]:
