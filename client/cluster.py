@@ -11,7 +11,7 @@ import zmq
 
 from client.client import Client
 from client.placement import Placement
-from common.address import DEFAULT_PORT, node_endpoints
+from common.address import DEFAULT_PORT, endpoint, node_endpoints, split_node
 from common.errors import NodeUnavailableError
 from common.limits import DEFAULT_SCAN_COUNT, MAX_BATCH_KEYS
 
@@ -25,8 +25,10 @@ def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -
     """Member names (``host:port``) for what a user typed.
 
     ``nodes`` is a list of node addresses or one comma-separated string. A
-    hostname that resolves to several addresses (a Kubernetes headless
-    Service) stands for all of them. Duplicates are dropped; order is kept.
+    name with one address keeps its name (so a member keeps its place when
+    its address changes, as a Kubernetes pod's does on restart); a name that
+    resolves to several addresses (a Kubernetes headless Service) stands
+    for all of them, each named by its address. Duplicates are dropped.
 
     Raises:
         ValueError: a node is not an address or does not resolve.
@@ -36,7 +38,12 @@ def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -
     for part in parts:
         if not part.strip():
             continue
-        for zmq_endpoint in node_endpoints(part, default_port):
+        endpoints = node_endpoints(part, default_port)
+        if len(endpoints) == 1:
+            host, port = split_node(part, default_port)
+            names[endpoint(host, port)[len("tcp://"):]] = None
+            continue
+        for zmq_endpoint in endpoints:
             names[zmq_endpoint[len("tcp://"):]] = None
     if not names:
         raise ValueError("no nodes given")
