@@ -1,0 +1,95 @@
+"""What serving Prometheus metrics costs the server: the same load with and without --metrics-port.
+
+    python3 bench/metrics_overhead.py [--clients 3] [--seconds 3] [--rounds 5]
+
+Two in-memory servers on loopback, one started with ``--metrics-port``,
+which is scraped once a second during its runs (Prometheus' default is
+every 15 s, so this is harsher). ``--clients`` processes send single-key
+``get``/``set`` requests for ``--seconds``; the two servers take turns,
+``--rounds`` times, and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from client import Client  # noqa: E402
+from tests.servers import ServerProcess  # noqa: E402
+
+
+def worker(node: str, seconds: float, seed: int, out: "multiprocessing.Queue") -> None:
+    rng = random.Random(seed)
+    done = 0
+    with Client(node, timeout_s=5.0, retries=0) as table:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            key = f"key:{rng.randrange(10_000)}"
+            if done % 4:
+                table.get(key)
+            else:
+                table.set(key, "v" * 32)
+            done += 1
+    out.put(done)
+
+
+def load(node: str, clients: int, seconds: float) -> float:
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=worker, args=(node, seconds, i, out)) for i in range(clients)]
+    for proc in procs:
+        proc.start()
+    total = sum(out.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return total / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    plain = ServerProcess()
+    metered = ServerProcess(["--metrics-port", str(port)])
+    rates: dict[str, list[float]] = {"without metrics": [], "with metrics": []}
+    try:
+        for _ in range(args.rounds):
+            rates["without metrics"].append(load(plain.node, args.clients, args.seconds))
+            stop = threading.Event()
+
+            def scrape() -> None:
+                while not stop.wait(1.0):
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+            scraper = threading.Thread(target=scrape)
+            scraper.start()
+            rates["with metrics"].append(load(metered.node, args.clients, args.seconds))
+            stop.set()
+            scraper.join()
+    finally:
+        plain.kill()
+        metered.kill()
+    base = statistics.median(rates["without metrics"])
+    print(f"{args.clients} clients, 75% get / 25% set, {args.seconds:g} s x {args.rounds} rounds, "
+          f"{os.cpu_count()} CPUs; median requests/s")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:16} {median:10.0f}  ({median / base:.3f}x)  runs: {', '.join(f'{v:.0f}' for v in values)}")
+
+
+if __name__ == "__main__":
+    main()
