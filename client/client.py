@@ -253,6 +253,8 @@ class Client:
     def cas(self, key: str, expected: str, value: str, ttl_s: float | None = None) -> bool:
         """Compare-and-set: store ``value`` only if the current value is ``expected``.
 
+        Like ``set``, a swap without ``ttl_s`` leaves the key with no expiry.
+
         Returns:
             True if stored; False if the key is missing or holds something else.
         """

@@ -25,7 +25,7 @@ def split_node(node: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
         text = text[len("tcp://"):]
     if not text:
         raise ValueError(f"empty node address {node!r}")
-    port_text = ""
+    port_text: str | None = None
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -52,7 +52,7 @@ def split_node(node: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
         host = text
     if not host:
         raise ValueError(f"no host in node address {node!r}")
-    if port_text == "":
+    if port_text is None:
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"port {port_text!r} in {node!r} is not a number from 1 to 65535")

@@ -12,14 +12,15 @@ MAX_KEY_BYTES = 1024
 #: Longest value, in UTF-8 bytes.
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 
-#: Most keys in one ``mget``/``mset``/``del`` request.
+#: Most keys in one ``mget`` or ``mset`` request.
 MAX_BATCH_KEYS = 10_000
 
 #: Largest ZeroMQ message the server accepts (ZMQ_MAXMSGSIZE); a larger one
 #: makes ZeroMQ drop the connection before a byte of it is decoded.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-#: Most keys one ``keys`` page returns; larger requested counts are capped.
+#: Cap on a ``keys`` request's count hint (how many keys a page examines
+#: before it stops at the end of a bucket; a page may hold somewhat more).
 MAX_SCAN_COUNT = 10_000
 
 #: Page size of a ``keys`` scan when the client does not ask for one.

@@ -44,7 +44,7 @@ class Status(IntEnum):
     PERSISTENCE = 7  # the write could not be made durable
     UNSUPPORTED_VERSION = 8
     INTERNAL = 9  # a bug in the server; the request was not applied
-    BAD_CURSOR = 10  # a keys cursor from another server run, or garbled
+    BAD_CURSOR = 10  # a keys cursor from another server run, or out of range
 
 
 #: Positional argument count of each operation (options map not counted).
@@ -61,6 +61,16 @@ OPS: dict[str, int] = {
     "incr": 2,  # key, delta
     "cas": 3,  # key, expected, value  options: ttl_s
     "stats": 0,
+}
+
+#: Options every request may carry: protocol version and request id.
+COMMON_OPTIONS = frozenset({"v", "rid"})
+
+#: Options per operation, where it has more than the common ones.
+OPTIONS: dict[str, frozenset[str]] = {
+    "set": COMMON_OPTIONS | {"ttl_s", "nx", "xx"},
+    "mset": COMMON_OPTIONS | {"ttl_s"},
+    "cas": COMMON_OPTIONS | {"ttl_s"},
 }
 
 #: Operations that change the store; a retry of one is deduplicated by rid.
@@ -106,7 +116,11 @@ def decode_request(
         raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
     except msgpack.ExtraData:
         raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
-    except ValueError as exc:  # includes "exceeds max_*_len" and truncated input
+    except ValueError as exc:  # a bounded length was exceeded, or truncated input
+        if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
+            raise ProtocolError(Status.BAD_REQUEST, "bin and ext types are not allowed; send str") from None
+        if "exceeds max_" in str(exc):
+            raise ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}") from None
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
     except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
@@ -128,8 +142,13 @@ def decode_request(
             f"{op} takes {arity} argument{'s' if arity != 1 else ''} "
             f"(and an optional options map), got {len(request) - 1}",
         )
+    if options:
+        unknown = options.keys() - OPTIONS.get(op, COMMON_OPTIONS)
+        if unknown:
+            name = next(iter(unknown))
+            raise ProtocolError(Status.BAD_REQUEST, f"{op} has no option {str(name)[:64]!r}")
     version = options.get("v", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             Status.UNSUPPORTED_VERSION,
             f"protocol version {version!r} is not supported; this server speaks {PROTOCOL_VERSION}",

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-message-bytes", "MEMLOOKUP_MAX_MESSAGE_BYTES", limits.MAX_MESSAGE_BYTES,
         "largest request message (ZMQ_MAXMSGSIZE); a larger one drops the connection", type=int, metavar="N")
     add("--max-scan-count", "MEMLOOKUP_MAX_SCAN_COUNT", limits.MAX_SCAN_COUNT,
-        "most keys one keys page examines", type=int, metavar="N")
+        "cap on a keys request's page size hint", type=int, metavar="N")
+    add("--max-pattern-bytes", "MEMLOOKUP_MAX_PATTERN_BYTES", limits.MAX_PATTERN_BYTES,
+        "longest keys glob pattern in UTF-8 bytes", type=int, metavar="N")
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -86,6 +88,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
                 max_batch_keys=int(args.max_batch_keys),
                 max_message_bytes=int(args.max_message_bytes),
                 max_scan_count=int(args.max_scan_count),
+                max_pattern_bytes=int(args.max_pattern_bytes),
             ),
         )
     except ValueError as exc:

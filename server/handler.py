@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
 from collections import Counter, OrderedDict
 from typing import Any, Callable
@@ -63,7 +64,15 @@ class Handler:
         self.limits = limits
         self._clock = clock
         self._started = clock()
-        self._recent: OrderedDict[str, bytes] = OrderedDict()
+        # The decoder's bound on any one string: the largest thing a request
+        # may legitimately carry. The per-field limits are checked afterwards.
+        self._max_str_bytes = max(
+            limits.max_value_bytes, limits.max_key_bytes, limits.max_pattern_bytes, MAX_RID_CHARS * 4
+        )
+        self._recent: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        # Cursors carry a tag of this run, so one from another run is refused
+        # instead of silently resuming at the wrong place.
+        self._scan_tag = random.randrange(1, 2**20)
         self.op_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self._ops: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
@@ -76,29 +85,31 @@ class Handler:
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
         try:
-            op, args, options = decode_request(
-                frame, self.limits.max_value_bytes, self.limits.max_batch_keys
-            )
+            op, args, options = decode_request(frame, self._max_str_bytes, self.limits.max_batch_keys)
         except ProtocolError as exc:
             return self._error(exc.status, str(exc))
+        except Exception:
+            log.exception("internal error decoding a request")
+            return self._error(Status.INTERNAL, "internal error decoding the request; see the server log")
         self.op_counts[op] += 1
         rid = options.get("rid") if op in WRITE_OPS else None
         if rid is not None:
             if not isinstance(rid, str) or len(rid) > MAX_RID_CHARS:
                 return self._error(Status.BAD_REQUEST, f"rid must be a string of at most {MAX_RID_CHARS} characters")
+            rid = (op, rid)
             cached = self._recent.get(rid)
             if cached is not None:
                 return cached
         try:
             reply = ok(self._ops[op](args, options))
         except _Refused as exc:
-            reply = self._error(exc.status, str(exc))
+            return self._error(exc.status, str(exc))
         except NotAnInteger as exc:
-            reply = self._error(Status.NOT_INTEGER, str(exc))
+            return self._error(Status.NOT_INTEGER, str(exc))
         except Exception:
             log.exception("internal error answering %s", op)
-            reply = self._error(Status.INTERNAL, f"internal error answering {op}; see the server log")
-        if rid is not None:
+            return self._error(Status.INTERNAL, f"internal error answering {op}; see the server log")
+        if rid is not None:  # only applied writes: a refused one may be retried
             self._recent[rid] = reply
             if len(self._recent) > RECENT_REPLIES:
                 self._recent.popitem(last=False)
@@ -106,6 +117,7 @@ class Handler:
 
     def _error(self, status: Status, message: str) -> bytes:
         self.error_counts[status.name] += 1
+        log.debug("refused a request: %s %s", status.name, message)
         return encode_reply(status, message)
 
     # -- argument checks ---------------------------------------------------
@@ -144,7 +156,9 @@ class Handler:
 
     @staticmethod
     def _flag(options: dict[str, Any], name: str) -> bool:
-        value = options.get(name, False)
+        value = options.get(name)
+        if value is None:
+            return False
         if not isinstance(value, bool):
             raise _Refused(Status.BAD_REQUEST, f"option {name} must be true or false")
         return value
@@ -192,10 +206,15 @@ class Handler:
             raise _Refused(Status.TOO_LARGE, f"pattern longer than {self.limits.max_pattern_bytes} bytes")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise _Refused(Status.BAD_REQUEST, "count must be a positive integer")
-        if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < BUCKETS:
-            raise _Refused(Status.BAD_CURSOR, f"cursor must be an integer from 0 to {BUCKETS - 1}")
-        next_cursor, keys = self.store.scan(cursor, pattern, min(count, self.limits.max_scan_count))
-        return [next_cursor, keys]
+        if isinstance(cursor, bool) or not isinstance(cursor, int):
+            raise _Refused(Status.BAD_REQUEST, "cursor must be an integer")
+        bucket = 0
+        if cursor != 0:
+            tag, bucket = divmod(cursor, BUCKETS)
+            if tag != self._scan_tag or bucket == 0:
+                raise _Refused(Status.BAD_CURSOR, "unknown cursor (from another server run?); start again at 0")
+        next_bucket, keys = self.store.scan(bucket, pattern, min(count, self.limits.max_scan_count))
+        return [next_bucket and self._scan_tag * BUCKETS + next_bucket, keys]
 
     def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
         return self.store.ttl(self._key(args[0]))

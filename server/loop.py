@@ -101,6 +101,7 @@ class Server:
                     next_tick = now + interval_s
                     for task in self.periodic:
                         task()
+            self._answer_ready()  # what already arrived is answered, not dropped
         finally:
             self.socket.close()
             if self._own_context:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,11 @@ _LISTENING = re.compile(r"listening on tcp://(\[?[^\]\s]*\]?|[^:\s]+):(\d+)")
 
 
 class ServerProcess:
-    """A running ``python -m server``; ``node`` is its ``host:port``."""
+    """A running ``python -m server``; ``node`` is its ``host:port``.
+
+    ``prefix`` goes before the command (``ip netns exec NS``); ``program``
+    replaces ``python -m server`` (an installed ``memlookup-server``).
+    """
 
     def __init__(
         self,
@@ -31,6 +36,7 @@ class ServerProcess:
         prefix: Sequence[str] = (),
         host: str = "127.0.0.1",
         start_timeout_s: float = 15.0,
+        program: Sequence[str] | None = None,
     ) -> None:
         self.args = list(args)
         self.host = host
@@ -41,7 +47,7 @@ class ServerProcess:
         if not any(a.startswith("--port") for a in self.args) and "MEMLOOKUP_PORT" not in (env or {}):
             self.args += ["--port", "0"]
         self.proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "server", *self.args],
+            [*prefix, *(program if program is not None else (sys.executable, "-m", "server")), *self.args],
             cwd=ROOT,
             env=full_env,
             stdin=subprocess.DEVNULL,
@@ -98,6 +104,13 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_cli(*args: str, input: str | bytes | None = None, timeout_s: float = 30.0,

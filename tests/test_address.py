@@ -1,0 +1,44 @@
+"""Node addresses as a user types them."""
+
+import pytest
+
+from common.address import DEFAULT_PORT, node_endpoints, split_node
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1", ("127.0.0.1", DEFAULT_PORT)),
+        ("127.0.0.1:9000", ("127.0.0.1", 9000)),
+        ("tcp://10.0.0.5:9000", ("10.0.0.5", 9000)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("[::1]", ("::1", DEFAULT_PORT)),
+        ("::1", ("::1", DEFAULT_PORT)),
+        ("localhost", ("localhost", DEFAULT_PORT)),
+        (" db.example:1 ", ("db.example", 1)),
+    ],
+)
+def test_accepted_forms(text, expected):
+    assert split_node(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "tcp://", ":9000", "host:", "host:0", "host:65536", "host:http", "[::1", "[::1]x", "[nothex]:1", "fe80::1:99999"],
+)
+def test_rejected_forms_say_why(text):
+    with pytest.raises(ValueError, match=r"\S"):
+        split_node(text)
+
+
+def test_ipv6_endpoint_is_bracketed():
+    assert node_endpoints("[::1]:7") == ["tcp://[::1]:7"]
+
+
+def test_hostnames_resolve():
+    assert "tcp://127.0.0.1:7400" in node_endpoints("localhost")
+
+
+def test_unresolvable_name_is_a_value_error():
+    with pytest.raises(ValueError, match="cannot resolve"):
+        node_endpoints("no-such-host.invalid")
