@@ -461,6 +461,24 @@ class ClusterClient:
                     total[section][op] = total[section].get(op, 0) + count
         return {"replicas": self.replicas, "total": total, "nodes": per_node}
 
+    # -- mapping sugar, as on Client ---------------------------------------------
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.exists(key)
+
 
 def _delete(key: str) -> Callable[[Client], bool]:
     return lambda client: client.delete(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 PREFIX = "mlc"
 BRIDGE = "mlcbr0"
@@ -91,3 +92,14 @@ class NetLab:
                 for item in folder.iterdir():
                     item.unlink()
                 folder.rmdir()
+
+
+def build_lab(hosts: dict[str, int]) -> Iterator[NetLab]:
+    """A fixture body: a lab with ``hosts`` (name -> last octet), always removed afterwards."""
+    lab = NetLab()
+    try:
+        for name, octet in hosts.items():
+            lab.add_host(name, octet)
+        yield lab
+    finally:
+        lab.cleanup()

@@ -47,6 +47,11 @@ def test_reads_and_batches_keep_order_and_missing_keys(table):
     assert table.get("nope") is None and table.exists("a") and not table.exists("nope")
     assert table.ttl("a") == -1 and table.ttl("nope") == -2
     assert sorted(table.keys()) == ["a", "b", "c"]  # each key once, though stored twice
+    table["d"] = "4"
+    assert table["d"] == "4" and "d" in table and "e" not in table
+    del table["d"]
+    with pytest.raises(KeyError):
+        table["d"]
 
 
 def test_conditional_writes_are_decided_once_and_copied(three, table):

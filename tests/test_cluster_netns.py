@@ -18,7 +18,7 @@ import pytest
 from client import Client, ClusterClient
 from client.placement import Placement
 from client.rebalance import rebalance
-from tests.netlab import NetLab
+from tests.netlab import NetLab, build_lab
 from tests.servers import ServerProcess, run_cli
 
 pytestmark = pytest.mark.netns
@@ -31,14 +31,7 @@ SERVER_HOSTS = {"s1": 11, "s2": 12, "s3": 13, "s4": 14}
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NetLab]:
-    lab = NetLab()
-    try:
-        for name, octet in SERVER_HOSTS.items():
-            lab.add_host(name, octet)
-        lab.add_host("c", 2)
-        yield lab
-    finally:
-        lab.cleanup()
+    yield from build_lab({**SERVER_HOSTS, "c": 2})
 
 
 class Nodes:

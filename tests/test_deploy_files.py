@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.netlab import NetLab
+from tests.netlab import NetLab, build_lab
 from tests.servers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -130,14 +130,7 @@ def test_dockerfile_is_slim_unprivileged_with_a_volume_and_a_health_check():
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[NetLab]:
-    lab = NetLab()
-    try:
-        for index, name in enumerate(("s1", "s2", "s3")):
-            lab.add_host(name, 11 + index)
-        lab.add_host("c", 2)
-        yield lab
-    finally:
-        lab.cleanup()
+    yield from build_lab({"s1": 11, "s2": 12, "s3": 13, "c": 2})
 
 
 @pytest.fixture(scope="module")
