@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from client import Client, ClusterClient
+from client import Client, ClusterClient, NodeUnavailableError
 from client.placement import Placement
 from client.rebalance import rebalance
 from tests.netlab import NetLab, build_lab
@@ -71,7 +71,19 @@ def nodes(lab: NetLab) -> Iterator[Nodes]:
 
 
 def cluster(*names: str, nodes: Nodes) -> ClusterClient:
-    return ClusterClient([nodes.node(n) for n in names], replicas=2, timeout_s=0.3, retries=0)
+    return ClusterClient([nodes.node(n) for n in names], replicas=2, timeout_s=1.0, retries=0)
+
+
+def until_answers(node: str, timeout_s: float = 20.0) -> None:
+    """Wait for a node to answer (a link just set up, or a restart, takes a moment)."""
+    deadline = time.monotonic() + timeout_s
+    with Client(node, timeout_s=0.5, retries=0) as direct:
+        while True:
+            try:
+                direct.ping()
+                return
+            except NodeUnavailableError:
+                assert time.monotonic() < deadline, f"{node} does not answer"
 
 
 def write(table: ClusterClient, prefix: str, count: int = KEYS) -> dict[str, str]:
@@ -130,7 +142,7 @@ def test_r2_survives_a_dead_node_a_cut_link_and_after_rebalance_another_dead_nod
             assert readable_share(table, expected) == 1.0
             writes_work(table, f"while-{victim}-dead", expected)
             assert readable_share(table, expected) == 1.0
-        nodes.start(victim)  # back, empty
+        until_answers(nodes.start(victim))  # back, empty
         with cluster(*names, nodes=nodes) as table:
             report = rebalance(table)
         assert report.complete and report.copied > 0
@@ -143,6 +155,7 @@ def test_r2_survives_a_dead_node_a_cut_link_and_after_rebalance_another_dead_nod
         writes_work(table, "while-s2-cut", expected)
         assert readable_share(table, expected) == 1.0
     nodes.lab.plug("s2")
+    until_answers(nodes.node("s2"))
     with cluster(*names, nodes=nodes) as table:
         report = rebalance(table)
     assert report.complete and report.conflicts == 0
