@@ -130,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("ping", "check that the node (every node) answers")
     command("stats", "print the node's counters (of several nodes: each one's, and their total)")
-    command("rebalance", "move every key to its owners among the given nodes and restore the replicas; "
-                         "safe to re-run, and writes made meanwhile are kept")
+    sub = command("rebalance", "move every key to its owners among the given nodes and restore the replicas; "
+                               "safe to re-run, and writes made meanwhile are kept")
+    sub.add_argument("--from", dest="leaving", metavar="N1,...",
+                     help="nodes being removed: move all their keys to the given nodes")
     return parser
 
 
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
 
     try:
-        table = open_table(args.node, int(args.replicas), args.timeout, int(args.retries))
+        table = open_table(args.node, int(args.replicas), args.timeout, int(args.retries),
+                           leaving=getattr(args, "leaving", None))
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     if args.command == "rebalance" and not hasattr(table, "placement"):

@@ -11,16 +11,18 @@ from client.client import Client
 from client.cluster import ClusterClient, expand_nodes
 
 
-def open_table(node: str, replicas: int, timeout_s: float, retries: int) -> Client | ClusterClient:
-    """A plain :class:`Client` for one node, a :class:`ClusterClient` for several.
+def open_table(
+    node: str, replicas: int, timeout_s: float, retries: int, leaving: str | None = None
+) -> Client | ClusterClient:
+    """A plain :class:`Client` for one node, a :class:`ClusterClient` for several (or with ``leaving`` nodes).
 
     Raises:
         ValueError: a node is not an address or does not resolve, or R < 1.
     """
     names = expand_nodes(node)
-    if len(names) == 1:
+    if len(names) == 1 and not leaving:
         return Client(names[0], timeout_s=timeout_s, retries=retries)
-    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries)
+    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or ())
 
 
 def with_nodes(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:

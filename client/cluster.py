@@ -137,6 +137,9 @@ class ClusterClient:
         retries: resends to one node before it is marked dead.
         dead_for_s: how long a dead node is skipped.
         context: a ZeroMQ context to share.
+        leaving: nodes being removed from the cluster: not members (they own
+            nothing), but ``delete`` reaches them and ``rebalance`` drains
+            them.
     """
 
     def __init__(
@@ -148,14 +151,16 @@ class ClusterClient:
         dead_for_s: float = DEAD_FOR_S,
         context: zmq.Context | None = None,
         default_port: int = DEFAULT_PORT,
+        leaving: str | Iterable[str] = (),
     ) -> None:
         names = expand_nodes(nodes, default_port)
         self.placement = Placement(names, replicas)
         self.replicas = self.placement.replicas
         self.dead_for_s = dead_for_s
+        self.leaving = [n for n in (expand_nodes(leaving, default_port) if leaving else []) if n not in names]
         self._nodes = {
             name: _Node(name, Client(name, timeout_s=timeout_s, retries=retries, context=context))
-            for name in self.placement.nodes
+            for name in [*self.placement.nodes, *self.leaving]
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._nodes)), thread_name_prefix="memlookup")
 
@@ -163,8 +168,8 @@ class ClusterClient:
 
     @property
     def nodes(self) -> list[str]:
-        """Every member, by name."""
-        return list(self._nodes)
+        """Every member, by name (not the leaving nodes)."""
+        return list(self.placement.nodes)
 
     def owners(self, key: str) -> list[str]:
         """The nodes that hold ``key``, first owner first."""
@@ -308,13 +313,13 @@ class ClusterClient:
         return all(self._write_all(key, self._live(self.owners(key)), lambda c: c.set(key, value, ttl_s=ttl_s)))
 
     def delete(self, key: str) -> bool:
-        """Remove ``key`` from every live node (owner or not); True if any had it.
+        """Remove ``key`` from every live node (owner, not, or leaving); True if any had it.
 
         Every node, not only the owners, so that a copy still waiting on a
         former owner for ``rebalance`` cannot bring the key back. Succeeds
         when at least one owner acknowledged it.
         """
-        results = self.on_each({name: _delete(key) for name in self._live(self.nodes)})
+        results = self.on_each({name: _delete(key) for name in self._live(list(self._nodes))})
         owners = self.owners(key)
         if all(isinstance(results.get(name), NodeUnavailableError) or name not in results for name in owners):
             failure = next((r for r in results.values() if isinstance(r, NodeUnavailableError)), None)

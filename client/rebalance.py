@@ -1,7 +1,8 @@
 """Rebalance: put every key on the owners the current membership gives it, R copies each.
 
 Run it after adding or removing nodes, or after a node came back empty. It
-walks every member's keys page by page and, for each key:
+walks the keys of every member, and of the nodes being removed (``leaving``,
+drained first), page by page and, for each key:
 
 1. copies it to each owner that lacks it, with ``set nx`` (and the key's
    remaining TTL): a copy never overwrites a value that is already there, so
@@ -67,11 +68,12 @@ def rebalance(
         NodeUnavailableError: a member does not answer before the start (a
             rebalance needs them all; re-run once they are back).
     """
-    down = [name for name, up in cluster.health().items() if not up]
+    answers = cluster.on_each({name: Client.ping for name in [*cluster.nodes, *cluster.leaving]})
+    down = [name for name, result in answers.items() if isinstance(result, NodeUnavailableError)]
     if down:
         raise NodeUnavailableError(f"cannot rebalance while {', '.join(down)} do not answer", node=",".join(down))
     report = RebalanceReport()
-    for source in cluster.nodes:
+    for source in [*cluster.leaving, *cluster.nodes]:
         try:
             _rebalance_node(cluster, source, report, progress, page_keys)
         except NodeUnavailableError as exc:
@@ -80,8 +82,9 @@ def rebalance(
 
 
 def total_copies(cluster: ClusterClient) -> int:
-    """Keys over all members, counting each copy (the progress bar's total)."""
-    return int(cluster.stats()["total"]["keys"])
+    """Keys over all members and leaving nodes, counting each copy (the progress bar's total)."""
+    results = cluster.on_each({name: Client.stats for name in [*cluster.nodes, *cluster.leaving]})
+    return sum(int(result.get("keys", 0)) for result in results.values() if isinstance(result, dict))
 
 
 def _rebalance_node(

@@ -136,3 +136,19 @@ def test_cli_with_several_nodes(three):
     assert single.returncode == 2 and "rebalance needs" in single.stderr
     bad = run_cli("127.0.0.1:1,no-such-host.invalid", "get", "k")
     assert bad.returncode == 2 and "no-such-host.invalid" in bad.stderr
+
+
+def test_rebalance_from_leaving_nodes_drains_them(three):
+    nodes = [s.node for s in three]
+    with ClusterClient(nodes, replicas=1) as everything:
+        everything.mset({f"k{i}": str(i) for i in range(500)})
+    # Remove two of three nodes at once, with one copy of each key: drain them.
+    drained = run_cli("--json", "--replicas", "1", nodes[0], "rebalance", "--from", ",".join(nodes[1:]))
+    assert drained.returncode == 0, drained.stderr
+    report = json.loads(drained.stdout)
+    assert report["copied"] == report["removed"] > 0
+    with Client(nodes[0], timeout_s=2.0) as remaining:
+        assert remaining.mget([f"k{i}" for i in range(500)]) == [str(i) for i in range(500)]
+    for leaving in nodes[1:]:
+        with Client(leaving, timeout_s=2.0) as direct:
+            assert list(direct.keys()) == []
