@@ -260,11 +260,12 @@ class ClusterClient:
             except NodeUnavailableError as exc:
                 return exc
 
-        if len(work) == 1:
-            name = next(iter(work))
-            return {name: run(name)}
-        futures = {name: self._pool.submit(run, name) for name in work}
-        return {name: future.result() for name, future in futures.items()}
+        names = list(work)
+        # The calling thread takes the last node itself: one thread hand-off fewer.
+        futures = {name: self._pool.submit(run, name) for name in names[:-1]}
+        results = {names[-1]: run(names[-1])} if names else {}
+        results.update((name, future.result()) for name, future in futures.items())
+        return results
 
     def close(self) -> None:
         """Close every node's socket and stop the worker threads."""
