@@ -29,6 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import load  # noqa: E402
 from client import ClusterClient  # noqa: E402
 from tests.servers import ServerProcess  # noqa: E402
 
@@ -55,18 +56,6 @@ def worker(nodes: list[str], replicas: int, work: str, seconds: float, seed: int
     out.put(done)
 
 
-def run(nodes: list[str], replicas: int, work: str, clients: int, seconds: float) -> float:
-    out: multiprocessing.Queue = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=worker, args=(nodes, replicas, work, seconds, i, out))
-             for i in range(clients)]
-    for proc in procs:
-        proc.start()
-    total = sum(out.get() for _ in procs)
-    for proc in procs:
-        proc.join()
-    return total / seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -86,7 +75,7 @@ def main() -> None:
                     with ClusterClient(nodes, replicas=args.replicas) as table:
                         for start in range(0, KEYS, 1000):
                             table.mset({f"key:{i}": "v" * 32 for i in range(start, start + 1000)})
-                    rate = run(nodes, args.replicas, work, args.clients, args.seconds)
+                    rate = load.rate(worker, (nodes, args.replicas, work, args.seconds), args.clients, args.seconds)
                     results.setdefault((count, work), []).append(rate)
                     print(f"round {round_ + 1} {work:8} {count} node(s): {rate:10.0f} keys/s", file=sys.stderr)
         print(f"\n{args.clients} client processes, R={args.replicas}, {args.seconds:g} s x {args.rounds} rounds, "

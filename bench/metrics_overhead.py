@@ -29,6 +29,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import load  # noqa: E402
 from client import Client  # noqa: E402
 from tests.servers import ServerProcess  # noqa: E402
 
@@ -46,17 +47,6 @@ def worker(node: str, seconds: float, seed: int, out: "multiprocessing.Queue") -
                 table.set(key, "v" * 32)
             done += 1
     out.put(done)
-
-
-def load(node: str, clients: int, seconds: float) -> float:
-    out: multiprocessing.Queue = multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=worker, args=(node, seconds, i, out)) for i in range(clients)]
-    for proc in procs:
-        proc.start()
-    total = sum(out.get() for _ in procs)
-    for proc in procs:
-        proc.join()
-    return total / seconds
 
 
 def micro() -> None:
@@ -96,7 +86,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {"without metrics": [], "with metrics": []}
     try:
         for _ in range(args.rounds):
-            rates["without metrics"].append(load(plain.node, args.clients, args.seconds))
+            rates["without metrics"].append(load.rate(worker, (plain.node, args.seconds), args.clients, args.seconds))
             stop = threading.Event()
 
             def scrape() -> None:
@@ -105,7 +95,7 @@ def main() -> None:
 
             scraper = threading.Thread(target=scrape)
             scraper.start()
-            rates["with metrics"].append(load(metered.node, args.clients, args.seconds))
+            rates["with metrics"].append(load.rate(worker, (metered.node, args.seconds), args.clients, args.seconds))
             stop.set()
             scraper.join()
     finally:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import zmq
 
 from client.client import Client
+from client.mapping import MappingSugar
 from client.placement import Placement
 from common.address import DEFAULT_PORT, endpoint, node_endpoints, split_node
 from common.errors import NodeUnavailableError
@@ -62,7 +63,7 @@ class _Node:
         self.dead_until = 0.0
 
 
-class ClusterClient:
+class ClusterClient(MappingSugar):
     """Many memlookup nodes used as one table: sharded, replicated, failing over.
 
     Connecting::
@@ -466,24 +467,6 @@ class ClusterClient:
                 for op, count in result.get(section, {}).items():
                     total[section][op] = total[section].get(op, 0) + count
         return {"replicas": self.replicas, "total": total, "nodes": per_node}
-
-    # -- mapping sugar, as on Client ---------------------------------------------
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: str) -> None:
-        self.set(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        if not self.delete(key):
-            raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.exists(key)
 
 
 def _delete(key: str) -> Callable[[Client], bool]:
