@@ -78,7 +78,10 @@ class ClusterClient(MappingSugar):
 
     ``nodes`` is a list of node addresses or a comma-separated string; a
     hostname with several addresses (a Kubernetes headless Service) counts
-    as all of them. Each member gets its own :class:`Client` and socket.
+    as all of them. Each member gets its own :class:`Client` and socket,
+    used under a per-node lock (a ZeroMQ socket is not thread-safe), so one
+    ClusterClient may be shared by threads. Batches split by node run in
+    parallel on a small thread pool, one thread per node.
 
     Placement:
         A key's owners are the first ``replicas`` distinct nodes on a ketama
