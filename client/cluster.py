@@ -212,6 +212,8 @@ class ClusterClient(MappingSugar):
         failure: NodeUnavailableError | None = None
         answered = False
         for name in self._live_first(self.owners(key)):
+            if answered and self.is_dead(name):
+                break  # a miss is not worth a timeout on a node known to be down
             try:
                 result = self.on(name, call)
             except NodeUnavailableError as exc:
@@ -247,7 +249,9 @@ class ClusterClient(MappingSugar):
             except NodeUnavailableError as exc:
                 failure = exc
                 continue
-            for other in self._live(names[index + 1:]) if index + 1 < len(names) else []:
+            for other in names[index + 1:]:
+                if self.is_dead(other):
+                    continue  # rebalance restores the copy
                 try:
                     self.on(other, lambda c: copy(c, outcome))
                 except NodeUnavailableError:
@@ -385,7 +389,10 @@ class ClusterClient(MappingSugar):
                     if value is not None:
                         values[index] = value
                         del pending[index]
-                    elif not pending[index]:
+                        continue
+                    if index in answered:  # a miss: ask the other live owners only
+                        pending[index] = [n for n in pending[index] if not self.is_dead(n)]
+                    if not pending[index]:
                         del pending[index]
                         if index not in answered:
                             raise _none_answered(keys[index], failure)
