@@ -119,7 +119,9 @@ def _place_page(
         for name in names:
             if name != source:
                 wanted.setdefault(name, []).append(key)
-    results = cluster.on_each({name: _copy_missing(cluster, source, keys, values, with_ttl) for name, keys in wanted.items()})
+    results = cluster.on_each(
+        {name: _copy_missing(cluster, source, keys, values, with_ttl) for name, keys in wanted.items()}
+    )
     copies: dict[str, _Copied] = {}
     for name, result in results.items():
         if isinstance(result, NodeUnavailableError):
