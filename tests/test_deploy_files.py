@@ -147,15 +147,21 @@ def image_path(tmp_path_factory) -> str:
 class Containers:
     """Processes started as a container would start them, each in a namespace."""
 
-    def __init__(self, lab: NetLab, path: str) -> None:
+    def __init__(self, lab: NetLab, path: str, volumes: Path) -> None:
         self.lab = lab
         self.path = path
+        self.volumes = volumes
         self.procs: list[subprocess.Popen] = []
 
     def env(self, environment: dict[str, str]) -> dict[str, str]:
         return {**os.environ, "PATH": self.path, "PYTHONPATH": str(ROOT), **environment}
 
     def start(self, host: str, command: list[str], environment: dict[str, str]) -> None:
+        environment = dict(environment)
+        if environment.get("SERVER_DATA_DIR") == "/data":  # the data volume, mounted at /data
+            volume = self.volumes / host
+            volume.mkdir(exist_ok=True)
+            environment["SERVER_DATA_DIR"] = str(volume)
         self.procs.append(subprocess.Popen(
             [*self.lab.prefix(host), *command], env=self.env(environment), cwd="/",
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -182,8 +188,8 @@ class Containers:
 
 
 @pytest.fixture
-def containers(lab: NetLab, image_path: str) -> Iterator[Containers]:
-    started = Containers(lab, image_path)
+def containers(lab: NetLab, image_path: str, tmp_path: Path) -> Iterator[Containers]:
+    started = Containers(lab, image_path, tmp_path)
     try:
         yield started
     finally:
