@@ -6,6 +6,8 @@ import json
 from typing import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import Client, ClusterClient, NodeUnavailableError, NotAnIntegerError
 from client.cluster import expand_nodes
@@ -152,3 +154,23 @@ def test_rebalance_from_leaving_nodes_drains_them(three):
     for leaving in nodes[1:]:
         with Client(leaving, timeout_s=2.0) as direct:
             assert list(direct.keys()) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    members=st.lists(st.integers(1, 60), min_size=1, max_size=8, unique=True),
+    replicas=st.integers(1, 4),
+    key=st.text(min_size=0, max_size=40),
+)
+def test_placement_gives_distinct_owners_and_a_new_node_only_takes_over(members, replicas, key):
+    names = [f"10.0.0.{m}:7400" for m in members]
+    owners = Placement(names, replicas).owners(key)
+    assert len(owners) == len(set(owners)) == min(replicas, len(names))
+    assert set(owners) <= set(names)
+    # Adding a node never reshuffles the others: the key either keeps its
+    # owners, or the new node replaces exactly one of them.
+    grown = Placement([*names, "10.0.1.1:7400"], replicas).owners(key)
+    if "10.0.1.1:7400" not in grown:
+        assert grown == owners
+    elif len(names) >= replicas:
+        assert len(set(owners) - set(grown)) == 1
