@@ -30,9 +30,9 @@ WORKDIR /data
 USER memlookup
 
 # Inside a container the server must listen on the container's interfaces,
-# not on loopback (and, where the server limits peers to loopback by default,
-# accept the container network): publish the port only where it should be
-# reachable.
+# not on loopback: publish the port only where it should be reachable. Peers
+# other than loopback are refused unless allowed: run with
+# -e MEMLOOKUP_ALLOW=NETWORK (docker-compose.yml and kind/ do).
 ENV MEMLOOKUP_BIND=0.0.0.0 \
     MEMLOOKUP_PORT=7400 \
     SERVER_DATA_DIR=/data

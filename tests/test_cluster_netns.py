@@ -44,7 +44,8 @@ class Nodes:
     def start(self, name: str) -> str:
         address = self.lab.hosts[name]
         self.running[name] = ServerProcess(
-            ["--bind", address, "--port", str(PORT)], prefix=self.lab.prefix(name), host=address
+            ["--bind", address, "--port", str(PORT)], prefix=self.lab.prefix(name), host=address,
+            env={"MEMLOOKUP_ALLOW": "10.77.0.0/24"},  # peers beyond loopback
         )
         return self.running[name].node
 
