@@ -174,3 +174,36 @@ def test_placement_gives_distinct_owners_and_a_new_node_only_takes_over(members,
         assert grown == owners
     elif len(names) >= replicas:
         assert len(set(owners) - set(grown)) == 1
+
+
+def test_rebalance_shows_a_progress_bar_on_a_terminal(three):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    from tests.servers import ROOT
+
+    nodes = [s.node for s in three]
+    with ClusterClient(nodes[:2], replicas=2) as table:
+        table.mset({f"k{i}": "v" for i in range(300)})
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal 100 columns wide
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "client", ",".join(nodes), "rebalance"])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "rebalance: 100%" in text and "600/600" in text
