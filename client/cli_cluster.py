@@ -67,5 +67,12 @@ def cluster_rebalance(table: ClusterClient) -> dict[str, Any]:
     from client.rebalance import rebalance, total_copies
 
     with tqdm(total=total_copies(table), unit="key", desc="rebalance", file=sys.stderr, disable=None) as bar:
-        report = rebalance(table, progress=bar.update)
+
+        def advance(examined: int) -> None:
+            # Copies placed on a node not scanned yet are examined there too.
+            if bar.total is not None and bar.n + examined > bar.total:
+                bar.total = bar.n + examined
+            bar.update(examined)
+
+        report = rebalance(table, progress=advance)
     return asdict(report)
