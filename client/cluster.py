@@ -117,7 +117,8 @@ class ClusterClient(MappingSugar):
     What a reader sees during a failure:
         Reads go to the first live owner and fall back to the next on a
         timeout, and also when the first owner does not have the key (a
-        miss therefore costs R requests). So with R copies, any R-1 failed
+        miss costs one request per live owner; owners known to be down are
+        not asked about a miss). So with R copies, any R-1 failed
         nodes lose nothing, and a node that comes back empty, or a node
         just added whose keys ``rebalance`` has not moved yet, does not hide
         a key. A read that runs into a failure is slow
