@@ -13,7 +13,6 @@
 """
 
 from client.client import Client
-from client.cluster import ClusterClient
 from common.errors import (
     InvalidRequestError,
     MemlookupError,
@@ -23,6 +22,18 @@ from common.errors import (
     PersistenceError,
     ServerError,
 )
+
+
+
+def __getattr__(name: str) -> object:
+    # ClusterClient (and its hashing and thread-pool imports) loads on first use,
+    # so a single-node program or command does not pay for it.
+    if name == "ClusterClient":
+        from client.cluster import ClusterClient
+
+        return ClusterClient
+    raise AttributeError(f"module 'client' has no attribute {name!r}")
+
 
 __all__ = [
     "Client",

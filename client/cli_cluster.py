@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from client.client import Client
-from client.cluster import ClusterClient, expand_nodes
+from common.address import expand_nodes
+
+if TYPE_CHECKING:  # imported when several nodes are used: a single-node command starts faster
+    from client.cluster import ClusterClient
 
 
 def open_table(
@@ -22,6 +25,8 @@ def open_table(
     names = expand_nodes(node)
     if len(names) == 1 and not leaving:
         return Client(names[0], timeout_s=timeout_s, retries=retries)
+    from client.cluster import ClusterClient
+
     return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or ())
 
 

@@ -12,7 +12,7 @@ import zmq
 from client.client import Client
 from client.mapping import MappingSugar
 from client.placement import Placement
-from common.address import DEFAULT_PORT, endpoint, node_endpoints, split_node
+from common.address import DEFAULT_PORT, expand_nodes
 from common.errors import NodeUnavailableError
 from common.limits import DEFAULT_SCAN_COUNT, MAX_BATCH_KEYS
 
@@ -20,35 +20,6 @@ T = TypeVar("T")
 
 #: How long a node that did not answer is skipped before it is tried again.
 DEAD_FOR_S = 5.0
-
-
-def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -> list[str]:
-    """Member names (``host:port``) for what a user typed.
-
-    ``nodes`` is a list of node addresses or one comma-separated string. A
-    name with one address keeps its name (so a member keeps its place when
-    its address changes, as a Kubernetes pod's does on restart); a name that
-    resolves to several addresses (a Kubernetes headless Service) stands
-    for all of them, each named by its address. Duplicates are dropped.
-
-    Raises:
-        ValueError: a node is not an address or does not resolve.
-    """
-    parts = nodes.split(",") if isinstance(nodes, str) else list(nodes)
-    names: dict[str, None] = {}
-    for part in parts:
-        if not part.strip():
-            continue
-        endpoints = node_endpoints(part, default_port)
-        if len(endpoints) == 1:
-            host, port = split_node(part, default_port)
-            names[endpoint(host, port)[len("tcp://"):]] = None
-            continue
-        for zmq_endpoint in endpoints:
-            names[zmq_endpoint[len("tcp://"):]] = None
-    if not names:
-        raise ValueError("no nodes given")
-    return list(names)
 
 
 class _Node:
@@ -518,4 +489,4 @@ def _none_answered(key: str, failure: NodeUnavailableError | None) -> NodeUnavai
     return NodeUnavailableError(f"no owner of key {key!r} answered{detail}", node=failure.node if failure else "")
 
 
-__all__ = ["ClusterClient", "expand_nodes"]
+__all__ = ["ClusterClient"]

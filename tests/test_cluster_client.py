@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client import Client, ClusterClient, NodeUnavailableError, NotAnIntegerError
-from client.cluster import expand_nodes
+from common.address import expand_nodes
 from client.placement import Placement
 from tests.servers import ServerProcess, run_cli
 
