@@ -64,8 +64,8 @@ class Server:
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None
-        #: Called with the batch's request count and its duration in seconds
-        #: after its replies went out (the metrics' latency histogram).
+        #: Called with the batch's request count and the seconds it took so
+        #: far, just before its replies go out (the metrics' latency histogram).
         self.after_batch: Callable[[int, float], None] | None = None
         #: Called about every ``config.sweep_interval_s``, between batches.
         self.periodic: list[Callable[[], None]] = [handler.store.sweep]
@@ -119,10 +119,10 @@ class Server:
             replies.append(self._answer(frames, handle))
         if self.before_reply is not None:
             self.before_reply(len(replies))
+        if self.after_batch is not None:  # before the replies: a client that has its answer sees it counted
+            self.after_batch(len(replies), time.perf_counter() - started)
         for reply in replies:
             socket.send_multipart(reply)
-        if self.after_batch is not None:
-            self.after_batch(len(replies), time.perf_counter() - started)
 
     @staticmethod
     def _answer(frames: list[bytes], handle: Callable[[bytes], bytes]) -> list[bytes]:

@@ -7,7 +7,8 @@ server's thread. The one thing measured for metrics alone is the latency
 histogram, and it is measured per batch, not per request: the loop times
 each batch it answers (one clock read per batch) and every request in it is
 counted with that batch's duration. That is an upper bound on each
-request's own service time inside the server (network time excluded).
+request's own service time inside the server (from taking the batch off
+the socket to handing its replies back; network time excluded).
 
 Exported families (all prefixed ``memlookup_``):
 
