@@ -8,7 +8,9 @@ import sys
 from common import __version__
 from server.config import parse_config
 from server.handler import Handler
+from server.journaled_store import JournaledStore
 from server.loop import Server
+from server.persistence import Persistence, RecoveryError, in_memory_stats
 from server.store import Store
 
 log = logging.getLogger("server")
@@ -21,11 +23,33 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    server = Server(config, Handler(Store(), config.limits))
+    persistence = None
+    if config.data_dir is None:
+        handler = Handler(Store(), config.limits)
+        handler.stats_sections["persistence"] = in_memory_stats
+        where = "in memory"
+    else:
+        store = JournaledStore()
+        persistence = Persistence(config.data_dir, config.fsync, store, config.compact_after_bytes, config.repair)
+        try:
+            report = persistence.open()
+        except RecoveryError as exc:
+            log.error("%s", exc)
+            return 1
+        for line in report.repaired:
+            log.warning("repaired: %s", line)
+        log.info("loaded %d keys from %d journal records in %.2f s", report.keys, report.records, report.load_s)
+        handler = Handler(store, config.limits)
+        where = f"data dir {config.data_dir}, fsync {config.fsync}"
+    server = Server(config, handler)
+    if persistence is not None:
+        persistence.attach(server)
     try:
         bound = server.bind()
     except Exception as exc:  # zmq.ZMQError: address in use, bad interface
         log.error("cannot listen on %s port %s: %s", config.bind, config.port, exc)
+        if persistence is not None:
+            persistence.close()
         return 1
     if config.metrics_port:
         from server.metrics import serve_metrics
@@ -34,12 +58,18 @@ def main(argv: list[str] | None = None) -> int:
             latency, metrics_port = serve_metrics(server.handler, config.bind, config.metrics_port)
         except OSError as exc:
             log.error("cannot serve metrics on %s port %s: %s", config.bind, config.metrics_port, exc)
+            if persistence is not None:
+                persistence.close()
             return 1
         server.after_batch = latency.observe
         log.info("metrics on http://%s:%d/metrics", config.bind, metrics_port)
     server.install_signal_handlers()
-    log.info("memlookup %s listening on %s (in memory)", __version__, bound)
-    server.serve_forever()
+    log.info("memlookup %s listening on %s (%s)", __version__, bound, where)
+    try:
+        server.serve_forever()
+    finally:
+        if persistence is not None:
+            persistence.close()
     log.info("stopped")
     return 0
 

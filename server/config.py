@@ -14,6 +14,11 @@ from common import __version__, limits
 from common.address import DEFAULT_PORT
 from common.limits import Limits
 
+#: ``--fsync`` policies (server/persistence.py implements them).
+FSYNC_POLICIES = ("always", "everysec", "no")
+#: Default ``--compact-after-bytes`` (Redis: auto-aof-rewrite-min-size).
+COMPACT_AFTER_BYTES = 64 * 1024 * 1024
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -27,6 +32,10 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     sweep_interval_s: float = 0.1
     metrics_port: int = 0
+    data_dir: str | None = None
+    fsync: str = "everysec"
+    repair: bool = False
+    compact_after_bytes: int = COMPACT_AFTER_BYTES
 
 
 def _env(name: str, default: object) -> object:
@@ -68,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
         "longest keys glob pattern in UTF-8 bytes", type=int, metavar="N")
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
+    add("--data-dir", "SERVER_DATA_DIR", None,
+        "keep the table in this directory so it survives restarts and crashes; "
+        "without it the server is purely in memory", metavar="DIR")
+    add("--fsync", "MEMLOOKUP_FSYNC", "everysec",
+        "with --data-dir: always = a write is on disk before its reply (concurrent writes share "
+        "one fsync); everysec = a crash of the process loses nothing acknowledged, a power loss "
+        "about a second; no = the operating system decides", choices=FSYNC_POLICIES)
+    add("--compact-after-bytes", "MEMLOOKUP_COMPACT_AFTER_BYTES", COMPACT_AFTER_BYTES,
+        "with --data-dir: rewrite the journal as a snapshot once it is larger than this and "
+        "than the last snapshot", type=int, metavar="N")
+    parser.add_argument("--repair", action="store_true",
+                        default=str(_env("MEMLOOKUP_REPAIR", "")).lower() in ("1", "yes", "true"),
+                        help="with --data-dir: if a data file is corrupt, keep the valid part before the "
+                             "damage, drop the rest and say how much, instead of refusing to start "
+                             "(env MEMLOOKUP_REPAIR=1, default: off)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -90,6 +114,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
                 max_scan_count=int(args.max_scan_count),
                 max_pattern_bytes=int(args.max_pattern_bytes),
             ),
+            data_dir=args.data_dir or None,
+            fsync=str(args.fsync).lower(),
+            repair=bool(args.repair),
+            compact_after_bytes=int(args.compact_after_bytes),
         )
     except ValueError as exc:
         parser.error(f"bad setting in the environment: {exc}")
@@ -99,6 +127,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"metrics port {config.metrics_port} is not from 0 (off) to 65535")
     if config.log_level not in LOG_LEVELS:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if config.fsync not in FSYNC_POLICIES:
+        parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    if config.compact_after_bytes < 1:
+        parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
     for name, value in vars(config.limits).items():
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")

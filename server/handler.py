@@ -115,6 +115,14 @@ class Handler:
                 self._recent.popitem(last=False)
         return reply
 
+    def last_remembered_rid(self) -> str | None:
+        """The request id whose reply was remembered last (persistence tracks a batch's)."""
+        return next(reversed(self._recent), None)
+
+    def forget_reply(self, rid: str) -> None:
+        """Forget the reply of ``rid``: its write was undone, so a retry must run again."""
+        self._recent.pop(rid, None)
+
     def _error(self, status: Status, message: str) -> bytes:
         self.error_counts[status.name] += 1
         log.debug("refused a request: %s %s", status.name, message)

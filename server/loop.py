@@ -67,6 +67,11 @@ class Server:
         #: Called with the batch's request count and the seconds it took so
         #: far, just before its replies go out (the metrics' latency histogram).
         self.after_batch: Callable[[int, float], None] | None = None
+        #: When the socket runs dry, called with the batch's size so far; returns
+        #: how many milliseconds to wait for more requests before answering the
+        #: batch (0: answer now). Persistence under ``fsync always`` sets it so
+        #: that concurrent writers share one fsync.
+        self.batch_linger: Callable[[int], int] | None = None
         #: Called about every ``config.sweep_interval_s``, between batches.
         self.periodic: list[Callable[[], None]] = [handler.store.sweep]
         self.endpoint = ""
@@ -115,6 +120,10 @@ class Server:
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
+                if self.batch_linger is not None:
+                    wait_ms = self.batch_linger(len(replies))
+                    if wait_ms and socket.poll(wait_ms, zmq.POLLIN):
+                        continue  # more writers came: they share this batch's fsync
                 break
             replies.append(self._answer(frames, handle))
         if self.before_reply is not None:

@@ -18,7 +18,7 @@ import heapq
 import re
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 #: Number of hash buckets; a power of two. Also the number of scan steps.
 BUCKETS = 4096
@@ -162,6 +162,36 @@ class Store:
         else:
             self._deadlines[key] = deadline
             heapq.heappush(self._expiry_heap, (deadline, key))
+
+    def load(self, entries: Iterable[tuple[str, str | None, float | None]], now: float) -> None:
+        """Apply saved ``(key, value, deadline)`` entries in order (persistence loads with this).
+
+        ``value`` None deletes the key, and so does a deadline not after
+        ``now``: the key expired while it was on disk. The result is what
+        :meth:`put` and :meth:`delete` one by one would give, but the loop does
+        only the dict work, and the key count and memory figure are summed
+        once at the end: loading millions of keys is most of a restart.
+        """
+        buckets, deadlines, heap = self._buckets, self._deadlines, self._expiry_heap
+        for key, value, deadline in entries:
+            bucket = buckets[hash(key) & _MASK]
+            if value is None or (deadline is not None and deadline <= now):
+                if bucket.pop(key, None) is not None and deadlines:
+                    deadlines.pop(key, None)
+                continue
+            bucket[key] = value
+            if deadline is None:
+                if deadlines:
+                    deadlines.pop(key, None)
+            else:
+                deadlines[key] = deadline
+                heap.append((deadline, key))
+        heapq.heapify(heap)
+        getsizeof = sys.getsizeof
+        self._count = sum(map(len, buckets))
+        self.memory_bytes = self._count * ENTRY_OVERHEAD_BYTES + sum(
+            sum(map(getsizeof, bucket)) + sum(map(getsizeof, bucket.values())) for bucket in buckets
+        )
 
     def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
         deadline = None if ttl_s is None else self._clock() + ttl_s

@@ -128,3 +128,16 @@ def run_cli(*args: str, input: str | bytes | None = None, timeout_s: float = 30.
     proc.stdout = proc.stdout.decode("utf-8")  # type: ignore[assignment]
     proc.stderr = proc.stderr.decode("utf-8")  # type: ignore[assignment]
     return proc
+
+
+def run_server(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+    """Run ``python -m server ARGS`` expecting it to exit on its own (refusing to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

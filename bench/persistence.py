@@ -1,0 +1,391 @@
+"""Persistence figures, side by side in one run: memlookup against Redis.
+
+    python3 bench/persistence.py engines      # SQLite WAL vs the journal, no server
+    python3 bench/persistence.py writes       # 16 writers: always vs Redis always; everysec vs in memory
+    python3 bench/persistence.py restart      # restart with 1M keys vs Redis loading its AOF
+    python3 bench/persistence.py stall        # one writer's latency while 1M keys are compacted
+    python3 bench/persistence.py all
+
+Needs ``redis-server`` and ``redis-benchmark`` (Debian: redis-server) for the
+Redis side. Every server runs on a free loopback port with its data in a
+temporary directory under the current directory's file system (same disk as
+Redis gets). Results are medians of ``--repeat`` runs, printed as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import msgpack
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import ServerProcess  # noqa: E402
+
+CLIENTS = 16
+DRIVER_PROCESSES = 2
+KEY_SPACE = 1_000_000
+VALUE = "v" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- load generator: CLIENTS REQ sockets, one request in flight each (like redis-benchmark -c) --
+
+
+def _drive_part(node: str, sockets: int, seconds: float, seed: int, out: "multiprocessing.Queue[int]") -> None:
+    context = zmq.Context()
+    poller = zmq.Poller()
+    reqs = []
+    for _ in range(sockets):
+        sock = context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://{node}")
+        poller.register(sock, zmq.POLLIN)
+        reqs.append(sock)
+    counter = seed * 7919
+    frames = [msgpack.packb(["set", f"key:{(counter + i) % KEY_SPACE:012d}", VALUE]) for i in range(4096)]
+    for i, sock in enumerate(reqs):
+        sock.send(frames[i])
+    done = 0
+    sent = len(reqs)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for sock, _ in poller.poll(1000):
+            reply = sock.recv()
+            if reply[1:2] != b"\x00":  # [0, payload]: status OK
+                raise SystemExit(f"error reply: {msgpack.unpackb(reply)}")
+            done += 1
+            sock.send(frames[sent & 4095])
+            sent += 1
+    out.put(done)
+    context.destroy(linger=0)
+
+
+def drive(node: str, seconds: float) -> float:
+    """Requests per second that CLIENTS concurrent writers get from ``node``."""
+    queue: multiprocessing.Queue[int] = multiprocessing.Queue()
+    per = CLIENTS // DRIVER_PROCESSES
+    procs = [
+        multiprocessing.Process(target=_drive_part, args=(node, per, seconds, i, queue))
+        for i in range(DRIVER_PROCESSES)
+    ]
+    for proc in procs:
+        proc.start()
+    total = sum(queue.get(timeout=seconds + 30) for _ in procs)
+    for proc in procs:
+        proc.join()
+    return total / seconds
+
+
+# -- Redis ------------------------------------------------------------------------
+
+
+class Redis:
+    def __init__(self, data_dir: Path, fsync: str) -> None:
+        self.port = free_port()
+        self.dir = data_dir
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+             "--appendonly", "yes", "--appendfsync", fsync, "--save", "", "--auto-aof-rewrite-percentage", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.ready_s = wait_redis_ready(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wait_redis_ready(port: int, timeout_s: float = 120.0) -> float:
+    """Seconds until Redis answers PING with PONG (not -LOADING)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise RuntimeError("redis did not become ready")
+
+
+def redis_benchmark_sets(port: int, requests: int) -> float:
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", str(CLIENTS), "-t", "set", "-n", str(requests),
+         "-d", "32", "-r", str(KEY_SPACE), "--csv", "-q"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    row = [line for line in out.splitlines() if line.startswith('"SET"')][0]
+    return float(row.split(",")[1].strip('"'))
+
+
+# -- memlookup ------------------------------------------------------------------------
+
+
+def memlookup(args: list[str]) -> ServerProcess:
+    return ServerProcess(args, start_timeout_s=300)
+
+
+def wait_memlookup_ready(node: str, timeout_s: float = 300.0) -> None:
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{node}")
+    sock.send(msgpack.packb(["ping"]))
+    if not sock.poll(int(timeout_s * 1000)):
+        raise RuntimeError("memlookup did not answer")
+    sock.recv()
+    sock.close()
+
+
+# -- the figures ------------------------------------------------------------------------
+
+
+def bench_writes(seconds: float, repeat: int, base: Path) -> None:
+    results: dict[str, list[float]] = {"always": [], "redis always": [], "everysec": [], "in memory": []}
+    for _ in range(repeat):
+        for name in results:
+            data = Path(tempfile.mkdtemp(dir=base))
+            try:
+                if name == "redis always":
+                    redis = Redis(data, "always")
+                    try:
+                        results[name].append(redis_benchmark_sets(redis.port, int(seconds * 40_000)))
+                    finally:
+                        redis.stop()
+                    continue
+                args = [] if name == "in memory" else ["--data-dir", str(data), "--fsync", name]
+                server = memlookup(args)
+                try:
+                    results[name].append(drive(server.node, seconds))
+                finally:
+                    server.stop()
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+    med = {name: statistics.median(values) for name, values in results.items()}
+    print(f"sets/s, {CLIENTS} concurrent writers, median of {repeat}:")
+    for name, value in med.items():
+        print(f"  {name:14s} {value:10,.0f}   runs: {', '.join(f'{v:,.0f}' for v in results[name])}")
+    print(f"  always / redis always = {med['always'] / med['redis always']:.2f}x")
+    print(f"  everysec / in memory  = {med['everysec'] / med['in memory']:.2f}x")
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for part in parts:
+        data = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def bench_restart(keys: int, repeat: int, base: Path) -> None:
+    names = [f"key:{i:012d}" for i in range(keys)]  # 16 bytes
+    values = [f"value:{i:026d}" for i in range(keys)]  # 32 bytes
+    ours = Path(tempfile.mkdtemp(dir=base))
+    theirs = Path(tempfile.mkdtemp(dir=base))
+    try:
+        server = memlookup(["--data-dir", str(ours), "--fsync", "everysec", "--compact-after-bytes", str(1 << 40)])
+        context = zmq.Context.instance()
+        sock = context.socket(zmq.REQ)
+        sock.connect(f"tcp://{server.node}")
+        for start in range(0, keys, 1000):
+            sock.send(msgpack.packb(["mset", dict(zip(names[start:start + 1000], values[start:start + 1000]))]))
+            sock.recv()
+        sock.close()
+        server.stop()
+        redis = Redis(theirs, "everysec")
+        with socket.create_connection(("127.0.0.1", redis.port)) as conn:
+            for start in range(0, keys, 1000):
+                conn.sendall(b"".join(_resp("SET", names[i], values[i]) for i in range(start, min(keys, start + 1000))))
+                want = min(keys, start + 1000) - start
+                got = b""
+                while got.count(b"\r\n") < want:
+                    got += conn.recv(1 << 16)
+        redis.stop()
+
+        def time_ours(label: str) -> list[float]:
+            times = []
+            for _ in range(repeat):
+                started = time.perf_counter()
+                server = memlookup(["--data-dir", str(ours)])
+                wait_memlookup_ready(server.node)
+                times.append(time.perf_counter() - started)
+                server.stop()
+            return times
+
+        journal = time_ours("journal")
+        files_j = {p.name: p.stat().st_size for p in ours.iterdir()}
+        # Compact: one start with a tiny threshold, one write to trigger it, wait for the snapshot.
+        server = memlookup(["--data-dir", str(ours), "--compact-after-bytes", "1"])
+        sock = context.socket(zmq.REQ)
+        sock.connect(f"tcp://{server.node}")
+        sock.send(msgpack.packb(["set", "trigger", "x"]))
+        sock.recv()
+        while True:
+            time.sleep(0.2)
+            sock.send(msgpack.packb(["stats"]))
+            stats = msgpack.unpackb(sock.recv())[1]["persistence"]
+            if stats["compactions"] >= 1 and not stats["compacting"]:
+                break
+        pause_ms = stats["last_compaction_pause_ms"]
+        sock.close()
+        server.stop()
+        snapshot = time_ours("snapshot")
+        files_s = {p.name: p.stat().st_size for p in ours.iterdir()}
+        redis_times = []
+        for _ in range(repeat):
+            redis = Redis(theirs, "everysec")
+            redis_times.append(redis.ready_s)
+            redis.stop()
+        aof = sum(p.stat().st_size for p in (theirs / "appendonlydir").iterdir())
+    finally:
+        shutil.rmtree(ours, ignore_errors=True)
+        shutil.rmtree(theirs, ignore_errors=True)
+    mj, ms, mr = statistics.median(journal), statistics.median(snapshot), statistics.median(redis_times)
+    print(f"restart with {keys:,} keys (16-byte keys, 32-byte values), start to first reply, median of {repeat}:")
+    print(f"  memlookup from journal  {mj:6.2f} s  files {files_j}")
+    print(f"  memlookup from snapshot {ms:6.2f} s  files {files_s}")
+    print(f"  redis from AOF          {mr:6.2f} s  AOF {aof} bytes")
+    print(f"  journal / redis = {mj / mr:.2f}x   snapshot / redis = {ms / mr:.2f}x")
+    print(f"  compaction pause (fork) with {keys:,} keys: {pause_ms:.1f} ms")
+
+
+def bench_stall(keys: int, base: Path) -> None:
+    """Latency of one writer while a compaction of ``keys`` keys runs, against the same run before it."""
+    data = Path(tempfile.mkdtemp(dir=base))
+    server = memlookup(["--data-dir", str(data), "--compact-after-bytes", str(1 << 40)])
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    for start in range(0, keys, 1000):
+        sock.send(msgpack.packb(["mset", {f"key:{i:012d}": f"value:{i:026d}" for i in range(start, start + 1000)}]))
+        sock.recv()
+    sock.close()
+    server.stop()
+    journal_bytes = sum(p.stat().st_size for p in data.glob("journal.*"))
+    # The journal crosses the threshold after a few seconds of overwrites.
+    server = memlookup(["--data-dir", str(data), "--compact-after-bytes", str(journal_bytes + 4_000_000)])
+    sock = context.socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+
+    def call(*request: object) -> object:
+        sock.send(msgpack.packb(list(request)))
+        return msgpack.unpackb(sock.recv())[1]
+
+    before: list[float] = []
+    during: list[float] = []
+    i = 0
+    stats = call("stats")["persistence"]  # type: ignore[index]
+    while True:
+        started = time.perf_counter()
+        call("set", f"key:{i % keys:012d}", "x" * 60)
+        (during if stats["compactions"] or stats["compacting"] else before).append(time.perf_counter() - started)
+        i += 1
+        if i % 200 == 0:
+            stats = call("stats")["persistence"]  # type: ignore[index]
+            if stats["compactions"] >= 1:
+                break
+    sock.close()
+    server.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+    def describe(values: list[float]) -> str:
+        values = sorted(values)
+        pick = lambda q: values[min(len(values) - 1, int(len(values) * q))] * 1000  # noqa: E731
+        return f"{len(values):7,d} writes  p50 {pick(0.5):5.2f} ms  p99 {pick(0.99):5.2f} ms  p99.9 {pick(0.999):6.2f} ms  max {values[-1] * 1000:7.2f} ms"
+
+    print(f"one writer (everysec) before and during a compaction of {keys:,} keys:")
+    print(f"  before  {describe(before)}")
+    print(f"  during  {describe(during)}")
+    print(f"  the server's own pause (new journal + fork): {stats['last_compaction_pause_ms']:.1f} ms")
+
+
+def bench_engines(batches: int = 2000, batch: int = 16) -> None:
+    """The two engines without a server: per-batch cost and loading 1M entries."""
+    base = Path(tempfile.mkdtemp(dir=ROOT))
+    try:
+        rows_of = lambda b: [(f"key:{(b * batch + i) % 5000:012d}", VALUE, None) for i in range(batch)]  # noqa: E731
+        for sync in ("FULL", "NORMAL"):
+            db = sqlite3.connect(base / f"s{sync}.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={sync}")
+            db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT, d REAL) WITHOUT ROWID")
+            started = time.perf_counter()
+            for b in range(batches):
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO kv VALUES(?,?,?)", rows_of(b))
+                db.execute("COMMIT")
+            took = time.perf_counter() - started
+            print(f"sqlite WAL synchronous={sync:6s}: {took / batches * 1e6:6.0f} us per batch of {batch} writes")
+            db.close()
+        fd = os.open(base / "j.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        for sync in (True, False):
+            started = time.perf_counter()
+            for b in range(batches):
+                payload = msgpack.packb(rows_of(b))
+                head = struct.pack("<II", len(payload), zlib.crc32(payload))
+                os.write(fd, head + zlib.crc32(head).to_bytes(4, "little") + payload)
+                if sync:
+                    os.fdatasync(fd)
+            took = time.perf_counter() - started
+            print(f"journal fdatasync={str(sync):5s}     : {took / batches * 1e6:6.0f} us per batch of {batch} writes")
+        os.close(fd)
+        n = 1_000_000
+        db = sqlite3.connect(base / "big.db", isolation_level=None)
+        db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT, d REAL) WITHOUT ROWID")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO kv VALUES(?,?,?)", ((f"key:{i:012d}", VALUE, None) for i in range(n)))
+        db.execute("COMMIT")
+        db.close()
+        started = time.perf_counter()
+        table = {k: v for k, v, _ in sqlite3.connect(base / "big.db").execute("SELECT k, v, d FROM kv")}
+        print(f"sqlite: load {len(table):,} rows into a dict: {time.perf_counter() - started:.2f} s")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "all"))
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the restart figure")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-persistence-", dir=ROOT))
+    try:
+        if args.what in ("engines", "all"):
+            bench_engines()
+        if args.what in ("writes", "all"):
+            bench_writes(args.seconds, args.repeat, base)
+        if args.what in ("restart", "all"):
+            bench_restart(args.keys, args.repeat, base)
+        if args.what in ("stall", "all"):
+            bench_stall(args.keys, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

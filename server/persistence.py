@@ -1,0 +1,657 @@
+"""The data directory: a journal of every batch of changes, plus snapshots.
+
+Layout of ``--data-dir`` (docs/PERSISTENCE.md has the full story)::
+
+    lock                 held (fcntl lock) by the live server; holds its pid
+    snapshot.00000007    the whole table as it was when journal.00000007 began
+    journal.00000007     every batch of changes since, one checksummed record each
+    journal.00000008     (while a compaction runs: changes after it began)
+
+Recovery loads the newest snapshot and replays every journal of that
+generation or later. Compaction (when the journal outgrows
+``--compact-after-bytes`` and the snapshot) starts a new journal generation,
+then ``fork()``s: the child writes the table as it was at that instant to
+``snapshot.N.tmp``, fsyncs it, renames it to ``snapshot.N`` and fsyncs the
+directory; only then does the server delete the older generation. A crash at
+any step leaves either the old snapshot plus both journals, or the new
+snapshot plus the new journal, and both load to the same table. The server
+itself only pauses to open the new journal and fork: the fork grows with the
+table (about 20 ms with 1 M keys, docs/BENCHMARKS.md).
+
+Durability of a batch (see :meth:`Persistence.before_reply`): its changes are
+applied in memory while the batch is handled, then written as one record,
+then (``always``) fdatasync'ed, and only then are the replies sent. If the
+write or the fsync fails, the batch is undone in memory and every reply of
+the batch from its first change on becomes a ``PERSISTENCE`` error: no write
+is acknowledged that is not on disk, and none is left visible that failed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import msgpack
+
+from common.protocol import Status, encode_reply
+from server.config import COMPACT_AFTER_BYTES, FSYNC_POLICIES
+from server.journaled_store import JournaledStore
+from server.records import JOURNAL_MAGIC, MAGIC_BYTES, SNAPSHOT_MAGIC, Scan, frame, scan
+
+log = logging.getLogger(__name__)
+
+
+#: How often ``everysec`` fsyncs the journal, in a background thread.
+EVERYSEC_INTERVAL_S = 1.0
+
+#: Entries per snapshot record.
+SNAPSHOT_CHUNK_ENTRIES = 8192
+
+#: After a failed compaction, wait this long before trying again.
+COMPACTION_RETRY_S = 10.0
+
+_FILE = re.compile(r"^(snapshot|journal)\.(\d{8})$")
+
+
+class RecoveryError(Exception):
+    """The data directory cannot be loaded as it is; the message says where and why."""
+
+
+class DataDirLocked(RecoveryError):
+    """Another live server holds the data directory."""
+
+
+@dataclass
+class RecoveryReport:
+    """What loading the data directory found and did."""
+
+    keys: int = 0
+    records: int = 0
+    load_s: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+
+def _name(kind: str, generation: int) -> str:
+    return f"{kind}.{generation:08d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class Persistence:
+    """Keeps a :class:`JournaledStore` in a data directory.
+
+    Args:
+        data_dir: the directory (created if missing).
+        policy: ``always``, ``everysec`` or ``no`` (see docs/PERSISTENCE.md).
+        store: the table; it must be empty, :meth:`open` fills it.
+        compact_after_bytes: journal size that triggers a compaction.
+        repair: drop whatever follows corruption instead of refusing to start.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        policy: str,
+        store: JournaledStore,
+        compact_after_bytes: int = COMPACT_AFTER_BYTES,
+        repair: bool = False,
+    ) -> None:
+        if policy not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {', '.join(FSYNC_POLICIES)}")
+        self.dir = Path(data_dir)
+        self.policy = policy
+        self.store = store
+        self.compact_after_bytes = compact_after_bytes
+        self.repair = repair
+        self.generation = 0
+        self.journal_bytes = 0
+        self.snapshot_bytes = 0
+        self._fd = -1
+        self._lock_fd = -1
+        self._fd_lock = threading.Lock()
+        self._synced_bytes = 0
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+        self.broken: str | None = None
+        self.last_fsync_unix = 0.0
+        self.fsyncs = 0
+        self.write_errors = 0
+        self.failed_batches = 0
+        self.compactions = 0
+        self.compaction_failures = 0
+        self.last_compaction_pause_ms = 0.0
+        self._child = 0
+        self._child_started = 0.0
+        self._dropper: threading.Thread | None = None
+        self._next_compaction = 0.0
+        self.report = RecoveryReport()
+        # Per-batch state of the reply wrapper (see attach()).
+        self._held: list[bytearray] = []
+        self._usual_batch = 1.0
+        self._rids: list[str] = []
+
+    # -- opening and recovery --------------------------------------------------
+
+    def open(self) -> RecoveryReport:
+        """Lock the directory, load it into the store, open the journal for appending.
+
+        Raises:
+            DataDirLocked: another live server uses the directory.
+            RecoveryError: corruption (file and offset named) and no ``repair``,
+                or a directory that cannot be read or written.
+        """
+        started = time.perf_counter()
+        collecting = gc.isenabled()
+        gc.disable()  # loading makes millions of objects and no cycles: the collector only slows it
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            self._recover()
+        except OSError as exc:
+            self.close()
+            raise RecoveryError(f"cannot use data dir {self.dir}: {exc}") from None
+        except RecoveryError:
+            self.close()
+            raise
+        finally:
+            if collecting:
+                gc.enable()
+        gc.freeze()  # the loaded table is permanent: later collections need not scan it
+        self.report.keys = len(self.store)
+        self.report.load_s = time.perf_counter() - started
+        if self.policy == "everysec":
+            self._syncer = threading.Thread(target=self._sync_every_second, name="fsync", daemon=True)
+            self._syncer.start()
+        self.store.recording = True
+        return self.report
+
+    def _lock(self) -> None:
+        path = self.dir / "lock"
+        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # A POSIX record lock: released when this process dies, and not
+            # inherited by the compaction child.
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            holder = os.pread(self._lock_fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise DataDirLocked(
+                f"data dir {self.dir} is in use by another live server (pid {holder}); "
+                "refusing to start"
+            ) from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _recover(self) -> None:
+        snapshots: list[int] = []
+        journals: list[int] = []
+        for entry in os.listdir(self.dir):
+            if entry.endswith(".tmp"):
+                (self.dir / entry).unlink()  # an unfinished snapshot or journal
+                continue
+            match = _FILE.match(entry)
+            if match:
+                (snapshots if match.group(1) == "snapshot" else journals).append(int(match.group(2)))
+        base = max(snapshots, default=0)
+        for generation in journals:
+            if generation < base:  # a compaction finished but had no time to delete it
+                (self.dir / _name("journal", generation)).unlink()
+        journals = sorted(g for g in journals if g >= base)
+        if not snapshots and journals and journals[0] != 1:
+            raise RecoveryError(
+                f"data dir {self.dir} has {_name('journal', journals[0])} but no snapshot before it; "
+                "files are missing"
+            )
+        expected = list(range(journals[0], journals[0] + len(journals))) if journals else []
+        if journals != expected:
+            raise RecoveryError(f"data dir {self.dir}: journal generations {journals} have a gap; files are missing")
+        now = time.time()
+        repaired = False
+        if base:
+            repaired |= self._load_snapshot(base, now)
+        for position, generation in enumerate(journals):
+            last = position == len(journals) - 1
+            if self._load_journal(generation, now, last):
+                # Repair dropped the rest of this journal: later ones follow a hole.
+                for later in journals[position + 1:]:
+                    path = self.dir / _name("journal", later)
+                    self.report.repaired.append(f"{path}: dropped entirely ({path.stat().st_size} bytes)")
+                    path.unlink()
+                journals = journals[:position + 1]
+                repaired = True
+                break
+        for generation in snapshots:
+            if generation < base:
+                (self.dir / _name("snapshot", generation)).unlink()
+        self.generation = journals[-1] if journals else max(base, 1)
+        self.snapshot_bytes = (self.dir / _name("snapshot", base)).stat().st_size if base else 0
+        self._open_journal(self.generation)
+        if repaired:
+            self._compact_in_process()
+
+    def _read(self, path: Path, magic: bytes) -> Scan:
+        with open(path, "rb") as file:
+            return scan(file.read(), magic)
+
+    def _load_snapshot(self, generation: int, now: float) -> bool:
+        path = self.dir / _name("snapshot", generation)
+        result = self._read(path, SNAPSHOT_MAGIC)
+        ended = bool(result.payloads) and len(result.payloads[-1]) == 0
+        problem_at = result.corrupt_at if result.corrupt_at is not None else result.torn_at
+        if problem_at is None and not ended:
+            problem_at, result.reason = result.valid_bytes, "snapshot has no end record"
+        if problem_at is not None:
+            self._refuse_or_repair(path, problem_at, result.reason or "snapshot cut short", result.size)
+        self.store.load(self._entries(path, result.payloads), now)
+        return problem_at is not None
+
+    def _load_journal(self, generation: int, now: float, last: bool) -> bool:
+        """Replay one journal; True if repair cut it short."""
+        path = self.dir / _name("journal", generation)
+        result = self._read(path, JOURNAL_MAGIC)
+        self.store.load(self._entries(path, result.payloads), now)
+        self.report.records += len(result.payloads)
+        if result.corrupt_at is None and result.torn_at is None:
+            if result.size < MAGIC_BYTES:  # empty: give it its header
+                self._truncate(path, 0)
+            return False
+        if result.corrupt_at is None and last:
+            dropped = result.size - result.valid_bytes
+            message = (
+                f"{path}: torn tail at offset {result.torn_at}: {dropped} bytes of an unfinished write "
+                f"dropped, {len(result.payloads)} complete records loaded"
+            )
+            log.warning("%s", message)
+            self.report.warnings.append(message)
+            self._truncate(path, result.valid_bytes if result.valid_bytes >= MAGIC_BYTES else 0)
+            return False
+        offset = result.corrupt_at if result.corrupt_at is not None else result.torn_at
+        assert offset is not None
+        reason = result.reason or "journal cut short before a later journal began"
+        self._refuse_or_repair(path, offset, reason, result.size)
+        self._truncate(path, result.valid_bytes if result.valid_bytes >= MAGIC_BYTES else 0)
+        return True
+
+    def _refuse_or_repair(self, path: Path, offset: int, reason: str, size: int) -> None:
+        if not self.repair:
+            raise RecoveryError(
+                f"{path}: corrupt at offset {offset} ({reason}); refusing to start. "
+                f"Start once with --repair to keep the {offset} valid bytes before it "
+                f"and drop the {size - offset} after"
+            )
+        message = f"{path}: corrupt at offset {offset} ({reason}): kept {offset} bytes, dropped {size - offset}"
+        log.warning("repair: %s", message)
+        self.report.repaired.append(message)
+
+    @staticmethod
+    def _entries(path: Path, payloads: list[memoryview]) -> Iterator[Any]:
+        """Every ``(key, value, deadline)`` in the records, in order."""
+        for payload in payloads:
+            if not payload:
+                continue  # a snapshot's end record
+            try:
+                entries = msgpack.unpackb(payload, raw=False, use_list=False)
+            except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
+                raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
+            yield from entries
+
+    def _truncate(self, path: Path, size: int) -> None:
+        with open(path, "r+b") as file:
+            file.truncate(size)
+            if size == 0:
+                file.write(JOURNAL_MAGIC)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def _open_journal(self, generation: int) -> None:
+        path = self.dir / _name("journal", generation)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                _write_all(fd, JOURNAL_MAGIC)
+                os.fdatasync(fd)
+                _fsync_dir(self.dir)
+                size = MAGIC_BYTES
+        except OSError:
+            os.close(fd)
+            raise
+        with self._fd_lock:
+            old, self._fd = self._fd, fd
+            self.generation = generation
+            self.journal_bytes = self._synced_bytes = size
+        if old >= 0:
+            os.close(old)
+
+    # -- serving ----------------------------------------------------------------
+
+    def attach(self, server: Any) -> None:
+        """Hook into a :class:`~server.loop.Server`: wrap its handler, make batches durable."""
+        handler = server.handler
+        inner = handler.handle
+        changes = self.store.changes
+        held, rids = self._held, self._rids
+        last_rid = handler.last_remembered_rid
+
+        def handle(frame_bytes: bytes) -> bytes:
+            before, rid = len(changes), last_rid()
+            reply = inner(frame_bytes)
+            if not held and len(changes) == before:
+                return reply
+            # From the batch's first change on, replies stay editable until
+            # the batch is durable: a failure turns them into errors.
+            editable = bytearray(reply)
+            held.append(editable)
+            new_rid = last_rid()
+            if new_rid is not None and new_rid != rid:
+                rids.append(new_rid)
+            return editable  # type: ignore[return-value]
+
+        handler.handle = handle
+        self._forget_reply = handler.forget_reply
+        server.before_reply = self.before_reply
+        if self.policy == "always":
+            server.batch_linger = self.batch_linger
+        server.periodic.append(self.periodic)
+        handler.stats_sections["persistence"] = self.stats
+
+    def batch_linger(self, size: int) -> int:
+        """Milliseconds the loop should wait for more requests to join a batch of ``size``.
+
+        Under ``always`` each batch costs an fsync, so a batch should hold a
+        request from every writer that is active. Their number is estimated by
+        the recent batch sizes: a batch with changes that is well below them
+        waits up to 1 ms for the others; a lone writer never waits.
+        """
+        if not self.store.changes:
+            return 0  # nothing to fsync yet: readers need not wait
+        return 1 if size < self._usual_batch * 0.75 else 0
+
+    def before_reply(self, count: int) -> None:
+        """Write the batch's changes as one record; under ``always`` fsync it. Undo on failure."""
+        usual = self._usual_batch
+        self._usual_batch = count if count >= usual else usual + (count - usual) / 32
+        store = self.store
+        if not store.changes:
+            self._held.clear()
+            return
+        record = frame(msgpack.packb(store.changes))
+        good = self.journal_bytes
+        try:
+            if self.broken:
+                raise OSError(errno.EIO, self.broken)
+            self._append(record)
+            if self.policy == "always":
+                try:
+                    self._fsync()
+                except OSError:
+                    self._cut_back(good)  # so that a restart does not bring the failed batch back
+                    raise
+        except OSError as exc:
+            self._fail_batch(exc)
+        else:
+            store.end_batch()
+        self._held.clear()
+        self._rids.clear()
+
+    def _append(self, record: bytes) -> None:
+        good = self.journal_bytes
+        try:
+            _write_all(self._fd, record)
+        except OSError:
+            self.write_errors += 1
+            self._cut_back(good)  # take back a partial record
+            raise
+        self.journal_bytes = good + len(record)
+
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            self.journal_bytes = size
+        except OSError as exc:
+            self.broken = f"journal could not be cut back after a failed write: {exc}"
+
+    def _fsync(self) -> None:
+        """fdatasync the journal up to what was written; on failure stop acknowledging writes."""
+        target = self.journal_bytes
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            # After a failed fsync the kernel may have dropped the dirty pages:
+            # what is on disk is unknown, so stop acknowledging writes.
+            self.broken = f"fsync of the journal failed: {exc}; restart the server once the disk is fixed"
+            log.error("%s", self.broken)
+            raise
+        self._synced_bytes = max(self._synced_bytes, target)
+        self.last_fsync_unix = time.time()
+        self.fsyncs += 1
+
+    def _fail_batch(self, exc: OSError) -> None:
+        self.store.undo_batch()
+        self.failed_batches += 1
+        message = f"write not persisted, nothing changed: {exc.strerror or exc}"
+        log.error("persistence: %s", message)
+        error = encode_reply(Status.PERSISTENCE, message)
+        for reply in self._held:
+            reply[:] = error
+        for rid in self._rids:
+            self._forget_reply(rid)
+
+    def _sync_every_second(self) -> None:
+        while not self._stop.wait(EVERYSEC_INTERVAL_S):
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was written and not yet synced (the ``everysec`` thread's job)."""
+        with self._fd_lock:
+            if self.journal_bytes == self._synced_bytes or self._fd < 0:
+                return
+            try:
+                self._fsync()
+            except OSError:
+                pass  # logged, and the server now refuses writes
+
+    def periodic(self) -> None:
+        """Reap a finished compaction; start one when the journal has outgrown its bounds."""
+        try:
+            self._compaction_step()
+        except Exception:  # never let housekeeping take the server down
+            log.exception("compaction housekeeping failed")
+            self._next_compaction = time.monotonic() + COMPACTION_RETRY_S
+
+    def _compaction_step(self) -> None:
+        if self._child:
+            self._reap()
+            return
+        if self._dropper is not None and self._dropper.is_alive():
+            return
+        if (
+            self.journal_bytes > self.compact_after_bytes
+            and self.journal_bytes > self.snapshot_bytes
+            and not self.broken
+            and time.monotonic() >= self._next_compaction
+        ):
+            self.compact()
+
+    # -- compaction ---------------------------------------------------------------
+
+    def compact(self) -> bool:
+        """Start a compaction in a child process; False if it could not start."""
+        started = time.perf_counter()
+        generation = self.generation + 1
+        try:
+            with self._fd_lock:
+                if self._synced_bytes != self.journal_bytes:
+                    os.fdatasync(self._fd)  # the old journal must be whole before the new begins
+                    self._synced_bytes = self.journal_bytes
+            self._open_journal(generation)
+        except OSError as exc:
+            self._compaction_failed(f"cannot start journal {generation}: {exc}")
+            (self.dir / _name("journal", generation)).unlink(missing_ok=True)
+            return False
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the new journal simply goes on
+            self._compaction_failed(f"cannot fork the snapshot writer: {exc}")
+            return False
+        if pid == 0:  # the child: write the table as it is now, then leave
+            code = 1
+            try:
+                os.closerange(3, 1 << 20)  # sockets and journal belong to the parent
+                self._write_snapshot(generation)
+                code = 0
+            finally:
+                os._exit(code)
+        self._child, self._child_started = pid, time.monotonic()
+        self.last_compaction_pause_ms = (time.perf_counter() - started) * 1000
+        log.info("compaction %d started (pid %d, paused %.1f ms)", generation, pid, self.last_compaction_pause_ms)
+        return True
+
+    def _reap(self, block: bool = False) -> None:
+        try:
+            pid, status = os.waitpid(self._child, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # someone else reaped it: its outcome is unknown
+            self._child = 0
+            self._compaction_failed("the snapshot writer vanished")
+            return
+        if pid == 0:
+            return
+        self._child = 0
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            self._compaction_failed(f"snapshot writer exited with {code}")
+            return
+        # Deleting a big journal and fsyncing the directory takes ~100 ms on a
+        # busy disk: a thread does it (the GIL is released meanwhile).
+        self._dropper = threading.Thread(
+            target=self._drop_generations_before, args=(self.generation,), name="drop-old-files", daemon=True
+        )
+        self._dropper.start()
+        self.compactions += 1
+        log.info("compaction %d done in %.2f s: snapshot %d bytes", self.generation,
+                 time.monotonic() - self._child_started, self.snapshot_bytes)
+
+    def _compaction_failed(self, why: str) -> None:
+        self.compaction_failures += 1
+        self._next_compaction = time.monotonic() + COMPACTION_RETRY_S
+        log.error("compaction failed (will retry in %.0f s): %s", COMPACTION_RETRY_S, why)
+
+    def _compact_in_process(self) -> None:
+        """Compaction without a child, at startup after a repair."""
+        generation = self.generation + 1
+        self._open_journal(generation)
+        self._write_snapshot(generation)
+        self._drop_generations_before(generation)
+
+    def _drop_generations_before(self, generation: int) -> None:
+        self.snapshot_bytes = (self.dir / _name("snapshot", generation)).stat().st_size
+        for entry in os.listdir(self.dir):
+            match = _FILE.match(entry)
+            if match and int(match.group(2)) < generation:
+                (self.dir / entry).unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    def _write_snapshot(self, generation: int) -> None:
+        """The table, as it is now, into snapshot.N: temp file, fsync, rename, fsync dir."""
+        final = self.dir / _name("snapshot", generation)
+        temp = final.with_name(final.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            buffer = bytearray(SNAPSHOT_MAGIC)
+            chunk: list[tuple[str, str, float | None]] = []
+            for entry in self.store.items():
+                chunk.append(entry)
+                if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES:
+                    buffer += frame(msgpack.packb(chunk))
+                    chunk.clear()
+                    if len(buffer) >= 1 << 20:
+                        _write_all(fd, buffer)
+                        buffer.clear()
+            if chunk:
+                buffer += frame(msgpack.packb(chunk))
+            buffer += frame(b"")  # the end record: a snapshot without it is incomplete
+            _write_all(fd, buffer)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, final)
+        _fsync_dir(self.dir)
+
+    # -- reporting and shutdown ------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The ``persistence`` section of ``stats``."""
+        return {
+            "enabled": True,
+            "data_dir": str(self.dir),
+            "fsync": self.policy,
+            "generation": self.generation,
+            "journal_bytes": self.journal_bytes,
+            "snapshot_bytes": self.snapshot_bytes,
+            "pending_bytes": self.journal_bytes - self._synced_bytes,
+            "last_fsync_unix": round(self.last_fsync_unix, 3),
+            "last_fsync_age_s": round(time.time() - self.last_fsync_unix, 3) if self.last_fsync_unix else None,
+            "fsyncs": self.fsyncs,
+            "write_errors": self.write_errors,
+            "failed_batches": self.failed_batches,
+            "broken": self.broken,
+            "compacting": bool(self._child),
+            "compactions": self.compactions,
+            "compaction_failures": self.compaction_failures,
+            "last_compaction_pause_ms": round(self.last_compaction_pause_ms, 3),
+            "loaded_keys": self.report.keys,
+            "load_s": round(self.report.load_s, 3),
+        }
+
+    def close(self) -> None:
+        """Finish a running compaction, fsync the journal, release the lock."""
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        if self._child:
+            self._reap(block=True)
+        if self._dropper is not None:
+            self._dropper.join()
+        with self._fd_lock:
+            if self._fd >= 0:
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    log.error("final fsync of the journal failed: %s", exc)
+                os.close(self._fd)
+                self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def in_memory_stats() -> dict[str, Any]:
+    """The ``persistence`` section of a server without a data directory."""
+    return {"enabled": False}
+
