@@ -95,3 +95,16 @@ def test_batch_latency_weights_each_batch_by_its_requests():
     assert latency.cumulative() == [("0.001", 3), ("0.01", 5), ("+Inf", 6)]
     assert latency.batches == 3
     assert abs(latency.sum_s - (3 * 0.0005 + 2 * 0.005 + 5.0)) < 1e-9
+
+
+def test_a_persistent_server_exports_its_lag(start_server, tmp_path):
+    port = free_port()
+    server = start_server("--metrics-port", str(port), "--data-dir", str(tmp_path), "--fsync", "always")
+    with Client(server.node, timeout_s=2.0) as table:
+        table.set("norway", "oslo")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        found = samples(response.read().decode())
+    assert found[("memlookup_persistence_enabled", ())] == 1
+    assert found[("memlookup_persistence_pending_bytes", ())] == 0  # fsync always: nothing waits
+    assert found[("memlookup_persistence_journal_bytes", ())] > 0
+    assert found[("memlookup_persistence_last_fsync_age_s", ())] >= 0
