@@ -94,7 +94,8 @@ class ClusterClient(MappingSugar):
         just added whose keys ``rebalance`` has not moved yet, does not hide
         a key. A read that runs into a failure is slow
         (``timeout_s * (retries + 1)``), not wrong. A node that was
-        unreachable but kept running misses the overwrites made meanwhile;
+        unreachable but kept running, or that restarts from its data
+        directory, misses the overwrites made meanwhile;
         once it answers again it is the first owner again, so a reader can
         see the older value until the next write of that key. Keys are not
         versioned: when owners disagree, nothing decides which is newer
