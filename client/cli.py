@@ -67,9 +67,19 @@ def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> 
                         help="print results as JSON (a missing value is null)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``memlookup`` argument parser (also the source of its man page)."""
-    parser = argparse.ArgumentParser(
+#: Every COMMAND, in the order --help lists them.
+COMMANDS = ("set", "get", "del", "exists", "mget", "mset", "keys", "ttl", "incr", "cas", "ping", "stats",
+            "rebalance")
+
+
+def build_parser(only: str | None = None,
+                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``memlookup`` argument parser (also the source of its man page).
+
+    ``only``: build just that COMMAND's subparser -- argparse costs a
+    one-shot command several milliseconds per subparser it builds.
+    """
+    parser = parser_class(
         prog="memlookup",
         description="Store and fetch strings in a memlookup server.",
         epilog=(
@@ -87,9 +97,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=_count, default=os.environ.get("MEMLOOKUP_REPLICAS", 2), metavar="R",
                         help="copies of each key over several nodes (env MEMLOOKUP_REPLICAS, default: 2)")
     parser.add_argument("node", metavar="NODE", help="the server, or servers, to talk to")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--pipe", action="store_true",
+                        help="bulk load: run the commands on standard input, one a line (COMMAND words, "
+                             "shell quoting), batched and pipelined; print errors and a summary")
+    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"), only)
+    return parser
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+
+class _Unsure(Exception):
+    pass
+
+
+class _LeanParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _Unsure(message)
+
+
+def _guess_command(words: list[str]) -> str | None:
+    """The COMMAND in ``words`` (the second positional), if it is plainly there."""
+    positionals: list[str] = []
+    words_iter = iter(words)
+    for word in words_iter:
+        if word in ("--timeout", "--retries", "--nodes", "--replicas"):
+            next(words_iter, None)
+        elif word.startswith("-"):
+            if word in ("-h", "--help", "--"):
+                return None
+        else:
+            positionals.append(word)
+            if len(positionals) == 2:
+                return word if word in COMMANDS else None
+    return None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse with a parser of just the command given, falling back to the
+    whole parser (for help, and for the exact error message of bad usage)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    name = _guess_command(words)
+    if name is not None:
+        lean = build_parser(only=name, parser_class=_LeanParser)
+        try:
+            args = lean.parse_args(words)
+            if args.command == name:
+                return args
+        except _Unsure:
+            pass
+    return build_parser().parse_args(words)
+
+
+def command_parsers(command_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+                    ) -> dict[str, argparse.ArgumentParser]:
+    """Each COMMAND's own parser, by name (``--pipe`` parses its lines with them)."""
+    commands = argparse.ArgumentParser(prog="memlookup").add_subparsers(parser_class=command_class)
+    _add_commands(commands)
+    return dict(commands.choices)
+
+
+class _Skipped:
+    """Stands in for the subparser of a command that ``only`` leaves out."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_mutually_exclusive_group(self) -> "_Skipped":
+        return self
+
+
+def _add_commands(commands: Any, only_command: str | None = None) -> None:
+    def command(name: str, help: str) -> Any:
+        if only_command is not None and name != only_command:
+            return _Skipped()
         sub = commands.add_parser(name, help=help, description=help)
         _add_connection_options(sub, suppress=True)
         return sub
@@ -134,7 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "safe to re-run, and writes made meanwhile are kept")
     sub.add_argument("--from", dest="leaving", metavar="N1,...",
                      help="nodes being removed: move all their keys to the given nodes")
-    return parser
 
 
 def _read_stdin() -> str:
@@ -208,6 +285,14 @@ def _run(args: argparse.Namespace, table: Any, emit: Callable[[Any, str], None])
     return EXIT_OK
 
 
+def _pipe(table: Any) -> int:
+    from client import bulk
+
+    summary = bulk.run(table, command_parsers(bulk.LineParser), sys.stdin.buffer, sys.stderr,
+                       progress=sys.stderr.isatty())
+    return EXIT_REFUSED if summary.errors else EXIT_OK
+
+
 def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for name, value in stats.items():
@@ -224,8 +309,11 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(with_nodes(sys.argv[1:] if argv is None else argv, parser))
+    args = parse_args(with_nodes(sys.argv[1:] if argv is None else list(argv), COMMANDS))
+    if args.pipe and args.command:
+        build_parser().error("--pipe reads its commands from standard input; give no COMMAND")
+    if not args.pipe and not args.command:
+        build_parser().error("a COMMAND is required (or --pipe to read commands from standard input)")
 
     def emit(as_json: Any, text: str | None) -> None:
         if args.json:
@@ -242,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc), EXIT_USAGE)
     if args.command == "rebalance" and not hasattr(table, "placement"):
         _fail("rebalance needs the cluster's nodes: NODE1,NODE2,...", EXIT_USAGE)
+    if args.pipe and hasattr(table, "placement"):
+        _fail("--pipe talks to one node; give a single NODE", EXIT_USAGE)
     try:
         with table:
+            if args.pipe:
+                return _pipe(table)
             return _run(args, table, emit)
     except _Outcome as outcome:
         _fail(str(outcome), outcome.code)

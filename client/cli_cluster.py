@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from client.client import Client
 from common.address import expand_nodes
 
-if TYPE_CHECKING:  # imported when several nodes are used: a single-node command starts faster
+if TYPE_CHECKING:  # imported when used: a one-shot command starts faster
+    from client.client import Client
     from client.cluster import ClusterClient
 
 
@@ -24,25 +25,27 @@ def open_table(
     """
     names = expand_nodes(node)
     if len(names) == 1 and not leaving:
+        from client.client import Client
+
         return Client(names[0], timeout_s=timeout_s, retries=retries)
     from client.cluster import ClusterClient
 
     return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or ())
 
 
-def with_nodes(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def with_nodes(argv: list[str], commands: Iterable[str]) -> list[str]:
     """``argv`` with the ``--nodes`` (or ``MEMLOOKUP_NODES``) list put in NODE's place when NODE is left out.
 
     NODE is left out when the first word that is not an option (or an
-    option's value) is a command name.
+    option's value) is a command name, or when there is no such word and
+    ``--pipe`` is given.
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--nodes", default=parser.get_default("nodes"))
+    pre.add_argument("--nodes", default=os.environ.get("MEMLOOKUP_NODES"))
     nodes = pre.parse_known_args(argv)[0].nodes
     if not nodes:
         return argv
     takes_value = {"--timeout", "--retries", "--replicas", "--nodes"}
-    commands = _command_names(parser)
     index = 0
     while index < len(argv):
         word = argv[index]
@@ -55,14 +58,7 @@ def with_nodes(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
             index += 1
             continue
         return argv[:index] + [nodes] + argv[index:] if word in commands else argv
-    return argv
-
-
-def _command_names(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+    return argv + [nodes] if "--pipe" in argv else argv
 
 
 def cluster_rebalance(table: ClusterClient) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import secrets
+import os
 from typing import Any, Iterator, Mapping, Sequence
 
 import zmq
@@ -18,7 +18,6 @@ from common.errors import (
     PersistenceError,
     ServerError,
 )
-from common.limits import DEFAULT_SCAN_COUNT
 from common.protocol import ProtocolError, Status, decode_reply, encode_request
 
 _ERRORS: dict[int, type[ServerError]] = {
@@ -108,30 +107,45 @@ class Client(MappingSugar):
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
         self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node)
-        self._client_id = secrets.token_hex(8)
+        self._client_id = os.urandom(8).hex()
         self._sequence = itertools.count(1)
+        self._timeout_s, self._retries, self._context = timeout_s, retries, context
+        self._stream: Any = None  # the pipeline's transport, opened on first use
 
     # -- plumbing --------------------------------------------------------------
 
     def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> Any:
-        if write:
-            options = dict(options or ())
-            options["rid"] = f"{self._client_id}:{next(self._sequence)}"
-        status, payload = self._parse(self._transport.request(encode_request(op, *args, options=options)))
-        return payload
+        return self._payload(self._transport.request(self._encode(op, args, options, write)))
 
-    @staticmethod
-    def _parse(frame: bytes) -> tuple[int, Any]:
+    def _encode(self, op: str, args: tuple[Any, ...], options: dict[str, Any] | None, write: bool) -> bytes:
+        """The request frame; a write gets a request id, so that resending it is safe."""
+        if write:
+            rid = f"{self._client_id}:{next(self._sequence)}"
+            options = {**options, "rid": rid} if options else {"rid": rid}
+        return encode_request(op, *args, options=options)
+
+    @classmethod
+    def _payload(cls, frame: bytes) -> Any:
+        """The result in a reply frame, or the error it carries, raised."""
+        return cls._parse(frame)[1]
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> tuple[int, Any]:
         try:
             status, payload = decode_reply(frame)
         except ProtocolError as exc:
             raise ServerError(str(exc), Status.INTERNAL) from None
+        return status, cls._result(status, payload)
+
+    @staticmethod
+    def _result(status: int, payload: Any) -> Any:
+        """The payload of a success; the error a refusal stands for, raised."""
         if status != Status.OK:
             message = str(payload)
             if status in _CALLER_MISTAKES:
                 raise InvalidRequestError(message, status)
             raise _ERRORS.get(status, ServerError)(message, status)
-        return status, payload
+        return payload
 
     @staticmethod
     def _check_str(what: str, value: Any) -> None:
@@ -147,9 +161,33 @@ class Client(MappingSugar):
             options["ttl_s"] = ttl_s
         return options
 
+    def pipeline(self, window: int | None = None, per_message: int | None = None) -> Any:
+        """A :class:`client.pipeline.Pipeline`: queue commands, send them together.
+
+        Args:
+            window: most commands in flight at once (default 256).
+            per_message: commands packed into one ``batch`` message (default 16).
+        """
+        from client.pipeline import DEFAULT_PER_MESSAGE, DEFAULT_WINDOW, Pipeline, StreamTransport
+
+        per_message = per_message or DEFAULT_PER_MESSAGE
+        messages = max(1, (window or DEFAULT_WINDOW) // per_message)
+        if self._stream is None or messages != self._stream.window:
+            self.close_pipeline()
+            self._stream = StreamTransport(
+                self.endpoint, self._timeout_s, self._retries, messages, self._context, self.node
+            )
+        return Pipeline(self, self._stream, per_message)
+
+    def close_pipeline(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def close(self) -> None:
-        """Close the socket. The client reconnects if used again."""
+        """Close the sockets. The client reconnects if used again."""
         self._transport.close()
+        self.close_pipeline()
 
     def __enter__(self) -> "Client":
         return self
@@ -187,6 +225,8 @@ class Client(MappingSugar):
         """
         self._check_str("key", key)
         self._check_str("value", value)
+        if ttl_s is None and not nx and not xx:  # the common case, without building options
+            return self._call("set", key, value, write=True)
         return self._call("set", key, value, options=self._write_options(ttl_s, nx=nx, xx=xx), write=True)
 
     def delete(self, key: str) -> bool:
@@ -213,19 +253,22 @@ class Client(MappingSugar):
             self._check_str("value", value)
         self._call("mset", pairs, options=self._write_options(ttl_s), write=True)
 
-    def scan(self, cursor: int = 0, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> tuple[int, list[str]]:
+    def scan(self, cursor: int = 0, pattern: str = "*", count: int | None = None) -> tuple[int, list[str]]:
         """One page of keys matching the glob ``pattern``.
 
         Start with cursor 0 and pass each returned cursor back until it is 0
         again. A key that exists for the whole scan is returned exactly once;
-        keys added or removed meanwhile may or may not be. ``count`` is a hint.
-        Cursors are valid only within one run of the server.
+        keys added or removed meanwhile may or may not be. ``count`` is a hint
+        (None: ``common.limits.DEFAULT_SCAN_COUNT``, 1000). Cursors are valid
+        only within one run of the server.
         """
         self._check_str("pattern", pattern)
+        if count is None:
+            from common.limits import DEFAULT_SCAN_COUNT as count  # lazily: CLI start-up time
         next_cursor, keys = self._call("keys", pattern, cursor, count)
         return next_cursor, keys
 
-    def keys(self, pattern: str = "*", count: int = DEFAULT_SCAN_COUNT) -> Iterator[str]:
+    def keys(self, pattern: str = "*", count: int | None = None) -> Iterator[str]:
         """Every key matching the glob ``pattern`` (``*``, ``?``, ``[abc]``, ``[!abc]``), page by page."""
         cursor = 0
         while True:

@@ -8,7 +8,6 @@ does not fall back between IPv4 and IPv6 addresses.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Iterable
 
 #: The port a server listens on and a client dials when none is given.
@@ -66,6 +65,8 @@ def resolve(host: str) -> list[str]:
     Raises:
         ValueError: the name does not resolve.
     """
+    import socket  # only names need it; a one-shot CLI with an IP address starts faster
+
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -30,6 +30,13 @@ DEFAULT_SCAN_COUNT = 1_000
 MAX_PATTERN_BYTES = 1024
 
 
+def utf8_over(text: str, limit: int) -> bool:
+    """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""
+    if len(text) * 4 <= limit:
+        return False
+    return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
 @dataclass(frozen=True)
 class Limits:
     """The limits one server enforces; defaults are the constants above."""

@@ -26,7 +26,6 @@ from typing import Any
 
 import msgpack
 
-from common import limits
 
 PROTOCOL_VERSION = 1
 
@@ -61,6 +60,7 @@ OPS: dict[str, int] = {
     "incr": 2,  # key, delta
     "cas": 3,  # key, expected, value  options: ttl_s
     "stats": 0,
+    "batch": 1,  # [request, ...]: each answered as if alone; reply [reply, ...]
 }
 
 #: Options every request may carry: protocol version and request id.
@@ -87,21 +87,44 @@ class ProtocolError(Exception):
 
 def decode_request(
     frame: bytes,
-    max_str_bytes: int = limits.MAX_VALUE_BYTES,
-    max_items: int = limits.MAX_BATCH_KEYS,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
 ) -> tuple[str, list[Any], dict[str, Any]]:
     """Split a request frame into ``(op, args, options)``.
 
-    The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
-    maps with more than ``max_items`` entries (plus slack for the envelope),
-    binary and extension types are refused before they are allocated, so a
-    hostile header cannot make the server reserve memory it claims.
+    The same as :func:`check_request` of :func:`unpack_request`.
 
     Raises:
         ProtocolError: the frame is not a valid request.
     """
+    return check_request(unpack_request(frame, max_str_bytes, max_items))
+
+
+def unpack_request(
+    frame: bytes,
+    max_str_bytes: int | None = None,
+    max_items: int | None = None,
+) -> Any:
+    """Decode a request frame's msgpack, not yet checking its shape.
+
+    The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
+    maps with more than ``max_items`` entries (plus slack for the envelope),
+    binary and extension types are refused before they are allocated, so a
+    hostile header cannot make the server reserve memory it claims. The
+    bounds default to the documented limits.
+
+    Raises:
+        ProtocolError: the frame is not valid msgpack within the bounds.
+    """
+    if max_str_bytes is None or max_items is None:
+        # Imported here: a client never decodes requests, and the limits
+        # module costs a one-shot CLI command measurable start-up time.
+        from common import limits
+
+        max_str_bytes = limits.MAX_VALUE_BYTES if max_str_bytes is None else max_str_bytes
+        max_items = limits.MAX_BATCH_KEYS if max_items is None else max_items
     try:
-        request = msgpack.unpackb(
+        return msgpack.unpackb(
             frame,
             raw=False,
             use_list=True,
@@ -124,6 +147,14 @@ def decode_request(
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
     except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
         raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+
+
+def check_request(request: Any) -> tuple[str, list[Any], dict[str, Any]]:
+    """Split a decoded request into ``(op, args, options)``, checking its shape.
+
+    Raises:
+        ProtocolError: not a valid request.
+    """
     if not isinstance(request, list) or not request:
         raise ProtocolError(Status.BAD_REQUEST, "a request is a non-empty msgpack array")
     op = request[0]
@@ -156,21 +187,40 @@ def decode_request(
     return op, args, options
 
 
+#: One Packer for every frame: msgpack.packb builds a new one per call, which
+#: measured costs more than the packing of a small request. Packing holds the
+#: GIL throughout, so sharing it between threads is safe.
+_pack = msgpack.Packer().pack
+
+
 def encode_request(op: str, *args: Any, options: dict[str, Any] | None = None) -> bytes:
     """Build a request frame."""
     if options:
-        return msgpack.packb([op, *args, options])
-    return msgpack.packb([op, *args])
+        return _pack([op, *args, options])
+    return _pack([op, *args])
+
+
+_BATCH_PREFIX = _pack("batch")
+_array_header = msgpack.Packer().pack_array_header
+
+
+def encode_batch(requests: list[bytes]) -> bytes:
+    """A ``batch`` request frame carrying already encoded request frames.
+
+    ``["batch", [r1, r2, ...]]`` is built by concatenation: each request's
+    msgpack stays as it is, behind the two array headers.
+    """
+    return b"\x92" + _BATCH_PREFIX + _array_header(len(requests)) + b"".join(requests)
 
 
 def encode_reply(status: int, payload: Any) -> bytes:
     """Build a reply frame."""
-    return msgpack.packb([status, payload])
+    return _pack([status, payload])
 
 
 def ok(payload: Any) -> bytes:
     """A success reply."""
-    return msgpack.packb([0, payload])
+    return _pack([0, payload])
 
 
 def decode_reply(frame: bytes) -> tuple[int, Any]:

@@ -25,6 +25,7 @@ def pages() -> dict[str, str]:
     os.environ.setdefault("SOURCE_DATE_EPOCH", RELEASE_EPOCH)
     from argparse_manpage.manpage import Manpage
 
+    from bench.__main__ import build_parser as bench_parser
     from client.cli import build_parser as client_parser
     from common import __version__
     from server.config import build_parser as server_parser
@@ -33,6 +34,7 @@ def pages() -> dict[str, str]:
     programs = (
         ("memlookup.1", client_parser(), "store and fetch strings in a memlookup server"),
         ("memlookup-server.1", server_parser(), "serve an in-memory key-value lookup table"),
+        ("memlookup-benchmark.1", bench_parser(), "load a memlookup server and report its speed"),
     )
     for name, parser, summary in programs:
         data = {"project_name": "memlookup", "version": __version__, "manual_title": "memlookup manual",

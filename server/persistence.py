@@ -357,10 +357,10 @@ class Persistence:
         inner = handler.handle
         changes = self.store.changes
         held, rids = self._held, self._rids
-        last_rid = handler.last_remembered_rid
+        rids_since = handler.rids_remembered_since
 
         def handle(frame_bytes: bytes) -> bytes:
-            before, rid = len(changes), last_rid()
+            before, remembered = len(changes), handler.remembered_count
             reply = inner(frame_bytes)
             if not held and len(changes) == before:
                 return reply
@@ -368,9 +368,8 @@ class Persistence:
             # the batch is durable: a failure turns them into errors.
             editable = bytearray(reply)
             held.append(editable)
-            new_rid = last_rid()
-            if new_rid is not None and new_rid != rid:
-                rids.append(new_rid)
+            if handler.remembered_count != remembered:  # one request, or a batch of many
+                rids.extend(rids_since(remembered))
             return editable  # type: ignore[return-value]
 
         handler.handle = handle

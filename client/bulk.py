@@ -1,0 +1,288 @@
+"""``memlookup NODE --pipe < FILE``: bulk loading, one command a line.
+
+Each line is a command in the CLI's own words (``set KEY VALUE``, ``del KEY``,
+``incr KEY 5``, ``set KEY VALUE --ttl 60`` ...), the command name in any case,
+split like a shell would (``set greeting "hello world"``). Blank lines are
+skipped. A line that cannot be parsed, or that the server refuses, is counted
+as an error and reported with its line number; the other lines still run.
+
+Speed comes from two things. Runs of plain ``set KEY VALUE`` lines are sent
+as ``mset`` batches (checked against the server's limits here first, so one
+bad pair cannot sink a batch), and the requests are pipelined: up to a window
+of them are in flight while the next lines are read. Commands run in file
+order. Plain lines are split with ``str.split``; only lines with quotes or
+backslashes pay for :func:`shlex.split`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, TextIO
+
+from client.client import Client
+from common.errors import MemlookupError
+from common.limits import utf8_over as _utf8_over
+
+#: Pairs per ``mset`` request by default (capped by the server's max_batch_keys).
+DEFAULT_BATCH_KEYS = 1000
+
+#: Requests in flight by default.
+DEFAULT_WINDOW = 32
+
+#: Bytes of input read at a time.
+READ_BYTES = 1 << 16
+
+#: Error lines printed before the rest are only counted.
+MAX_ERRORS_SHOWN = 100
+
+_NEEDS_SHLEX = ('"', "'", "\\")
+
+
+@dataclass
+class Summary:
+    """What a bulk load did."""
+
+    lines: int = 0  # non-blank lines read
+    sent: int = 0  # commands the server applied or answered
+    errors: int = 0  # lines refused, here or by the server
+    error_lines: list[tuple[int, str]] = field(default_factory=list)  # the first ones
+
+    def error(self, line_number: int, message: str) -> None:
+        self.errors += 1
+        if len(self.error_lines) < MAX_ERRORS_SHOWN:
+            self.error_lines.append((line_number, message))
+
+
+class _LineError(Exception):
+    pass
+
+
+class LineParser(argparse.ArgumentParser):
+    """An argparse parser that raises instead of exiting."""
+
+    def error(self, message: str) -> Any:
+        raise _LineError(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        raise _LineError(message or "not a command")
+
+
+class BulkLoader:
+    """Streams commands to one node; see the module docstring.
+
+    Args:
+        client: the node's client (its timeout and retries apply).
+        command_parsers: the CLI's per-command parsers, by command name.
+        batch_keys: most pairs per ``mset``.
+        window: most requests in flight.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        command_parsers: dict[str, argparse.ArgumentParser],
+        batch_keys: int = DEFAULT_BATCH_KEYS,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.client = client
+        self.parsers = command_parsers
+        self.summary = Summary()
+        limits = client.stats().get("limits", {})
+        self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
+        self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
+        self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
+        self.pipeline = client.pipeline(window, per_message=1)  # its own batches: mset
+        self._stream = self.pipeline._transport
+        self._pairs: dict[str, str] = {}
+        self._pairs_first_line = 0  # line number of the batch's first pair
+        self._pairs_lines = 0  # lines in the batch (a key set twice counts twice)
+
+    # -- reading ---------------------------------------------------------
+
+    def feed_lines(self, first_line_number: int, lines: list[bytes]) -> None:
+        """Take consecutive input lines (bytes, with or without newlines).
+
+        Plain ``set KEY VALUE`` lines take a fast path: split as bytes, sizes
+        checked in bytes, added to the pending ``mset`` batch. A key set twice
+        in one batch keeps its last value, as running the lines in order would.
+        """
+        pairs = self._pairs
+        max_key, max_value, batch_keys = self.max_key_bytes, self.max_value_bytes, self.batch_keys
+        for line_number, raw in enumerate(lines, first_line_number):
+            words = raw.split()
+            if (
+                len(words) == 3
+                and words[0].lower() == b"set"
+                and b'"' not in raw and b"'" not in raw and b"\\" not in raw
+                and words[1][:1] != b"-" and words[2][:1] != b"-"
+                and len(words[1]) <= max_key and len(words[2]) <= max_value
+            ):
+                try:
+                    key, value = words[1].decode(), words[2].decode()
+                except UnicodeDecodeError:
+                    self.feed(line_number, raw)  # reported there
+                    pairs = self._pairs
+                    continue
+                if not pairs:
+                    self._pairs_first_line = line_number
+                pairs[key] = value
+                self._pairs_lines += 1
+                self.summary.lines += 1
+                if len(pairs) >= batch_keys:
+                    self._flush_pairs()
+                    pairs = self._pairs
+            elif words:
+                self.feed(line_number, raw)  # sends the pending batch first
+                pairs = self._pairs
+
+    def feed(self, line_number: int, raw: bytes) -> None:
+        """Take one line of input (with or without its newline)."""
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.summary.lines += 1
+            self.summary.error(line_number, f"not UTF-8 text (byte {exc.start})")
+            return
+        if any(mark in line for mark in _NEEDS_SHLEX):
+            try:
+                words = shlex.split(line)
+            except ValueError as exc:
+                self.summary.lines += 1
+                self.summary.error(line_number, f"cannot split the line: {exc}")
+                return
+        else:
+            words = line.split()
+        if not words:
+            return
+        self.summary.lines += 1
+        self._flush_pairs()
+        try:
+            self._queue_command(line_number, words[0].lower(), words[1:])
+        except _LineError as exc:
+            self.summary.error(line_number, str(exc).strip())
+
+    def _flush_pairs(self) -> None:
+        if not self._pairs:
+            return
+        pairs, first, count = self._pairs, self._pairs_first_line, self._pairs_lines
+        self._pairs, self._pairs_lines = {}, 0
+        frame = self.client._encode("mset", (pairs,), None, True)
+        self._stream.submit(frame, self._batch_reply(first, count))
+
+    def _batch_reply(self, first_line: int, count: int) -> Callable[[bytes], None]:
+        def on_reply(frame: bytes) -> None:
+            try:
+                self.client._payload(frame)
+            except MemlookupError as exc:  # the whole batch refused (memory, persistence)
+                self.summary.errors += count
+                self.summary.error_lines.append((first_line, f"{exc} ({count} set lines from here refused)"))
+                return
+            self.summary.sent += count
+
+        return on_reply
+
+    def _queue_command(self, line_number: int, name: str, words: list[str]) -> None:
+        parser = self.parsers.get(name)
+        if parser is None:
+            raise _LineError(f"unknown command {name[:40]!r}")
+        if name in ("keys", "stats"):
+            raise _LineError(f"{name} is not available with --pipe")
+        args = parser.parse_args(words)
+        p = self.pipeline
+        if name == "set":
+            if args.value == "-":
+                raise _LineError("set needs a VALUE with --pipe (standard input is the command stream)")
+            p.set(args.key, args.value, ttl_s=args.ttl, nx=args.nx, xx=args.xx)
+        elif name == "mset":
+            if len(args.pairs) % 2:
+                raise _LineError("mset takes KEY VALUE pairs; the last key has no value")
+            p.mset(dict(zip(args.pairs[::2], args.pairs[1::2])), ttl_s=args.ttl)
+        elif name == "del":
+            p.delete(args.key)
+        elif name == "incr":
+            p.incr(args.key, args.delta)
+        elif name == "cas":
+            p.cas(args.key, args.expected, args.value, ttl_s=args.ttl)
+        elif name == "mget":
+            p.mget(args.keys)
+        elif name == "ping":
+            p.ping()
+        else:  # get, exists, ttl: answered and counted, not printed
+            getattr(p, name)(args.key)
+        self._send_queued(line_number)
+
+    def _send_queued(self, line_number: int) -> None:
+        for frame, decode in self.pipeline._queued:
+            self._stream.submit(frame, self._single_reply(line_number, decode))
+        self.pipeline._queued.clear()
+
+    def _single_reply(self, line_number: int, decode: Callable[[bytes], Any]) -> Callable[[bytes], None]:
+        def on_reply(frame: bytes) -> None:
+            try:
+                decode(frame)
+            except MemlookupError as exc:
+                self.summary.error(line_number, str(exc))
+                return
+            self.summary.sent += 1
+
+        return on_reply
+
+    def finish(self) -> Summary:
+        """Send what is still batched and wait for every reply."""
+        self._flush_pairs()
+        self._stream.drain()
+        return self.summary
+
+
+def run(
+    client: Client,
+    command_parsers: dict[str, argparse.ArgumentParser],
+    source: BinaryIO,
+    report: TextIO,
+    progress: bool,
+    batch_keys: int = DEFAULT_BATCH_KEYS,
+    window: int = DEFAULT_WINDOW,
+) -> Summary:
+    """Load every line of ``source``; errors and the summary go to ``report``.
+
+    ``progress`` shows a bar (bytes of a regular file, else lines) on stderr.
+    """
+    loader = BulkLoader(client, command_parsers, batch_keys, window)
+    bar = _progress_bar(source) if progress else None
+    line_number = done_bytes = 0
+    while True:
+        lines = source.readlines(READ_BYTES)
+        if not lines:
+            break
+        loader.feed_lines(line_number + 1, lines)
+        line_number += len(lines)
+        if bar is not None:
+            done_bytes += sum(map(len, lines))
+            bar.update((done_bytes if bar.total else line_number) - bar.n)
+    summary = loader.finish()
+    if bar is not None:
+        bar.close()
+    for number, message in sorted(summary.error_lines):
+        print(f"line {number}: {message}", file=report)
+    if summary.errors > len(summary.error_lines):
+        print(f"... {summary.errors - len(summary.error_lines)} more errors", file=report)
+    print(f"sent: {summary.sent}, errors: {summary.errors}, lines: {summary.lines}", file=report)
+    return summary
+
+
+def _progress_bar(source: BinaryIO) -> Any:
+    from tqdm import tqdm
+
+    try:
+        info = os.fstat(source.fileno())
+        total = info.st_size if stat.S_ISREG(info.st_mode) else None
+    except (OSError, AttributeError, ValueError):
+        total = None
+    if total:
+        return tqdm(total=total, unit="B", unit_scale=True, desc="loading", file=sys.stderr)
+    return tqdm(unit=" lines", desc="loading", file=sys.stderr)

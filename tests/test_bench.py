@@ -1,0 +1,87 @@
+"""The load generator and the comparison script, run for real (small sizes; no timing asserted)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench.compare import write_section
+from client import Client
+from tests.servers import ROOT
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_json_has_the_fields_and_the_counts_match_the_server(server):
+    result = run_bench(server.node, "-c", "2", "-n", "1001", "--mix", "get=1,set=1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["requests"] == 1001 and report["errors"] == 0 and report["clients"] == 2
+    assert report["requests_per_s"] > 0
+    lat = report["latency_us"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+    with Client(server.node) as table:
+        ops = table.stats()["ops"]
+    # each client pings once to connect before the clock starts
+    assert ops.get("get", 0) + ops.get("set", 0) == 1001 and ops["ping"] == 2
+
+
+def test_pipelined_batched_mix_prints_the_text_report(server):
+    result = run_bench(server.node, "-c", "1", "-n", "300", "-P", "16", "-b", "5",
+                       "--mix", "mget=1,mset=1,incr=1,del=1,exists=1,ping=1", "--prefill", "-r", "50")
+    assert result.returncode == 0, result.stderr
+    assert "300 requests in" in result.stdout and ", 0 errors" in result.stdout
+    assert "latency (us): p50" in result.stdout and "p99.9" in result.stdout
+    with Client(server.node) as table:
+        assert table.stats()["keys"] >= 50  # the prefill
+
+
+def test_a_dead_node_fails_with_a_message(start_server):
+    server = start_server()
+    node = server.node
+    server.stop()
+    result = run_bench(node, "-n", "10", "-c", "1", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert "error: a client failed: NodeUnavailableError" in result.stderr
+
+
+def test_bad_mix_is_a_usage_error():
+    result = run_bench("--mix", "get=1,frobnicate=2")
+    assert result.returncode == 2 and "unknown operation 'frobnicate'" in result.stderr
+
+
+def test_write_section_replaces_only_the_speed_section(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n## Speed\n\nold\n\n## Persistence\n\nkept\n")
+    write_section("## Speed\n\nnew\n", doc)
+    assert doc.read_text() == "# Benchmarks\n\n## Speed\n\nnew\n\n## Persistence\n\nkept\n"
+    write_section("## Speed\n\nnewer\n", doc)
+    assert "newer" in doc.read_text() and "kept" in doc.read_text() and "new\n\n## Speed" not in doc.read_text()
+
+
+@pytest.mark.slow
+def test_compare_quick_mode_produces_the_table(tmp_path):
+    assert shutil.which("redis-server"), ".ci/run installs redis-server"
+    doc = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run([sys.executable, "-m", "bench.compare", "--quick", "--doc", str(doc)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = doc.read_text()
+    for row in ("1. lockstep get", "2. four processes", "3. capacity", "4. bulk load", "5. memory per key",
+                "6. one-shot CLI get"):
+        assert row in text
+
+
+def test_requests_packed_per_message_are_all_counted(server):
+    result = run_bench(server.node, "-c", "1", "-n", "500", "-P", "32", "-m", "8", "--mix", "get=1,set=1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["requests"], report["errors"], report["per_message"]) == (500, 0, 8)
+    with Client(server.node) as table:
+        ops = table.stats()["ops"]
+    assert ops.get("get", 0) + ops.get("set", 0) == 500 and ops["batch"] == 63  # 500 / 8, rounded up

@@ -1,0 +1,78 @@
+"""``memlookup NODE --pipe < FILE`` through the real CLI against a real server."""
+
+from client import Client
+from tests.servers import run_cli
+
+FILE = """\
+set plain 1
+SET spaced "hello world"
+
+Set 'quoted' 'it''s'
+set noval
+bogus x y
+incr plain 5
+incr spaced
+set broken "no closing quote
+set ttl v --ttl 100
+set dup first
+set dup second
+mset m1 a m2 "b c"
+del gone
+"""
+
+
+def test_pipe_runs_every_line_counts_errors_by_line_and_values_are_readable(server):
+    result = run_cli(server.node, "--pipe", input=FILE)
+    assert result.returncode == 3, result.stderr  # some lines were refused
+    lines = result.stderr.splitlines()
+    assert lines[:4] == [
+        "line 5: set needs a VALUE with --pipe (standard input is the command stream)",
+        "line 6: unknown command 'bogus'",
+        "line 8: value of 'spaced' is not an integer",
+        "line 9: cannot split the line: No closing quotation",
+    ]
+    assert lines[-1] == "sent: 9, errors: 4, lines: 13"
+    with Client(server.node) as table:
+        assert table.get("plain") == "6"
+        assert table.get("spaced") == "hello world"
+        assert table.get("quoted") == "its"
+        assert table.get("dup") == "second"
+        assert table.mget(["m1", "m2"]) == ["a", "b c"]
+        assert 0 < table.ttl("ttl") <= 100
+        assert table.get("noval") is None and table.get("bogus") is None
+
+
+def test_pipe_of_many_plain_sets_is_batched_and_complete(server):
+    pairs = 5000
+    text = "".join(f"set key:{i:06d} value-{i}\n" for i in range(pairs))
+    result = run_cli(server.node, "--pipe", input=text)
+    assert (result.returncode, result.stderr) == (0, f"sent: {pairs}, errors: 0, lines: {pairs}\n")
+    with Client(server.node) as table:
+        assert table.stats()["keys"] == pairs
+        assert table.get("key:004999") == "value-4999"
+        # batched: far fewer requests than lines
+        assert table.stats()["ops"].get("mset", 0) < pairs // 100
+
+
+def test_pipe_reports_lines_over_the_servers_limits_without_losing_the_batch(start_server):
+    server = start_server("--max-key-bytes", "4")
+    result = run_cli(server.node, "--pipe", input="set a 1\nset toolong 2\nset c 3\n")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == ["line 2: key longer than 4 bytes", "sent: 2, errors: 1, lines: 3"]
+    with Client(server.node) as table:
+        assert table.mget(["a", "c"]) == ["1", "3"]
+        assert table.stats()["keys"] == 2
+
+
+def test_pipe_and_a_command_together_is_a_usage_error(server):
+    result = run_cli(server.node, "--pipe", "get", "x", input="")
+    assert result.returncode == 2
+    assert "give no COMMAND" in result.stderr
+    missing = run_cli(server.node)
+    assert missing.returncode == 2 and "a COMMAND is required" in missing.stderr
+
+
+def test_pipe_with_invalid_utf8_counts_the_line(server):
+    result = run_cli(server.node, "--pipe", input=b"set a \xff\xfe\nset b ok\n")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == ["line 1: not UTF-8 text (byte 6)", "sent: 1, errors: 1, lines: 2"]

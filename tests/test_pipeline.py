@@ -1,0 +1,101 @@
+"""The library's pipeline: many commands in flight on one connection."""
+
+import pytest
+
+from client import Client, InvalidRequestError, NodeUnavailableError, NotAnIntegerError
+
+
+def test_results_come_back_in_order_for_every_command(client):
+    with client.pipeline() as p:
+        p.set("a", "1").incr("n").get("a").mset({"x": "1", "y": "2"}).mget(["x", "y", "z"])
+        p.exists("a").ttl("a").cas("a", "1", "2").delete("x").ping()
+    assert p.results == [True, 1, "1", True, ["1", "2", None], True, -1, True, True, "PONG"]
+    assert client.get("a") == "2"
+
+
+def test_a_refused_command_does_not_stop_the_others(client):
+    client.set("word", "abc")
+    p = client.pipeline()
+    p.incr("word").set("after", "yes")
+    results = p.execute(raise_on_error=False)
+    assert isinstance(results[0], NotAnIntegerError) and results[1] is True
+    assert client.get("after") == "yes"
+    p.incr("word").set("after2", "yes")
+    with pytest.raises(NotAnIntegerError):
+        p.execute()
+    assert client.get("after2") == "yes"
+
+
+def test_bad_arguments_are_refused_when_queued(client):
+    p = client.pipeline()
+    with pytest.raises(InvalidRequestError):
+        p.set("k", 5)
+    assert len(p) == 0
+
+
+def test_more_commands_than_the_window_all_arrive(client):
+    p = client.pipeline(window=4)
+    for i in range(500):
+        p.incr("counter")
+    assert p.execute()[-1] == 500
+    assert client.get("counter") == "500"
+
+
+def test_an_exception_in_the_with_block_sends_nothing(client):
+    with pytest.raises(RuntimeError):
+        with client.pipeline() as p:
+            p.set("never", "sent")
+            raise RuntimeError("stop")
+    assert client.get("never") is None
+
+
+def test_a_dead_node_raises_node_unavailable(start_server):
+    server = start_server()
+    node = server.node
+    server.stop()
+    with Client(node, timeout_s=0.2, retries=1) as table:
+        p = table.pipeline()
+        p.set("a", "1")
+        with pytest.raises(NodeUnavailableError, match="may or may not have been applied"):
+            p.execute()
+
+
+def test_a_batch_message_answers_each_request_as_if_alone(server):
+    """The wire op behind pipelines, sent raw: order, per-item errors, no nesting."""
+    import msgpack
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(f"tcp://{server.node}")
+    try:
+        items = [["set", "a", "1", {"rid": "t:1"}], ["get", "a"], ["incr", "a", 2, {"rid": "t:2"}],
+                 ["nope"], ["batch", []], ["get", 5]]
+        sock.send(msgpack.packb(["batch", items]))
+        status, replies = msgpack.unpackb(sock.recv())
+        assert status == 0
+        assert replies[:3] == [[0, True], [0, "1"], [0, 3]]
+        assert [reply[0] for reply in replies[3:]] == [2, 1, 1]  # unknown op, nested batch, bad key
+        sock.send(msgpack.packb(["batch", "not a list"]))
+        assert msgpack.unpackb(sock.recv())[0] == 1
+    finally:
+        sock.close()
+
+
+def test_commands_are_packed_into_batch_messages(client):
+    p = client.pipeline(window=64, per_message=8)
+    for i in range(40):
+        p.set(f"k{i}", str(i))
+    p.get("k39")
+    assert p.execute()[-1] == "39"
+    ops = client.stats()["ops"]
+    assert ops["set"] == 40 and ops["batch"] == 5  # 41 commands: 5 messages of 8, the last one alone
+
+
+def test_large_values_are_not_packed_together(client):
+    big = "x" * (700 * 1024)
+    with client.pipeline(per_message=16) as p:
+        p.set("big1", big).set("big2", big).set("small", "s").get("small")
+    assert p.results == [True, True, True, "s"]
+    assert client.stats()["ops"].get("batch", 0) == 1  # big1 alone, then big2 with the two small ones
