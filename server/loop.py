@@ -140,7 +140,8 @@ class Server:
 
         At most MAX_BATCH_REQUESTS are taken before the replies go out.
         """
-        started = time.perf_counter()
+        after_batch = self.after_batch
+        started = time.perf_counter() if after_batch is not None else 0.0
         socket, handle = self.socket, self.handler.handle
         events = socket.getsockopt
         replies: list[list[bytes]] = []
@@ -172,8 +173,8 @@ class Server:
                 break
         if self.before_reply is not None:
             self.before_reply(len(replies))
-        if self.after_batch is not None:  # before the replies: a client that has its answer sees it counted
-            self.after_batch(len(replies), time.perf_counter() - started)
+        if after_batch is not None:  # before the replies: a client that has its answer sees it counted
+            after_batch(len(replies), time.perf_counter() - started)
         send = socket.send
         for reply in replies:
             for frame in reply[:-1]:
