@@ -31,6 +31,7 @@ class ServerConfig:
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
     sweep_interval_s: float = 0.1
+    metrics_port: int = 0
     data_dir: str | None = None
     fsync: str = "everysec"
     repair: bool = False
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cap on a keys request's page size hint", type=int, metavar="N")
     add("--max-pattern-bytes", "MEMLOOKUP_MAX_PATTERN_BYTES", limits.MAX_PATTERN_BYTES,
         "longest keys glob pattern in UTF-8 bytes", type=int, metavar="N")
+    add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
+        "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     add("--data-dir", "SERVER_DATA_DIR", None,
         "keep the table in this directory so it survives restarts and crashes; "
         "without it the server is purely in memory", metavar="DIR")
@@ -102,6 +105,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             bind=args.bind,
             port=int(args.port),
             log_level=str(args.log_level).lower(),
+            metrics_port=int(args.metrics_port),
             limits=Limits(
                 max_key_bytes=int(args.max_key_bytes),
                 max_value_bytes=int(args.max_value_bytes),
@@ -119,6 +123,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"bad setting in the environment: {exc}")
     if not 0 <= config.port < 65536:
         parser.error(f"port {config.port} is not from 0 to 65535")
+    if not 0 <= config.metrics_port < 65536:
+        parser.error(f"metrics port {config.metrics_port} is not from 0 (off) to 65535")
     if config.log_level not in LOG_LEVELS:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.fsync not in FSYNC_POLICIES:
