@@ -5,6 +5,11 @@
     with Client("127.0.0.1") as table:
         table.set("norway", "oslo")
         table.get("norway")        # 'oslo'
+
+    from client import ClusterClient   # many nodes, each key on 2 of them
+
+    with ClusterClient("n1,n2,n3", replicas=2) as table:
+        table.set("norway", "oslo")
 """
 
 from client.client import Client
@@ -19,9 +24,22 @@ from common.errors import (
     ServerError,
 )
 
+
+
+def __getattr__(name: str) -> object:
+    # ClusterClient (and its hashing and thread-pool imports) loads on first use,
+    # so a single-node program or command does not pay for it.
+    if name == "ClusterClient":
+        from client.cluster import ClusterClient
+
+        return ClusterClient
+    raise AttributeError(f"module 'client' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthenticationError",
     "Client",
+    "ClusterClient",
     "InvalidRequestError",
     "MemlookupError",
     "NodeUnavailableError",

@@ -1,7 +1,9 @@
 """``python -m client`` / ``memlookup``: the command-line client.
 
-A thin layer over :class:`client.Client`: parse the words, make one library
-call, print the answer. It never touches a socket itself.
+A thin layer over :class:`client.Client` (one node) and
+:class:`client.ClusterClient` (several: ``n1,n2,n3``, or a name with several
+addresses): parse the words, make one library call, print the answer. It
+never touches a socket itself.
 
 Writes print nothing on success (``--json`` prints an object for every
 command). Exit codes: 0 success; 1 not found, or a condition (nx, xx, cas) not met;
@@ -15,6 +17,7 @@ import os
 import sys
 from typing import Any, Callable, NoReturn
 
+from client.cli_cluster import cluster_rebalance, open_table, with_nodes
 from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
 
 EXIT_OK = 0
@@ -71,7 +74,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> 
 
 
 #: Every COMMAND, in the order --help lists them.
-COMMANDS = ("set", "get", "del", "exists", "mget", "mset", "keys", "ttl", "incr", "cas", "ping", "stats")
+COMMANDS = ("set", "get", "del", "exists", "mget", "mset", "keys", "ttl", "incr", "cas", "ping", "stats",
+            "rebalance")
 
 
 def build_parser(only: str | None = None,
@@ -85,14 +89,20 @@ def build_parser(only: str | None = None,
         prog="memlookup",
         description="Store and fetch strings in a memlookup server.",
         epilog=(
-            "NODE is host, host:port, tcp://host:port or [ipv6]:port (default port 7400). "
+            "NODE is host, host:port, tcp://host:port or [ipv6]:port (default port 7400), or several "
+            "separated by commas; a name resolving to several addresses means all of them. "
+            "With --nodes or MEMLOOKUP_NODES, NODE may be left out. "
             "Exit status: 0 success; 1 not found or condition not met; 2 bad usage; "
             "3 refused by the server; 4 no reply from the node. "
             "Put -- before a key or value that begins with '-'."
         ),
     )
     _add_connection_options(parser, suppress=False)
-    parser.add_argument("node", metavar="NODE", help="the server to talk to")
+    parser.add_argument("--nodes", metavar="N1,N2,...", default=os.environ.get("MEMLOOKUP_NODES"),
+                        help="the nodes, when NODE is left out (env MEMLOOKUP_NODES)")
+    parser.add_argument("--replicas", type=_count, default=os.environ.get("MEMLOOKUP_REPLICAS", 2), metavar="R",
+                        help="copies of each key over several nodes (env MEMLOOKUP_REPLICAS, default: 2)")
+    parser.add_argument("node", metavar="NODE", help="the server, or servers, to talk to")
     parser.add_argument("--pipe", action="store_true",
                         help="bulk load: run the commands on standard input, one a line (COMMAND words, "
                              "shell quoting), batched and pipelined; print errors and a summary")
@@ -114,7 +124,7 @@ def _guess_command(words: list[str]) -> str | None:
     positionals: list[str] = []
     words_iter = iter(words)
     for word in words_iter:
-        if word in ("--timeout", "--retries"):
+        if word in ("--timeout", "--retries", "--nodes", "--replicas"):
             next(words_iter, None)
         elif word.startswith("-"):
             if word in ("-h", "--help", "--"):
@@ -202,8 +212,12 @@ def _add_commands(commands: Any, only_command: str | None = None) -> None:
     sub.add_argument("value", metavar="NEW")
     sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
 
-    command("ping", "check that the node answers")
-    command("stats", "print the node's counters")
+    command("ping", "check that the node (every node) answers")
+    command("stats", "print the node's counters (of several nodes: each one's, and their total)")
+    sub = command("rebalance", "move every key to its owners among the given nodes and restore the replicas; "
+                               "safe to re-run, and writes made meanwhile are kept")
+    sub.add_argument("--from", dest="leaving", metavar="N1,...",
+                     help="nodes being removed: move all their keys to the given nodes")
 
 
 def _read_stdin() -> str:
@@ -265,6 +279,12 @@ def _run(args: argparse.Namespace, table: Any, emit: Callable[[Any, str], None])
     elif command == "ping":
         table.ping()
         emit({"pong": True}, "PONG")
+    elif command == "rebalance":
+        report = cluster_rebalance(table)
+        emit(report, f"examined {report['examined']} copies: copied {report['copied']}, "
+                     f"removed {report['removed']} from non-owners, {report['conflicts']} conflicts")
+        if report["failures"]:
+            raise _Outcome("incomplete, run it again: " + "; ".join(report["failures"][:3]), EXIT_UNAVAILABLE)
     elif command == "stats":
         stats = table.stats()
         emit(stats, "\n".join(f"{name}: {value}" for name, value in _flatten(stats)))
@@ -296,7 +316,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_args(with_nodes(sys.argv[1:] if argv is None else list(argv), COMMANDS))
     except SystemExit as exc:
         if exc.code == EXIT_USAGE and "keygen" in (sys.argv[1:] if argv is None else argv)[:1]:
             print("hint: keys are made by memlookup-keygen DIR [NAME] (python -m client.keygen)", file=sys.stderr)
@@ -314,13 +334,16 @@ def main(argv: list[str] | None = None) -> int:
         elif text is not None:
             print(text)
 
-    from client.client import Client
-
     try:
-        table = Client(args.node, timeout_s=args.timeout, retries=args.retries,
-                       server_key=args.server_key or None, client_key=args.client_key or None)
+        table = open_table(args.node, int(args.replicas), args.timeout, int(args.retries),
+                           leaving=getattr(args, "leaving", None),
+                           server_key=args.server_key or None, client_key=args.client_key or None)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
+    if args.command == "rebalance" and not hasattr(table, "placement"):
+        _fail("rebalance needs the cluster's nodes: NODE1,NODE2,...", EXIT_USAGE)
+    if args.pipe and hasattr(table, "placement"):
+        _fail("--pipe talks to one node; give a single NODE", EXIT_USAGE)
     try:
         with table:
             if args.pipe:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import zmq
 
+from client.mapping import MappingSugar
 from client.transport import Transport
 from common.address import DEFAULT_PORT, node_endpoints
 from common.errors import (
@@ -39,7 +40,7 @@ _CALLER_MISTAKES = frozenset(
 )
 
 
-class Client:
+class Client(MappingSugar):
     """A connection to one memlookup node.
 
     Connecting::
@@ -331,21 +332,3 @@ class Client:
     def stats(self) -> dict[str, Any]:
         """The node's counters: keys, memory, operations, uptime, version, limits."""
         return self._call("stats")
-
-    # -- mapping sugar ---------------------------------------------------------
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __setitem__(self, key: str, value: str) -> None:
-        self.set(key, value)
-
-    def __delitem__(self, key: str) -> None:
-        if not self.delete(key):
-            raise KeyError(key)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.exists(key)

@@ -8,6 +8,7 @@ does not fall back between IPv4 and IPv6 addresses.
 from __future__ import annotations
 
 import ipaddress
+from typing import Iterable
 
 #: The port a server listens on and a client dials when none is given.
 DEFAULT_PORT = 7400
@@ -92,3 +93,32 @@ def node_endpoints(node: str, default_port: int = DEFAULT_PORT) -> list[str]:
     except ValueError:
         addresses = resolve(host)
     return [endpoint(address, port) for address in addresses]
+
+
+def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -> list[str]:
+    """Member names (``host:port``) for what a user typed.
+
+    ``nodes`` is a list of node addresses or one comma-separated string. A
+    name with one address keeps its name (so a member keeps its place when
+    its address changes, as a Kubernetes pod's does on restart); a name that
+    resolves to several addresses (a Kubernetes headless Service) stands
+    for all of them, each named by its address. Duplicates are dropped.
+
+    Raises:
+        ValueError: a node is not an address or does not resolve.
+    """
+    parts = nodes.split(",") if isinstance(nodes, str) else list(nodes)
+    names: dict[str, None] = {}
+    for part in parts:
+        if not part.strip():
+            continue
+        endpoints = node_endpoints(part, default_port)
+        if len(endpoints) == 1:
+            host, port = split_node(part, default_port)
+            names[endpoint(host, port)[len("tcp://"):]] = None
+            continue
+        for zmq_endpoint in endpoints:
+            names[zmq_endpoint[len("tcp://"):]] = None
+    if not names:
+        raise ValueError("no nodes given")
+    return list(names)

@@ -70,6 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         zap.stop()
         release()
         return 1
+    if config.metrics_port:
+        from server.metrics import serve_metrics
+
+        try:
+            latency, metrics_port = serve_metrics(server.handler, config.bind, config.metrics_port)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s port %s: %s", config.bind, config.metrics_port, exc)
+            zap.stop()
+            release()
+            return 1
+        server.after_batch = latency.observe
+        log.info("metrics on http://%s:%d/metrics", config.bind, metrics_port)
     server.install_signal_handlers()
     log.info("%s", zap.policy.describe())
     log.info("memlookup %s listening on %s (%s)", __version__, bound, where)

@@ -41,6 +41,7 @@ class ServerConfig:
     insecure_allow_all: bool = False
     max_memory_bytes: int = 0
     eviction: str = "noeviction"
+    metrics_port: int = 0
     data_dir: str | None = None
     fsync: str = "everysec"
     repair: bool = False
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eviction", "MEMLOOKUP_EVICTION", "noeviction",
         "what happens at --max-memory: refuse writes, evict the least recently used keys, or "
         "evict the keys closest to expiring", choices=EVICTION_POLICIES)
+    add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
+        "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     add("--data-dir", "SERVER_DATA_DIR", None,
         "keep the table in this directory so it survives restarts and crashes; "
         "without it the server is purely in memory", metavar="DIR")
@@ -132,6 +135,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             bind=args.bind,
             port=int(args.port),
             log_level=str(args.log_level).lower(),
+            metrics_port=int(args.metrics_port),
             limits=Limits(
                 max_key_bytes=int(args.max_key_bytes),
                 max_value_bytes=int(args.max_value_bytes),
@@ -163,6 +167,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"eviction policy {config.eviction!r} is not one of {', '.join(EVICTION_POLICIES)}")
     if not 0 <= config.port < 65536:
         parser.error(f"port {config.port} is not from 0 to 65535")
+    if not 0 <= config.metrics_port < 65536:
+        parser.error(f"metrics port {config.metrics_port} is not from 0 (off) to 65535")
     if config.log_level not in LOG_LEVELS:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.fsync not in FSYNC_POLICIES:

@@ -84,6 +84,9 @@ class Server:
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None
+        #: Called with the batch's request count and the seconds it took so
+        #: far, just before its replies go out (the metrics' latency histogram).
+        self.after_batch: Callable[[int, float], None] | None = None
         #: When the socket runs dry, called with the batch's size so far; returns
         #: how many milliseconds to wait for more requests before answering the
         #: batch (0: answer now). Persistence under ``fsync always`` sets it so
@@ -141,6 +144,8 @@ class Server:
 
         At most MAX_BATCH_REQUESTS are taken before the replies go out.
         """
+        after_batch = self.after_batch
+        started = time.perf_counter() if after_batch is not None else 0.0
         socket, handle = self.socket, self.handler.handle
         events = socket.getsockopt
         replies: list[list[bytes]] = []
@@ -172,6 +177,8 @@ class Server:
                 break
         if self.before_reply is not None:
             self.before_reply(len(replies))
+        if after_batch is not None:  # before the replies: a client that has its answer sees it counted
+            after_batch(len(replies), time.perf_counter() - started)
         send = socket.send
         for reply in replies:
             for frame in reply[:-1]:

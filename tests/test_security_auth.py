@@ -215,3 +215,15 @@ def test_pipelines_and_pipe_mode_use_the_keys_too(curve_server, keys):
     assert piped.returncode == 0, piped.stderr
     fetched = run_cli("--server-key", keys["server"], "--client-key", keys["alice"], curve_server.node, "get", "piped")
     assert fetched.stdout == "yes\n"
+
+
+def test_a_cluster_of_curve_servers_shares_one_server_key(start_server, keys):
+    args = ("--curve-secret-key", keys["server_secret"], "--authorized-keys", keys["authorized"])
+    nodes = ",".join(start_server(*args).node for _ in range(2))
+    from client.cluster import ClusterClient
+
+    with ClusterClient(nodes, replicas=2, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
+        table.set("norway", "oslo")
+        assert table.get("norway") == "oslo"
+    cli = run_cli("--server-key", keys["server"], "--client-key", keys["alice"], nodes, "get", "norway")
+    assert (cli.returncode, cli.stdout) == (0, "oslo\n")

@@ -1,0 +1,44 @@
+# memlookup server (and CLI) image.
+#
+#   docker build -t memlookup:local .
+#   docker run -d --name memlookup -p 127.0.0.1:7400:7400 -v memlookup-data:/data memlookup:local
+#   docker exec memlookup memlookup 127.0.0.1 ping
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml requirements.txt README.md ./
+COPY common ./common
+COPY client ./client
+COPY server ./server
+COPY man ./man
+# The runtime dependencies at the versions pinned in requirements.txt (the
+# test tools listed there are not installed).
+RUN pip install --constraint requirements.txt . \
+    && rm -rf /src
+
+# An unprivileged user owning the data directory.
+RUN groupadd --system --gid 10001 memlookup \
+    && useradd --system --uid 10001 --gid memlookup --home-dir /data --shell /usr/sbin/nologin memlookup \
+    && mkdir -p /data && chown memlookup:memlookup /data
+VOLUME ["/data"]
+WORKDIR /data
+USER memlookup
+
+# Inside a container the server must listen on the container's interfaces,
+# not on loopback: publish the port only where it should be reachable. Peers
+# other than loopback are refused unless allowed: run with
+# -e MEMLOOKUP_ALLOW=NETWORK (docker-compose.yml and kind/ do).
+ENV MEMLOOKUP_BIND=0.0.0.0 \
+    MEMLOOKUP_PORT=7400 \
+    SERVER_DATA_DIR=/data
+EXPOSE 7400 9400
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["memlookup", "--timeout", "1", "--retries", "0", "127.0.0.1", "ping"]
+
+CMD ["memlookup-server"]

@@ -1,0 +1,81 @@
+"""The command line's multi-node part: which client to open, ``--nodes``, rebalance's progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Iterable
+
+from common.address import expand_nodes
+
+if TYPE_CHECKING:  # imported when used: a one-shot command starts faster
+    from client.client import Client
+    from client.cluster import ClusterClient
+
+
+def open_table(
+    node: str, replicas: int, timeout_s: float, retries: int, leaving: str | None = None,
+    server_key: str | None = None, client_key: str | None = None,
+) -> Client | ClusterClient:
+    """A plain :class:`Client` for one node, a :class:`ClusterClient` for several (or with ``leaving`` nodes).
+
+    Raises:
+        ValueError: a node is not an address or does not resolve, or R < 1.
+    """
+    names = expand_nodes(node)
+    if len(names) == 1 and not leaving:
+        from client.client import Client
+
+        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key)
+    from client.cluster import ClusterClient
+
+    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or (),
+                         server_key=server_key, client_key=client_key)
+
+
+def with_nodes(argv: list[str], commands: Iterable[str]) -> list[str]:
+    """``argv`` with the ``--nodes`` (or ``MEMLOOKUP_NODES``) list put in NODE's place when NODE is left out.
+
+    NODE is left out when the first word that is not an option (or an
+    option's value) is a command name, or when there is no such word and
+    ``--pipe`` is given.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--nodes", default=os.environ.get("MEMLOOKUP_NODES"))
+    nodes = pre.parse_known_args(argv)[0].nodes
+    if not nodes:
+        return argv
+    takes_value = {"--timeout", "--retries", "--replicas", "--nodes"}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return argv
+        if word in takes_value:
+            index += 2
+            continue
+        if word.startswith("-"):
+            index += 1
+            continue
+        return argv[:index] + [nodes] + argv[index:] if word in commands else argv
+    return argv + [nodes] if "--pipe" in argv else argv
+
+
+def cluster_rebalance(table: ClusterClient) -> dict[str, Any]:
+    """Run :func:`client.rebalance.rebalance` with a progress bar on a terminal's stderr."""
+    from tqdm import tqdm
+
+    from client.rebalance import rebalance, total_copies
+
+    with tqdm(total=total_copies(table), unit="key", desc="rebalance", file=sys.stderr, disable=None) as bar:
+
+        def advance(examined: int) -> None:
+            # Copies placed on a node not scanned yet are examined there too.
+            if bar.total is not None and bar.n + examined > bar.total:
+                bar.total = bar.n + examined
+            bar.update(examined)
+
+        report = rebalance(table, progress=advance)
+    return asdict(report)
