@@ -14,6 +14,7 @@
 
 from client.client import Client
 from common.errors import (
+    AuthenticationError,
     InvalidRequestError,
     MemlookupError,
     NodeUnavailableError,
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AuthenticationError",
     "Client",
     "ClusterClient",
     "InvalidRequestError",

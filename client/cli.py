@@ -65,6 +65,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> 
                         help="resends after a timeout (env MEMLOOKUP_RETRIES, default: 2)")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
                         help="print results as JSON (a missing value is null)")
+    parser.add_argument("--server-key", default=default("MEMLOOKUP_SERVER_KEY", None), metavar="FILE",
+                        help="the server's CurveZMQ public key (its .key file): encrypt, and check it is that "
+                        "server (env MEMLOOKUP_SERVER_KEY)")
+    parser.add_argument("--client-key", default=default("MEMLOOKUP_CLIENT_KEY", None), metavar="FILE",
+                        help="our key pair (a .key_secret file from memlookup-keygen), for servers with "
+                        "--authorized-keys (env MEMLOOKUP_CLIENT_KEY)")
 
 
 #: Every COMMAND, in the order --help lists them.
@@ -309,7 +315,12 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(with_nodes(sys.argv[1:] if argv is None else list(argv), COMMANDS))
+    try:
+        args = parse_args(with_nodes(sys.argv[1:] if argv is None else list(argv), COMMANDS))
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and "keygen" in (sys.argv[1:] if argv is None else argv)[:1]:
+            print("hint: keys are made by memlookup-keygen DIR [NAME] (python -m client.keygen)", file=sys.stderr)
+        raise
     if args.pipe and args.command:
         build_parser().error("--pipe reads its commands from standard input; give no COMMAND")
     if not args.pipe and not args.command:
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         table = open_table(args.node, int(args.replicas), args.timeout, int(args.retries),
-                           leaving=getattr(args, "leaving", None))
+                           leaving=getattr(args, "leaving", None),
+                           server_key=args.server_key or None, client_key=args.client_key or None)
     except ValueError as exc:
         _fail(str(exc), EXIT_USAGE)
     if args.command == "rebalance" and not hasattr(table, "placement"):

@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # imported when used: a one-shot command starts faster
 
 
 def open_table(
-    node: str, replicas: int, timeout_s: float, retries: int, leaving: str | None = None
+    node: str, replicas: int, timeout_s: float, retries: int, leaving: str | None = None,
+    server_key: str | None = None, client_key: str | None = None,
 ) -> Client | ClusterClient:
     """A plain :class:`Client` for one node, a :class:`ClusterClient` for several (or with ``leaving`` nodes).
 
@@ -27,10 +28,11 @@ def open_table(
     if len(names) == 1 and not leaving:
         from client.client import Client
 
-        return Client(names[0], timeout_s=timeout_s, retries=retries)
+        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key)
     from client.cluster import ClusterClient
 
-    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or ())
+    return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or (),
+                         server_key=server_key, client_key=client_key)
 
 
 def with_nodes(argv: list[str], commands: Iterable[str]) -> list[str]:

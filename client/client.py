@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import zmq
 
@@ -19,6 +19,9 @@ from common.errors import (
     ServerError,
 )
 from common.protocol import ProtocolError, Status, decode_reply, encode_request
+
+if TYPE_CHECKING:
+    from common.keys import KeySource
 
 _ERRORS: dict[int, type[ServerError]] = {
     Status.NOT_INTEGER: NotAnIntegerError,
@@ -94,6 +97,17 @@ class Client(MappingSugar):
         timeout_s: seconds to wait for each attempt.
         retries: resends after the first attempt times out.
         context: a ZeroMQ context to share; the process-wide one by default.
+        server_key: the server's CurveZMQ public key (its ``.key`` file, or
+            the 40-character key itself): encrypt the connection and make
+            sure it is that server. Needed for a server run with
+            ``--curve-secret-key``.
+        client_key: our key pair (a ``.key_secret`` file from
+            ``memlookup-keygen``), for a server that accepts only the keys in
+            its ``--authorized-keys``. Without it an ephemeral pair is used.
+
+    A server that refuses our key, or whose key is not ``server_key``, makes
+    a call raise :class:`common.errors.AuthenticationError` (a
+    :class:`NodeUnavailableError`) after ``timeout_s``, without retrying.
     """
 
     def __init__(
@@ -103,10 +117,17 @@ class Client(MappingSugar):
         retries: int = 2,
         context: zmq.Context | None = None,
         default_port: int = DEFAULT_PORT,
+        server_key: "KeySource | None" = None,
+        client_key: "KeySource | None" = None,
     ) -> None:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
-        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node)
+        curve = None
+        if server_key is not None or client_key is not None:
+            from client.curve import CurveKeys  # only secured clients pay for its imports
+
+            curve = CurveKeys.from_options(server_key, client_key)
+        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node, curve=curve)
         self._client_id = os.urandom(8).hex()
         self._sequence = itertools.count(1)
         self._timeout_s, self._retries, self._context = timeout_s, retries, context
@@ -175,7 +196,8 @@ class Client(MappingSugar):
         if self._stream is None or messages != self._stream.window:
             self.close_pipeline()
             self._stream = StreamTransport(
-                self.endpoint, self._timeout_s, self._retries, messages, self._context, self.node
+                self.endpoint, self._timeout_s, self._retries, messages, self._context, self.node,
+                curve=self._transport.curve,
             )
         return Pipeline(self, self._stream, per_message)
 

@@ -117,6 +117,8 @@ class ClusterClient(MappingSugar):
         leaving: nodes being removed from the cluster: not members (they own
             nothing), but ``delete`` reaches them and ``rebalance`` drains
             them.
+        server_key, client_key: CurveZMQ keys, as for :class:`Client`, used
+            for every node (the nodes share one server key pair).
     """
 
     def __init__(
@@ -129,6 +131,8 @@ class ClusterClient(MappingSugar):
         context: zmq.Context | None = None,
         default_port: int = DEFAULT_PORT,
         leaving: str | Iterable[str] = (),
+        server_key: Any = None,
+        client_key: Any = None,
     ) -> None:
         names = expand_nodes(nodes, default_port)
         self.placement = Placement(names, replicas)
@@ -136,7 +140,8 @@ class ClusterClient(MappingSugar):
         self.dead_for_s = dead_for_s
         self.leaving = [n for n in (expand_nodes(leaving, default_port) if leaving else []) if n not in names]
         self._nodes = {
-            name: _Node(name, Client(name, timeout_s=timeout_s, retries=retries, context=context))
+            name: _Node(name, Client(name, timeout_s=timeout_s, retries=retries, context=context,
+                                     server_key=server_key, client_key=client_key))
             for name in [*self.placement.nodes, *self.leaving]
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._nodes)), thread_name_prefix="memlookup")

@@ -72,10 +72,11 @@ class StreamTransport(Transport):
         window: int = DEFAULT_WINDOW,
         context: zmq.Context | None = None,
         label: str = "",
+        curve: Any = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
-        super().__init__(endpoint, timeout_s, retries, context, label)
+        super().__init__(endpoint, timeout_s, retries, context, label, curve)
         self.window = window
         #: Unanswered requests, oldest first: (frame, on_reply).
         self._in_flight: Deque[tuple[bytes, OnReply]] = collections.deque()

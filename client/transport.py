@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import time
 
+from typing import TYPE_CHECKING
+
 import zmq
 
-from common.errors import NodeUnavailableError
+from common.errors import AuthenticationError, NodeUnavailableError
+
+if TYPE_CHECKING:
+    from client.curve import CurveKeys
 
 
 class Transport:
@@ -30,6 +35,7 @@ class Transport:
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (shared by default).
         label: how to name the node in error messages.
+        curve: CurveZMQ keys; None for a plaintext connection.
     """
 
     #: The kind of socket, and options set on it before it connects.
@@ -43,6 +49,7 @@ class Transport:
         retries: int,
         context: zmq.Context | None = None,
         label: str = "",
+        curve: "CurveKeys | None" = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -54,6 +61,8 @@ class Transport:
         self.label = label or endpoint
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
+        self.curve = curve
+        self._monitor: zmq.Socket | None = None
 
     def _open(self) -> zmq.Socket:
         socket = self._context.socket(self.socket_type)
@@ -65,12 +74,18 @@ class Transport:
         socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
         if self.endpoint.startswith("tcp://["):
             socket.setsockopt(zmq.IPV6, 1)
+        if self.curve is not None:
+            self._monitor = self.curve.apply(socket)
         socket.connect(self.endpoint)
         self._socket = socket
         return socket
 
     def _discard(self) -> None:
         if self._socket is not None:
+            if self._monitor is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
+                self._monitor = None
             self._socket.close(linger=0)
             self._socket = None
 
@@ -92,6 +107,8 @@ class Transport:
             try:
                 return socket.recv()
             except zmq.Again:  # RCVTIMEO passed
+                if self._monitor is not None:
+                    self._check_handshake(started)  # a refused key: say so, do not retry
                 self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
             except BaseException:
                 self._discard()  # an interrupted wait: never reuse a socket owed a reply
@@ -103,6 +120,16 @@ class Transport:
             node=self.label,
             waited_s=waited,
         )
+
+    def _check_handshake(self, started: float) -> None:
+        from client.curve import handshake_failure
+
+        assert self._monitor is not None
+        failure = handshake_failure(self._monitor)
+        if failure is not None:
+            self._discard()
+            waited = time.monotonic() - started
+            raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
 
     def close(self) -> None:
         self._discard()

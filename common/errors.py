@@ -60,3 +60,11 @@ class NodeUnavailableError(MemlookupError):
         super().__init__(message)
         self.node = node
         self.waited_s = waited_s
+
+
+class AuthenticationError(NodeUnavailableError):
+    """The node refused our CURVE key, or we hold the wrong key for it.
+
+    Nothing was sent. Check ``--server-key`` (the server's ``.key`` file)
+    and that our public key is in the server's ``--authorized-keys``.
+    """

@@ -29,6 +29,11 @@ DEFAULT_SCAN_COUNT = 1_000
 #: Longest glob pattern for ``keys``.
 MAX_PATTERN_BYTES = 1024
 
+#: Messages queued per connection in each direction (ZMQ_RCVHWM, ZMQ_SNDHWM).
+#: Past it the server stops reading that peer (it waits in TCP buffers), and
+#: replies to a peer that does not read them are dropped (it times out).
+MAX_QUEUED_MESSAGES = 1000
+
 
 def utf8_over(text: str, limit: int) -> bool:
     """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""

@@ -21,6 +21,7 @@ success and ``payload`` is the result; any other status is an error code from
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Any
 
@@ -85,6 +86,15 @@ class ProtocolError(Exception):
         self.status = status
 
 
+#: Longest array the one-shot decoder accepts. msgpack allocates a list of the
+#: claimed length as soon as it reads an array header, before a single element
+#: has arrived, so every nested array may cost ``claimed x 8`` bytes: with this
+#: small bound a 1024-deep nest (msgpack's own depth limit) costs at most
+#: 128 KiB. A frame with a longer array (mget's keys) takes the checked path.
+#: Maps are not preallocated and keep the batch limit.
+SMALL_ARRAY_ITEMS = 16
+
+
 def decode_request(
     frame: bytes,
     max_str_bytes: int | None = None,
@@ -107,10 +117,12 @@ def unpack_request(
 ) -> Any:
     """Decode a request frame's msgpack, not yet checking its shape.
 
-    The unpacker is bounded: strings longer than ``max_str_bytes``, arrays or
-    maps with more than ``max_items`` entries (plus slack for the envelope),
-    binary and extension types are refused before they are allocated, so a
-    hostile header cannot make the server reserve memory it claims. The
+    The unpacker is bounded: strings longer than ``max_str_bytes``, maps with
+    more than ``max_items`` entries (plus slack for the envelope), binary and
+    extension types are refused before they are allocated. A frame with an
+    array longer than :data:`SMALL_ARRAY_ITEMS` is first checked to hold
+    every element it claims (:func:`_decode_batch`), so a hostile header or a
+    deep nest of arrays cannot make the server reserve memory it claims. The
     bounds default to the documented limits.
 
     Raises:
@@ -123,6 +135,11 @@ def unpack_request(
 
         max_str_bytes = limits.MAX_VALUE_BYTES if max_str_bytes is None else max_str_bytes
         max_items = limits.MAX_BATCH_KEYS if max_items is None else max_items
+    if frame[1:6] == b"\xa4mget" and frame[6:7] in _LONG_ARRAY_HEADERS:
+        # A long key list: no first try. Its length is checked from the header.
+        width = 2 if frame[6] == 0xDC else 4
+        _check_array_length(int.from_bytes(frame[7:7 + width], "big"), max_items)
+        return _decode_batch(frame, max_str_bytes, max_items)
     try:
         return msgpack.unpackb(
             frame,
@@ -132,21 +149,15 @@ def unpack_request(
             max_str_len=max_str_bytes,
             max_bin_len=0,
             max_ext_len=0,
-            max_array_len=max_items + 8,
+            max_array_len=SMALL_ARRAY_ITEMS,
             max_map_len=max_items + 8,
         )
-    except UnicodeDecodeError:
-        raise ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8") from None
-    except msgpack.ExtraData:
-        raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request") from None
-    except ValueError as exc:  # a bounded length was exceeded, or truncated input
-        if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
-            raise ProtocolError(Status.BAD_REQUEST, "bin and ext types are not allowed; send str") from None
-        if "exceeds max_" in str(exc):
-            raise ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}") from None
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
-    except Exception as exc:  # FormatError, StackError, TypeError on bad map keys
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}") from None
+    except Exception as exc:  # ValueError for every bound and truncation, FormatError, StackError...
+        claimed = _CLAIMED_ARRAY.match(str(exc)) if type(exc) is ValueError else None
+        if claimed is None:
+            raise _refusal(exc) from None
+        _check_array_length(int(claimed.group(1)), max_items)
+        return _decode_batch(frame, max_str_bytes, max_items)
 
 
 def check_request(request: Any) -> tuple[str, list[Any], dict[str, Any]]:
@@ -187,6 +198,72 @@ def check_request(request: Any) -> tuple[str, list[Any], dict[str, Any]]:
     return op, args, options
 
 
+#: msgpack's message for an array over ``max_array_len``; group 1 is the claim.
+_CLAIMED_ARRAY = re.compile(r"(\d+) exceeds max_array_len")
+
+
+def _check_array_length(claimed: int, max_items: int) -> None:
+    """Refuse an array header over the batch bound before anything is decoded."""
+    if claimed > max_items + 8:
+        raise ProtocolError(Status.TOO_LARGE, f"request over a size limit: an array of {claimed} elements")
+
+
+#: Headers of arrays that may hold more than 15 elements (array 16, array 32).
+_LONG_ARRAY_HEADERS = (b"\xdc", b"\xdd")
+
+
+def _decode_batch(frame: bytes, max_str_bytes: int, max_items: int) -> list[Any]:
+    """Decode a request holding a long array (the key list of ``mget``).
+
+    First the whole frame is walked with ``Unpacker.skip``, which builds no
+    objects: it fails on a frame that claims more elements than it carries,
+    or nests too deep, having allocated nothing. A frame that passes is
+    complete, so every array header is backed by its elements in the frame,
+    and decoding it reserves no more than the frame's own size warrants.
+    """
+    size = max(len(frame), 1)
+    unpacker = msgpack.Unpacker(max_buffer_size=size, read_size=size)
+    unpacker.feed(frame)
+    try:
+        unpacker.skip()
+    except Exception as exc:
+        raise _refusal(exc) from None
+    if unpacker.tell() != len(frame):
+        raise ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
+    # The bounds of decode_request's one-pass call, but arrays up to the batch
+    # limit. Both calls spell the arguments out: sharing them as **kwargs
+    # measured 0.3 to 0.6 µs more per request on the hot path.
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_str_bytes,
+            max_bin_len=0,
+            max_ext_len=0,
+            max_array_len=max_items + 8,
+            max_map_len=max_items + 8,
+        )
+    except Exception as exc:
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: Exception) -> ProtocolError:
+    """The error reply for what the msgpack decoder raised."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ProtocolError(Status.BAD_REQUEST, "strings must be valid UTF-8")
+    if isinstance(exc, msgpack.ExtraData):
+        return ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
+    if isinstance(exc, msgpack.StackError):
+        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply")
+    if isinstance(exc, msgpack.OutOfData):
+        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input")
+    if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
+        return ProtocolError(Status.BAD_REQUEST, "bin and ext types are not allowed; send str")
+    if isinstance(exc, ValueError) and "exceeds max_" in str(exc):
+        return ProtocolError(Status.TOO_LARGE, f"request over a size limit: {exc}")
+    return ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: {exc}")
 #: One Packer for every frame: msgpack.packb builds a new one per call, which
 #: measured costs more than the packing of a small request. Packing holds the
 #: GIL throughout, so sharing it between threads is safe.

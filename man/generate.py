@@ -27,6 +27,7 @@ def pages() -> dict[str, str]:
 
     from bench.__main__ import build_parser as bench_parser
     from client.cli import build_parser as client_parser
+    from client.keygen import build_parser as keygen_parser
     from common import __version__
     from server.config import build_parser as server_parser
 
@@ -34,6 +35,7 @@ def pages() -> dict[str, str]:
     programs = (
         ("memlookup.1", client_parser(), "store and fetch strings in a memlookup server"),
         ("memlookup-server.1", server_parser(), "serve an in-memory key-value lookup table"),
+        ("memlookup-keygen.1", keygen_parser(), "create a CurveZMQ key pair for memlookup"),
         ("memlookup-benchmark.1", bench_parser(), "load a memlookup server and report its speed"),
     )
     for name, parser, summary in programs:

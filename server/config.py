@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from common import __version__, limits
 from common.address import DEFAULT_PORT
 from common.limits import Limits
+from server.auth import parse_networks
+from server.memory import parse_bytes
 
 #: ``--fsync`` policies (server/persistence.py implements them).
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -20,6 +22,7 @@ FSYNC_POLICIES = ("always", "everysec", "no")
 COMPACT_AFTER_BYTES = 64 * 1024 * 1024
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
 
 @dataclass
@@ -31,6 +34,13 @@ class ServerConfig:
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
     sweep_interval_s: float = 0.1
+    # Security (server/auth.py, server/security.py, server/memory.py)
+    curve_secret_key: str | None = None
+    authorized_keys: str | None = None
+    allow: list[str] = field(default_factory=list)
+    insecure_allow_all: bool = False
+    max_memory_bytes: int = 0
+    eviction: str = "noeviction"
     metrics_port: int = 0
     data_dir: str | None = None
     fsync: str = "everysec"
@@ -75,6 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
         "cap on a keys request's page size hint", type=int, metavar="N")
     add("--max-pattern-bytes", "MEMLOOKUP_MAX_PATTERN_BYTES", limits.MAX_PATTERN_BYTES,
         "longest keys glob pattern in UTF-8 bytes", type=int, metavar="N")
+    add("--curve-secret-key", "MEMLOOKUP_CURVE_SECRET_KEY", None,
+        "encrypt every connection with CurveZMQ using this key pair (a NAME.key_secret file "
+        "from memlookup-keygen)", metavar="FILE")
+    add("--authorized-keys", "MEMLOOKUP_AUTHORIZED_KEYS", None,
+        "with --curve-secret-key: accept only clients whose public key is a *.key file in DIR "
+        "(re-read when it changes)", metavar="DIR")
+    parser.add_argument("--allow", action="append", default=[], metavar="NET",
+                        help="also accept peers from this address or CIDR network (repeatable; without "
+                        "keys only loopback peers are accepted otherwise) (env MEMLOOKUP_ALLOW, comma "
+                        "separated, default: none)")
+    parser.add_argument("--insecure-allow-all", action="store_true",
+                        default=os.environ.get("MEMLOOKUP_INSECURE_ALLOW_ALL", "") not in ("", "0"),
+                        help="accept peers from any address, even without keys: anyone who can reach "
+                        "the port can read and change everything (env MEMLOOKUP_INSECURE_ALLOW_ALL=1)")
+    add("--max-memory", "MEMLOOKUP_MAX_MEMORY", "0",
+        "most memory the server may use, in bytes or with a suffix (100mb, 2gb; k/m/g are "
+        "powers of 1000, kb/mb/gb of 1024); 0 means no limit", metavar="BYTES")
+    add("--eviction", "MEMLOOKUP_EVICTION", "noeviction",
+        "what happens at --max-memory: refuse writes, evict the least recently used keys, or "
+        "evict the keys closest to expiring", choices=EVICTION_POLICIES)
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     add("--data-dir", "SERVER_DATA_DIR", None,
@@ -114,13 +144,27 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
                 max_scan_count=int(args.max_scan_count),
                 max_pattern_bytes=int(args.max_pattern_bytes),
             ),
+            curve_secret_key=args.curve_secret_key,
+            authorized_keys=args.authorized_keys,
+            allow=args.allow or [a for a in os.environ.get("MEMLOOKUP_ALLOW", "").split(",") if a.strip()],
+            insecure_allow_all=bool(args.insecure_allow_all),
+            max_memory_bytes=parse_bytes(str(args.max_memory)),
+            eviction=str(args.eviction),
             data_dir=args.data_dir or None,
             fsync=str(args.fsync).lower(),
             repair=bool(args.repair),
             compact_after_bytes=int(args.compact_after_bytes),
         )
     except ValueError as exc:
-        parser.error(f"bad setting in the environment: {exc}")
+        parser.error(f"bad setting: {exc}")
+    try:
+        parse_networks(config.allow)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if config.authorized_keys and not config.curve_secret_key:
+        parser.error("--authorized-keys needs --curve-secret-key (clients are known by their CURVE keys)")
+    if config.eviction not in EVICTION_POLICIES:
+        parser.error(f"eviction policy {config.eviction!r} is not one of {', '.join(EVICTION_POLICIES)}")
     if not 0 <= config.port < 65536:
         parser.error(f"port {config.port} is not from 0 to 65535")
     if not 0 <= config.metrics_port < 65536:

@@ -63,6 +63,11 @@ class _Refused(Exception):
         self.status = status
 
 
+#: Raised by an operation, or by a wrapper installed with
+#: :meth:`Handler.wrap_op`, to answer with an error status.
+Refused = _Refused
+
+
 class Handler:
     """Executes requests against a :class:`Store`.
 
@@ -93,9 +98,21 @@ class Handler:
         self._ops: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
             op: getattr(self, "_op_" + op) for op in OPS
         }
+        self._plain_get = True  # see wrap_op
         #: Extra sections for ``stats`` (persistence, memory policy...), each a
         #: callable returning a dict, keyed by section name.
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+
+    def wrap_op(self, op: str, wrapper: Callable[[Callable[[list[Any], dict[str, Any]], Any]],
+                                                  Callable[[list[Any], dict[str, Any]], Any]]) -> None:
+        """Replace ``op``'s implementation by ``wrapper(current)`` (the memory cap uses it).
+
+        A wrapped ``get`` turns off the fast path for ``["get", key]``, which
+        does not go through the operations table.
+        """
+        self._ops[op] = wrapper(self._ops[op])
+        if op == "get":
+            self._plain_get = False
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
@@ -116,7 +133,7 @@ class Handler:
             # below, a third of the work; anything added below for every
             # request must be added here too); ["set", key, value, {"rid"}]
             # skips check_request, whose checks it passes by its shape.
-            if type(request) is list and len(request) == 2 and request[0] == "get":
+            if type(request) is list and len(request) == 2 and request[0] == "get" and self._plain_get:
                 key = request[1]
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1

@@ -17,6 +17,7 @@ from typing import Callable
 
 import zmq
 
+from common import limits
 from common.address import endpoint
 from common.protocol import Status, encode_reply
 from server.config import ServerConfig
@@ -77,6 +78,9 @@ class Server:
             self.socket.setsockopt(zmq.IPV6, 1)  # "*" then means IPv4 and IPv6
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.limits.max_message_bytes)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        # Bounded queues per peer: a flood waits in TCP buffers, not in our memory.
+        self.socket.setsockopt(zmq.RCVHWM, limits.MAX_QUEUED_MESSAGES)
+        self.socket.setsockopt(zmq.SNDHWM, limits.MAX_QUEUED_MESSAGES)
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None

@@ -254,6 +254,16 @@ class Store:
             heapq.heapify(self._expiry_heap)
         return removed
 
+    def soonest_expiring(self) -> str | None:
+        """The key with the nearest deadline (volatile-ttl eviction), or None."""
+        heap, deadlines = self._expiry_heap, self._deadlines
+        while heap:
+            deadline, key = heap[0]
+            if deadlines.get(key) == deadline:
+                return key
+            heapq.heappop(heap)  # a stale entry: the key was deleted or re-set
+        return None
+
     def _expired(self, key: str) -> bool:
         deadline = self._deadlines.get(key)
         if deadline is not None and deadline <= self._clock():

@@ -20,6 +20,8 @@ def test_pip_install_provides_both_programs(tmp_path):
     assert pip.returncode == 0, pip.stderr
     bin_dir = env_dir / "bin"
     assert (env_dir / "share" / "man" / "man1" / "memlookup.1").exists()
+    assert (bin_dir / "memlookup-keygen").exists()
+    assert (env_dir / "share" / "man" / "man1" / "memlookup-keygen.1").exists()
 
     server = ServerProcess(program=[str(bin_dir / "memlookup-server")])
     try:

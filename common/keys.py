@@ -1,0 +1,112 @@
+"""CurveZMQ keys: how they are written to files and read back.
+
+A key pair is two files in ZeroMQ's certificate format (the one ``zmq.auth``
+and czmq use): ``NAME.key`` holds the public key and may be copied anywhere;
+``NAME.key_secret`` holds both keys and must stay private (mode 0600). A
+server's ``--authorized-keys`` directory is a directory of ``*.key`` files,
+one per client allowed in.
+
+Keys are 40-character Z85 text. Wherever a public key is expected, the key
+text itself may be given instead of a file name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import zmq
+import zmq.auth
+
+KeySource = Union[str, bytes, "os.PathLike[str]"]
+
+#: Length of a CURVE key written in Z85.
+Z85_KEY_CHARS = 40
+
+
+def _is_z85_key(text: str | bytes) -> bool:
+    if isinstance(text, str):
+        text = text.encode("ascii", "replace")
+    if len(text) != Z85_KEY_CHARS:
+        return False
+    try:
+        return len(zmq.utils.z85.decode(text)) == 32
+    except Exception:
+        return False
+
+
+def load_public_key(source: KeySource) -> bytes:
+    """The Z85 public key in a ``.key`` (or ``.key_secret``) file, or given as text.
+
+    Raises:
+        ValueError: no such file, or it holds no public key.
+    """
+    if isinstance(source, (str, bytes)) and _is_z85_key(source) and not os.path.exists(source):
+        return source.encode("ascii") if isinstance(source, str) else bytes(source)
+    path = Path(os.fsdecode(source))
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read a public key from {str(path)!r}: {exc}") from None
+    if not _is_z85_key(public):
+        raise ValueError(f"{str(path)!r} holds no valid public key")
+    return public
+
+
+def load_key_pair(source: KeySource) -> tuple[bytes, bytes]:
+    """``(public, secret)`` Z85 keys from a ``.key_secret`` file.
+
+    Raises:
+        ValueError: no such file, or it lacks the secret key.
+    """
+    path = Path(os.fsdecode(source))
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read a key pair from {str(path)!r}: {exc}") from None
+    if secret is None or not _is_z85_key(secret) or not _is_z85_key(public):
+        raise ValueError(f"{str(path)!r} holds no secret key (it is a public .key file?)")
+    if zmq.curve_public(secret) != public:
+        raise ValueError(f"the public and secret keys in {str(path)!r} do not belong together")
+    return public, secret
+
+
+def load_authorized_keys(directory: KeySource) -> set[bytes]:
+    """The public keys of every ``*.key`` file in ``directory``.
+
+    Raises:
+        ValueError: the directory cannot be read, or a file in it is not a key.
+    """
+    path = Path(os.fsdecode(directory))
+    if not path.is_dir():
+        raise ValueError(f"authorized keys directory {str(path)!r} does not exist")
+    return {load_public_key(file) for file in sorted(path.glob("*.key"))}
+
+
+def create_key_pair(directory: KeySource, name: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a new key pair as ``NAME.key`` and ``NAME.key_secret`` in ``directory``.
+
+    The secret file is created with mode 0600. Returns the two paths.
+
+    Raises:
+        FileExistsError: a file of that name exists and ``overwrite`` is False.
+        ValueError: ``name`` is not a plain file name.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"key name {name!r} must be a plain file name")
+    folder = Path(os.fsdecode(directory))
+    folder.mkdir(parents=True, exist_ok=True)
+    public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
+    if not overwrite:
+        for path in (public_path, secret_path):
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass --force to replace it")
+    old_umask = os.umask(0o077)  # the secret file is never readable by others, not even briefly
+    try:
+        zmq.auth.create_certificates(folder, name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(public_path, 0o644)
+    os.chmod(secret_path, 0o600)
+    return public_path, secret_path
