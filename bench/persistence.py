@@ -269,7 +269,7 @@ def bench_restart(keys: int, repeat: int, base: Path) -> None:
     print(f"  memlookup from snapshot {ms:6.2f} s  files {files_s}")
     print(f"  redis from AOF          {mr:6.2f} s  AOF {aof} bytes")
     print(f"  journal / redis = {mj / mr:.2f}x   snapshot / redis = {ms / mr:.2f}x")
-    print(f"  compaction pause (fork) with {keys:,} keys: {pause_ms:.1f} ms")
+    print(f"  compaction pause (new journal, or the longest snapshot slice) with {keys:,} keys: {pause_ms:.1f} ms")
 
 
 def bench_stall(keys: int, base: Path) -> None:
@@ -319,7 +319,7 @@ def bench_stall(keys: int, base: Path) -> None:
     print(f"one writer (everysec) before and during a compaction of {keys:,} keys:")
     print(f"  before  {describe(before)}")
     print(f"  during  {describe(during)}")
-    print(f"  the server's own pause (new journal + fork): {stats['last_compaction_pause_ms']:.1f} ms")
+    print(f"  the server's own longest pause (new journal, or one snapshot slice): {stats['last_compaction_pause_ms']:.1f} ms")
 
 
 def bench_engines(batches: int = 2000, batch: int = 16) -> None:

@@ -10,13 +10,13 @@ Layout of ``--data-dir`` (docs/PERSISTENCE.md has the full story)::
 Recovery loads the newest snapshot and replays every journal of that
 generation or later. Compaction (when the journal outgrows
 ``--compact-after-bytes`` and the snapshot) starts a new journal generation,
-then ``fork()``s: the child writes the table as it was at that instant to
-``snapshot.N.tmp``, fsyncs it, renames it to ``snapshot.N`` and fsyncs the
-directory; only then does the server delete the older generation. A crash at
-any step leaves either the old snapshot plus both journals, or the new
-snapshot plus the new journal, and both load to the same table. The server
-itself only pauses to open the new journal and fork: the fork grows with the
-table (about 20 ms with 1 M keys, docs/BENCHMARKS.md).
+then writes the table to ``snapshot.N.tmp`` in slices of at most
+COMPACTION_SLICE_S, one after each batch (see :class:`SnapshotWriter`); a
+thread then fsyncs it, renames it to ``snapshot.N`` and fsyncs the
+directory; only then is the older generation deleted. A crash at any step
+leaves either the old snapshot plus both journals, or the new snapshot plus
+the new journal, and both load to the same table. No request waits for more
+than one slice, whatever the size of the table.
 
 Durability of a batch (see :meth:`Persistence.before_reply`): its changes are
 applied in memory while the batch is handled, then written as one record,
@@ -53,8 +53,12 @@ log = logging.getLogger(__name__)
 #: How often ``everysec`` fsyncs the journal, in a background thread.
 EVERYSEC_INTERVAL_S = 1.0
 
-#: Entries per snapshot record.
-SNAPSHOT_CHUNK_ENTRIES = 8192
+#: Entries per snapshot record: small, so that packing one stays well within
+#: COMPACTION_SLICE_S.
+SNAPSHOT_CHUNK_ENTRIES = 512
+
+#: How long a compaction may hold the loop per batch (and per idle tick).
+COMPACTION_SLICE_S = 0.002
 
 #: After a failed compaction, wait this long before trying again.
 COMPACTION_RETRY_S = 10.0
@@ -79,6 +83,71 @@ class RecoveryReport:
     load_s: float = 0.0
     warnings: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+
+
+class SnapshotWriter:
+    """Writes the table into ``snapshot.N.tmp`` a slice at a time, then finishes it.
+
+    The table is read between batches, in the loop's own thread, so that
+    every value it copies is one whose batch was already made durable (a
+    writer thread could copy a change that a failed fsync then undoes). The
+    snapshot is fuzzy: a key may be copied before or after a change made
+    while the writer runs, but every such change is also in journal N, and
+    recovery replays journal N over snapshot N with absolute puts and
+    removes, which gives the same table either way.
+    """
+
+    def __init__(self, directory: Path, generation: int, entries: Iterator[tuple[str, str, float | None]]) -> None:
+        self.generation = generation
+        self.final = directory / _name("snapshot", generation)
+        self.temp = self.final.with_name(self.final.name + ".tmp")
+        self._entries = entries
+        self._buffer = bytearray(SNAPSHOT_MAGIC)
+        self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.longest_slice_ms = 0.0
+
+    def step(self, budget_s: float) -> bool:
+        """Copy entries for about ``budget_s``; True when the whole table is in the file."""
+        started = time.perf_counter()
+        chunk: list[tuple[str, str, float | None]] = []
+        done = False
+        entries = self._entries
+        while True:
+            for entry in entries:
+                chunk.append(entry)
+                if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES:
+                    break
+            else:
+                done = True
+            if chunk:
+                self._buffer += frame(msgpack.packb(chunk))
+                chunk.clear()
+            if done or len(self._buffer) >= 1 << 20:
+                _write_all(self._fd, self._buffer)
+                self._buffer.clear()
+            if done or time.perf_counter() - started >= budget_s:
+                break
+        self.longest_slice_ms = max(self.longest_slice_ms, (time.perf_counter() - started) * 1000)
+        return done
+
+    def finish(self) -> None:
+        """The end record, fsync, rename, fsync the directory. Touches no table: a thread may run it."""
+        try:
+            _write_all(self._fd, frame(b""))  # a snapshot without the end record is incomplete
+            os.fdatasync(self._fd)
+        finally:
+            self.close()
+        os.rename(self.temp, self.final)
+        _fsync_dir(self.final.parent)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def abandon(self) -> None:
+        self.close()
+        self.temp.unlink(missing_ok=True)
 
 
 def _name(kind: str, generation: int) -> str:
@@ -143,8 +212,8 @@ class Persistence:
         self.compactions = 0
         self.compaction_failures = 0
         self.last_compaction_pause_ms = 0.0
-        self._child = 0
-        self._child_started = 0.0
+        self._snapshot: SnapshotWriter | None = None
+        self._snapshot_started = 0.0
         self._dropper: threading.Thread | None = None
         self._next_compaction = 0.0
         self.report = RecoveryReport()
@@ -393,6 +462,16 @@ class Persistence:
         return 1 if size < self._usual_batch * 0.75 else 0
 
     def before_reply(self, count: int) -> None:
+        """Make the batch durable, then give a running compaction its slice.
+
+        The slice comes after the batch's fate is settled, so the snapshot only
+        ever copies changes that are durable (or were undone).
+        """
+        self._make_durable(count)
+        if self._snapshot is not None:
+            self._snapshot_slice()
+
+    def _make_durable(self, count: int) -> None:
         """Write the batch's changes as one record; under ``always`` fsync it. Undo on failure."""
         usual = self._usual_batch
         self._usual_batch = count if count >= usual else usual + (count - usual) / 32
@@ -485,8 +564,8 @@ class Persistence:
             self._next_compaction = time.monotonic() + COMPACTION_RETRY_S
 
     def _compaction_step(self) -> None:
-        if self._child:
-            self._reap()
+        if self._snapshot is not None:
+            self._snapshot_slice()
             return
         if self._dropper is not None and self._dropper.is_alive():
             return
@@ -501,7 +580,10 @@ class Persistence:
     # -- compaction ---------------------------------------------------------------
 
     def compact(self) -> bool:
-        """Start a compaction in a child process; False if it could not start."""
+        """Start a compaction: a new journal now, the snapshot in slices between batches.
+
+        Returns False if it could not start.
+        """
         started = time.perf_counter()
         generation = self.generation + 1
         try:
@@ -515,46 +597,48 @@ class Persistence:
             (self.dir / _name("journal", generation)).unlink(missing_ok=True)
             return False
         try:
-            pid = os.fork()
-        except OSError as exc:  # out of memory or processes: the new journal simply goes on
-            self._compaction_failed(f"cannot fork the snapshot writer: {exc}")
+            self._snapshot = SnapshotWriter(self.dir, generation, self.store.items())
+        except OSError as exc:  # the new journal simply goes on; the old files stay
+            self._compaction_failed(f"cannot create the snapshot: {exc}")
             return False
-        if pid == 0:  # the child: write the table as it is now, then leave
-            code = 1
-            try:
-                os.closerange(3, 1 << 20)  # sockets and journal belong to the parent
-                self._write_snapshot(generation)
-                code = 0
-            finally:
-                os._exit(code)
-        self._child, self._child_started = pid, time.monotonic()
+        self._snapshot_started = time.monotonic()
         self.last_compaction_pause_ms = (time.perf_counter() - started) * 1000
-        log.info("compaction %d started (pid %d, paused %.1f ms)", generation, pid, self.last_compaction_pause_ms)
+        log.info("compaction %d started (paused %.1f ms)", generation, self.last_compaction_pause_ms)
         return True
 
-    def _reap(self, block: bool = False) -> None:
+    def _snapshot_slice(self) -> None:
+        """Copy one slice of the table into the running snapshot; hand the end to a thread."""
+        writer = self._snapshot
+        if writer is None:
+            return
         try:
-            pid, status = os.waitpid(self._child, 0 if block else os.WNOHANG)
-        except ChildProcessError:  # someone else reaped it: its outcome is unknown
-            self._child = 0
-            self._compaction_failed("the snapshot writer vanished")
+            done = writer.step(COMPACTION_SLICE_S)
+        except OSError as exc:
+            self._snapshot = None
+            writer.abandon()
+            self._compaction_failed(f"cannot write the snapshot: {exc}")
             return
-        if pid == 0:
+        if not done:
             return
-        self._child = 0
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            self._compaction_failed(f"snapshot writer exited with {code}")
-            return
-        # Deleting a big journal and fsyncing the directory takes ~100 ms on a
-        # busy disk: a thread does it (the GIL is released meanwhile).
-        self._dropper = threading.Thread(
-            target=self._drop_generations_before, args=(self.generation,), name="drop-old-files", daemon=True
-        )
+        self._snapshot = None
+        self.last_compaction_pause_ms = max(self.last_compaction_pause_ms, writer.longest_slice_ms)
+        # fsync, rename, fsync the directory, then delete the older generation:
+        # file work only (the GIL is released meanwhile), so a thread does it.
+        self._dropper = threading.Thread(target=self._finish_compaction, args=(writer,),
+                                         name="finish-compaction", daemon=True)
         self._dropper.start()
+
+    def _finish_compaction(self, writer: SnapshotWriter) -> None:
+        try:
+            writer.finish()
+        except OSError as exc:
+            writer.abandon()
+            self._compaction_failed(f"cannot finish the snapshot: {exc}")
+            return
+        self._drop_generations_before(writer.generation)
         self.compactions += 1
-        log.info("compaction %d done in %.2f s: snapshot %d bytes", self.generation,
-                 time.monotonic() - self._child_started, self.snapshot_bytes)
+        log.info("compaction %d done in %.2f s: snapshot %d bytes, longest slice %.1f ms", writer.generation,
+                 time.monotonic() - self._snapshot_started, self.snapshot_bytes, writer.longest_slice_ms)
 
     def _compaction_failed(self, why: str) -> None:
         self.compaction_failures += 1
@@ -577,30 +661,15 @@ class Persistence:
         _fsync_dir(self.dir)
 
     def _write_snapshot(self, generation: int) -> None:
-        """The table, as it is now, into snapshot.N: temp file, fsync, rename, fsync dir."""
-        final = self.dir / _name("snapshot", generation)
-        temp = final.with_name(final.name + ".tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        """The table, as it is now, into snapshot.N in one go: temp file, fsync, rename, fsync dir."""
+        writer = SnapshotWriter(self.dir, generation, self.store.items())
         try:
-            buffer = bytearray(SNAPSHOT_MAGIC)
-            chunk: list[tuple[str, str, float | None]] = []
-            for entry in self.store.items():
-                chunk.append(entry)
-                if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES:
-                    buffer += frame(msgpack.packb(chunk))
-                    chunk.clear()
-                    if len(buffer) >= 1 << 20:
-                        _write_all(fd, buffer)
-                        buffer.clear()
-            if chunk:
-                buffer += frame(msgpack.packb(chunk))
-            buffer += frame(b"")  # the end record: a snapshot without it is incomplete
-            _write_all(fd, buffer)
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, final)
-        _fsync_dir(self.dir)
+            while not writer.step(float("inf")):
+                pass
+        except BaseException:
+            writer.abandon()
+            raise
+        writer.finish()
 
     # -- reporting and shutdown ------------------------------------------------------
 
@@ -620,7 +689,7 @@ class Persistence:
             "write_errors": self.write_errors,
             "failed_batches": self.failed_batches,
             "broken": self.broken,
-            "compacting": bool(self._child),
+            "compacting": self._snapshot is not None or (self._dropper is not None and self._dropper.is_alive()),
             "compactions": self.compactions,
             "compaction_failures": self.compaction_failures,
             "last_compaction_pause_ms": round(self.last_compaction_pause_ms, 3),
@@ -633,8 +702,9 @@ class Persistence:
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
-        if self._child:
-            self._reap(block=True)
+        if self._snapshot is not None:  # unfinished: the old generation still holds everything
+            self._snapshot.abandon()
+            self._snapshot = None
         if self._dropper is not None:
             self._dropper.join()
         with self._fd_lock:

@@ -283,6 +283,51 @@ def test_compaction_bounds_the_files_and_a_restart_after_it_loads_the_same_table
         server.kill()
 
 
+def test_writes_made_while_the_snapshot_is_copied_in_slices_all_survive(tmp_path):
+    """The snapshot is fuzzy (copied between batches); journal replay must make it exact."""
+    data_dir = tmp_path / "data"
+    server = _start(data_dir, "--fsync", "everysec", "--compact-after-bytes", "4000000")
+    try:
+        expected: dict[str, str] = {}
+        with Client(server.node, timeout_s=10.0) as client:
+            for start in range(0, 300_000, 5000):
+                batch = {f"key:{i}": f"value-{i}" for i in range(start, start + 5000)}
+                client.mset(batch)
+                expected.update(batch)
+            seen_compacting = 0
+            for i in range(3000):
+                key = f"key:{(i * 7919) % 300_000}"
+                if i % 3 == 0:
+                    client.delete(key)
+                    expected.pop(key, None)
+                else:
+                    client.set(key, f"changed-{i}")
+                    expected[key] = f"changed-{i}"
+                if i % 50 == 0:
+                    seen_compacting += client.stats()["persistence"]["compacting"]
+            assert seen_compacting, "no compaction ran while the writes were made; the test did not exercise it"
+            deadline = time.monotonic() + 60
+            while client.stats()["persistence"]["compacting"]:
+                client.set("after", "compaction")  # every batch gives the snapshot a slice
+                assert time.monotonic() < deadline
+            client.set("after", "compaction")
+            expected["after"] = "compaction"
+            assert client.stats()["persistence"]["compaction_failures"] == 0
+        _kill(server)
+        restarted = _start(data_dir)
+        try:
+            with Client(restarted.node, timeout_s=10.0) as client:
+                keys = list(expected)
+                for start in range(0, len(keys), 5000):
+                    chunk = keys[start:start + 5000]
+                    assert client.mget(chunk) == [expected[k] for k in chunk]
+                assert client.stats()["keys"] == len(expected)
+        finally:
+            restarted.stop()
+    finally:
+        server.kill()
+
+
 def test_flipped_byte_in_a_snapshot_is_refused_and_repair_keeps_the_journal(tmp_path):
     data_dir = tmp_path / "data"
     server = _start(data_dir, "--fsync", "always", "--compact-after-bytes", "2000")
