@@ -26,7 +26,6 @@ from typing import Any, BinaryIO, Callable, TextIO
 
 from client.client import Client
 from common.errors import MemlookupError
-from common.limits import utf8_over as _utf8_over
 
 #: Pairs per ``mset`` request by default (capped by the server's max_batch_keys).
 DEFAULT_BATCH_KEYS = 1000

@@ -20,7 +20,7 @@ import pytest
 from client import Client
 from common.errors import PersistenceError
 from server.journaled_store import JournaledStore
-from server.persistence import Persistence, RecoveryError
+from server.persistence import Persistence
 from server.records import JOURNAL_MAGIC, SNAPSHOT_MAGIC, scan
 from tests.servers import ServerProcess, run_server
 
