@@ -170,11 +170,17 @@ class Server:
             try:
                 frames = _recv_message(socket, _NOBLOCK)
             except zmq.Again:
-                if self.batch_linger is not None:
-                    wait_ms = self.batch_linger(len(replies))
-                    if wait_ms and socket.poll(wait_ms, zmq.POLLIN):
-                        continue  # more writers came: they share this batch's fsync
-                break
+                if self.batch_linger is None:
+                    break
+                wait_ms = self.batch_linger(len(replies))
+                if not wait_ms or not socket.poll(wait_ms, zmq.POLLIN):
+                    break
+                # More writers came: take the request that woke us (its own
+                # frames, not the last request's), so it shares this batch's fsync.
+                try:
+                    frames = _recv_message(socket, _NOBLOCK)
+                except zmq.Again:
+                    break
         if self.before_reply is not None:
             self.before_reply(len(replies))
         if after_batch is not None:  # before the replies: a client that has its answer sees it counted
