@@ -22,6 +22,7 @@ from common.errors import (
     OutOfMemoryError,
     PersistenceError,
     ServerError,
+    TransportError,
 )
 
 
@@ -47,4 +48,5 @@ __all__ = [
     "OutOfMemoryError",
     "PersistenceError",
     "ServerError",
+    "TransportError",
 ]

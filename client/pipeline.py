@@ -23,13 +23,14 @@ window well below that). Reads are simply asked again.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from typing import Any, Callable, Deque, Iterator, Mapping
 
 import zmq
 
 from client.transport import Transport
-from common.errors import MemlookupError, NodeUnavailableError, ServerError
+from common.errors import MemlookupError, NodeUnavailableError, ServerError, TransportError
 from common.protocol import Status, encode_batch
 
 from client.client import Client
@@ -55,7 +56,9 @@ class StreamTransport(Transport):
     :meth:`submit` sends at once while fewer than ``window`` requests are
     unanswered, otherwise it first waits for the oldest reply; :meth:`drain`
     waits for all. Every reply is handed to the callback given with its
-    request, in submission order. ``timeout_s`` is how long to wait for the
+    request, in submission order. One thread at a time: a round of submits
+    and its drain belong together, so a caller shared by threads holds
+    :meth:`exclusive` around the round (as :meth:`Pipeline.execute` does). ``timeout_s`` is how long to wait for the
     next reply before resending; ``retries`` how many times in a row to
     reopen and resend before giving up. Other arguments as :class:`Transport`.
     """
@@ -88,15 +91,33 @@ class StreamTransport(Transport):
     def submit(self, frame: bytes, on_reply: OnReply) -> None:
         """Send ``frame``; ``on_reply`` gets its reply frame later (during a
         later ``submit`` or ``drain``)."""
-        while len(self._in_flight) >= self.window:
-            self._receive_one()
-        self._in_flight.append((frame, on_reply))
-        self._send(self._socket or self._open(), frame)
+        if self._pid != os.getpid():
+            self._check_fork()
+        try:
+            while len(self._in_flight) >= self.window:
+                self._receive_one()
+            self._in_flight.append((frame, on_reply))
+            self._send(self._socket or self._open(), frame)
+        except zmq.ZMQBaseError as exc:
+            raise self._failed(exc) from exc
 
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
-        while self._in_flight:
-            self._receive_one()
+        if self._pid != os.getpid():
+            self._check_fork()
+        try:
+            while self._in_flight:
+                self._receive_one()
+        except zmq.ZMQBaseError as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
+        self._in_flight.clear()  # unanswered, and never will be on a new socket
+        return super()._failed(exc)
+
+    def _after_fork(self) -> None:
+        self._in_flight.clear()  # the parent's requests, with the parent's callbacks
+        super()._after_fork()
 
     def _receive_one(self) -> None:
         failures = 0
@@ -161,6 +182,11 @@ class Pipeline:
     :class:`NodeUnavailableError` is raised after ``retries`` resends of the
     unanswered commands; then any of them may or may not have been applied.
     See :mod:`client.pipeline` for why resending writes is safe.
+
+    Threads: a Pipeline object belongs to the thread that fills it (as in
+    redis-py). Pipelines made from one Client in several threads share the
+    Client's connection for their window size and take turns: each
+    :meth:`execute` holds it from its first send to its last reply.
     """
 
     def __init__(self, client: Client, transport: StreamTransport, per_message: int = DEFAULT_PER_MESSAGE) -> None:
@@ -206,12 +232,14 @@ class Pipeline:
         """
         queued, self._queued = self._queued, []
         results: list[Any] = [None] * len(queued)
-        for start, frames in _chunks([frame for frame, _ in queued], self._per_message):
-            if len(frames) == 1:
-                self._transport.submit(frames[0], _store_one(results, start))
-            else:
-                self._transport.submit(encode_batch(frames), _store_batch(results, start, len(frames)))
-        self._transport.drain()
+        transport = self._transport
+        with transport.exclusive():
+            for start, frames in _chunks([frame for frame, _ in queued], self._per_message):
+                if len(frames) == 1:
+                    transport.submit(frames[0], _store_one(results, start))
+                else:
+                    transport.submit(encode_batch(frames), _store_batch(results, start, len(frames)))
+            transport.drain()
         self.results = results
         if raise_on_error:
             for result in results:
