@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import zmq
 
 from client.client import Client
-from client.transport import fork_lock
+from client.pool import fork_lock
 from client.mapping import MappingSugar
 from client.placement import Placement
 from common.address import DEFAULT_PORT, expand_nodes
@@ -54,9 +54,8 @@ class ClusterClient(MappingSugar):
     thread per node.
 
     Threads and processes:
-        One ClusterClient may be shared by threads: each member's Client
-        is (a call holds that node's connection from request to reply, so
-        threads take turns per node, not for the whole cluster). In a
+        One ClusterClient may be shared by threads: each member's
+        :class:`Client` lends every call a connection of its own. In a
         child after ``os.fork()`` it opens new connections, as
         :class:`Client` does, and starts its own worker threads (the
         parent's do not exist in the child).

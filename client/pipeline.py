@@ -23,7 +23,6 @@ window well below that). Reads are simply asked again.
 from __future__ import annotations
 
 import collections
-import os
 import time
 from typing import Any, Callable, Deque, Iterator, Mapping
 
@@ -56,9 +55,8 @@ class StreamTransport(Transport):
     :meth:`submit` sends at once while fewer than ``window`` requests are
     unanswered, otherwise it first waits for the oldest reply; :meth:`drain`
     waits for all. Every reply is handed to the callback given with its
-    request, in submission order. One thread at a time: a round of submits
-    and its drain belong together, so a caller shared by threads holds
-    :meth:`exclusive` around the round (as :meth:`Pipeline.execute` does). ``timeout_s`` is how long to wait for the
+    request, in submission order. One thread at a time, as a
+    :class:`Transport`: a Client lends one to a pipeline's :meth:`Pipeline.execute`. ``timeout_s`` is how long to wait for the
     next reply before resending; ``retries`` how many times in a row to
     reopen and resend before giving up. Other arguments as :class:`Transport`.
     """
@@ -91,8 +89,6 @@ class StreamTransport(Transport):
     def submit(self, frame: bytes, on_reply: OnReply) -> None:
         """Send ``frame``; ``on_reply`` gets its reply frame later (during a
         later ``submit`` or ``drain``)."""
-        if self._pid != os.getpid():
-            self._check_fork()
         try:
             while len(self._in_flight) >= self.window:
                 self._receive_one()
@@ -103,8 +99,6 @@ class StreamTransport(Transport):
 
     def drain(self) -> None:
         """Wait until every submitted request has been answered."""
-        if self._pid != os.getpid():
-            self._check_fork()
         try:
             while self._in_flight:
                 self._receive_one()
@@ -114,10 +108,6 @@ class StreamTransport(Transport):
     def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
         self._in_flight.clear()  # unanswered, and never will be on a new socket
         return super()._failed(exc)
-
-    def _after_fork(self) -> None:
-        self._in_flight.clear()  # the parent's requests, with the parent's callbacks
-        super()._after_fork()
 
     def _receive_one(self) -> None:
         failures = 0
@@ -184,14 +174,14 @@ class Pipeline:
     See :mod:`client.pipeline` for why resending writes is safe.
 
     Threads: a Pipeline object belongs to the thread that fills it (as in
-    redis-py). Pipelines made from one Client in several threads share the
-    Client's connection for their window size and take turns: each
-    :meth:`execute` holds it from its first send to its last reply.
+    redis-py). Pipelines of one Client in several threads never share a
+    connection: each :meth:`execute` takes one of the Client's pipeline
+    connections (see :mod:`client.pool`) and gives it back at the end.
     """
 
-    def __init__(self, client: Client, transport: StreamTransport, per_message: int = DEFAULT_PER_MESSAGE) -> None:
+    def __init__(self, client: Client, window_messages: int, per_message: int = DEFAULT_PER_MESSAGE) -> None:
         self._client = client
-        self._transport = transport
+        self._window_messages = window_messages
         self._per_message = per_message
         self._queued: list[tuple[bytes, Callable[[bytes], Any]]] = []  # (frame, decode)
         #: The results of the last :meth:`execute` (or of the ``with`` block).
@@ -232,8 +222,7 @@ class Pipeline:
         """
         queued, self._queued = self._queued, []
         results: list[Any] = [None] * len(queued)
-        transport = self._transport
-        with transport.exclusive():
+        with self._client._stream(self._window_messages) as transport:
             for start, frames in _chunks([frame for frame, _ in queued], self._per_message):
                 if len(frames) == 1:
                     transport.submit(frames[0], _store_one(results, start))

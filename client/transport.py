@@ -8,14 +8,9 @@ never be taken for the answer to a later request. A wait cut short by any
 other exception (Ctrl-C) also discards the socket, which would otherwise be
 stuck waiting for that reply.
 
-Sharing: a ZeroMQ socket must not be used by two threads at once, nor by a
-child process after ``fork()``. So each request holds the transport's lock
-from send to reply, and a transport used in a forked child first drops what
-it inherited (socket, lock, and the parent's context, which is unusable
-there) without touching it, and opens a new socket in the child's own
-``zmq.Context.instance()``.
-
-Any ``zmq`` exception becomes a :class:`common.errors.TransportError`.
+A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
+lends transports to the threads that share a client. Any ``zmq`` exception
+becomes a :class:`common.errors.TransportError`.
 
 (A DEALER without envelope, two frames per request at the server instead of
 three, was measured against REQ here and was no faster.)
@@ -24,10 +19,8 @@ three, was measured against REQ here and was no faster.)
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -36,37 +29,20 @@ from common.errors import AuthenticationError, NodeUnavailableError, TransportEr
 if TYPE_CHECKING:
     from client.curve import CurveKeys
 
-_fork_lock = threading.Lock()
-
-
-def _renew_fork_lock() -> None:
-    global _fork_lock
-    _fork_lock = threading.Lock()  # the parent's may have been held by a thread that is not here
-
-
-os.register_at_fork(after_in_child=_renew_fork_lock)
-
-
-def fork_lock() -> threading.Lock:
-    """The lock under which an object replaces what it inherited across ``fork()``,
-    so that two threads of the child do not both replace it."""
-    return _fork_lock
-
 
 class Transport:
     """A lockstep socket to one endpoint, reopened after every timeout.
 
-    Safe to share between threads: a request holds :attr:`lock` from send to
-    reply (measured cost in ``bench/shared_client.py``); other threads wait
-    their turn, so a request may wait for others' requests (and their
-    timeouts) before its own ``timeout_s`` starts.
+    Not for two threads at once, nor for a child after ``fork()``: clients
+    take one from a :class:`client.pool.Pool` for each call.
 
     Args:
         endpoint: ``tcp://host:port``.
         timeout_s: how long to wait for each attempt's reply.
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (the process-wide
-            ``zmq.Context.instance()`` by default, looked up at each open).
+            ``zmq.Context.instance()`` by default, looked up at each open, so
+            a terminated one is replaced).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
     """
@@ -96,9 +72,6 @@ class Transport:
         self._socket: zmq.Socket | None = None
         self.curve = curve
         self._monitor: zmq.Socket | None = None
-        #: Held for a whole exchange; one thread at a time uses the socket.
-        self.lock = threading.Lock()
-        self._pid = os.getpid()
 
     def _open(self) -> zmq.Socket:
         socket = (self._context or zmq.Context.instance()).socket(self.socket_type)
@@ -132,19 +105,6 @@ class Transport:
                 with contextlib.suppress(zmq.ZMQBaseError):
                     each.close(linger=0)
 
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            with fork_lock():
-                if self._pid != os.getpid():
-                    self._after_fork()
-
-    def _after_fork(self) -> None:
-        """In a forked child: forget the parent's socket, lock and context, touching none of them."""
-        self._socket = self._monitor = None
-        self._context = None  # the child's own zmq.Context.instance() from now on
-        self.lock = threading.Lock()
-        self._pid = os.getpid()
-
     def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
         """The TransportError for a zmq exception; the socket is discarded."""
         self._discard()
@@ -154,17 +114,6 @@ class Transport:
         else:
             reason = f"ZeroMQ error: {exc}"
         return TransportError(f"{self.label}: {reason}", errno)
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the transport for several calls (a pipeline's round): fork
-        check, lock, and any zmq exception turned into TransportError."""
-        self._check_fork()
-        with self.lock:
-            try:
-                yield
-            except zmq.ZMQBaseError as exc:
-                raise self._failed(exc) from exc
 
     def request(self, frame: bytes, retry: bool = True) -> bytes:
         """Send ``frame`` and return the reply frame.
@@ -176,16 +125,13 @@ class Transport:
             NodeUnavailableError: no reply after every attempt.
             TransportError: ZeroMQ itself failed (a terminated context...).
         """
-        if self._pid != os.getpid():
-            self._check_fork()
-        with self.lock:
-            try:
-                return self._exchange(frame, retry)
-            except zmq.ZMQBaseError as exc:
-                raise self._failed(exc) from exc
+        try:
+            return self._exchange(frame, retry)
+        except zmq.ZMQBaseError as exc:
+            raise self._failed(exc) from exc
 
     def _exchange(self, frame: bytes, retry: bool) -> bytes:
-        """:meth:`request` without the fork check and the lock: the caller holds it."""
+        """The Lazy Pirate loop; ZeroMQ errors other than a timeout propagate."""
         attempts = 1 + (self.retries if retry else 0)
         copy = len(frame) < 65536  # zero-copy only pays off for large frames
         started = time.monotonic()
@@ -220,7 +166,4 @@ class Transport:
             raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
 
     def close(self) -> None:
-        """Close the socket; waits for a request in flight in another thread."""
-        self._check_fork()
-        with self.lock:
-            self._discard()
+        self._discard()

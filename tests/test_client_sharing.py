@@ -9,10 +9,12 @@ import threading
 import time
 from typing import Any, Callable
 
+import msgpack
 import pytest
 import zmq
 
-from client import Client, ClusterClient, MemlookupError, TransportError
+from client import Client, ClusterClient, MemlookupError, NodeUnavailableError, TransportError
+from common.protocol import Status, encode_reply
 from tests.servers import ServerProcess
 
 THREADS = 16
@@ -110,6 +112,48 @@ def test_one_client_shared_by_16_threads_gives_no_errors_and_no_wrong_values(sta
     assert errors == [], f"{len(errors)} errors, first: {errors[:3]}"
     assert wrong == [], f"{len(wrong)} wrong results, first: {wrong[:3]}"
     assert done == THREADS * OPS_PER_THREAD
+
+
+def test_one_threads_timeout_does_not_hold_up_another_threads_call():
+    """A peer that answers ``get fast`` at once and never ``get slow``: while one
+    thread waits for "slow", another's "fast" must come back."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if router.poll(20):
+                identity, _, body = router.recv_multipart()
+                if msgpack.unpackb(body)[1] == "fast":
+                    router.send_multipart([identity, b"", encode_reply(Status.OK, "quick")])
+
+    server = threading.Thread(target=serve)
+    server.start()
+    table = Client(f"127.0.0.1:{port}", timeout_s=5, retries=0)
+    slow_outcome: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            table.get("slow")
+        except BaseException as exc:
+            slow_outcome.append(exc)
+
+    waiting = threading.Thread(target=slow)
+    try:
+        waiting.start()
+        time.sleep(0.3)  # "slow" is sent and waiting
+        assert table.get("fast") == "quick"
+        assert waiting.is_alive(), "the fast call came back only after the slow one gave up"
+        waiting.join(10)
+        assert len(slow_outcome) == 1 and isinstance(slow_outcome[0], NodeUnavailableError)
+    finally:
+        stop.set()
+        server.join()
+        table.close()
+        router.close(linger=0)
+        context.term()
 
 
 def _in_forked_child(work: Callable[[], None]) -> int:
