@@ -91,6 +91,14 @@ class ClusterClient(MappingSugar):
         copies to the second owner may land in either order, so the second
         copy of a hot counter can lag until the next write.
 
+    Without failures:
+        Each key's ``set``, ``get``, ``cas``, ``incr``, ``mset`` and ``mget``
+        are linearizable (the first owner decides and answers them all). A
+        ``delete`` racing a write of the same key can leave the second owner
+        with a copy the first lacks (the write reached the first owner before
+        the delete and the second after it); reads fall back to it on the
+        miss, so the deleted value comes back (docs/CLUSTER.md).
+
     What a reader sees during a failure:
         Reads go to the first live owner and fall back to the next on a
         timeout, and also when the first owner does not have the key (a

@@ -108,6 +108,8 @@ def test_one_client_shared_by_16_threads_gives_no_errors_and_no_wrong_values(sta
         child.join(10)
         if child.is_alive():
             child.kill()
+    print(f"\n{kind}: {THREADS} threads x {OPS_PER_THREAD} operations on one shared client: {done} done, "
+          f"{len(errors)} errors, {len(wrong)} wrong values, exit code {child.exitcode}")
     assert child.exitcode == 0, f"the process died with exit code {child.exitcode}"
     assert errors == [], f"{len(errors)} errors, first: {errors[:3]}"
     assert wrong == [], f"{len(wrong)} wrong results, first: {wrong[:3]}"
