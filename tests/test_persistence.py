@@ -15,13 +15,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from client import Client
 from common.errors import PersistenceError
 from server.journaled_store import JournaledStore
 from server.persistence import Persistence
-from server.records import JOURNAL_MAGIC, SNAPSHOT_MAGIC, scan
+from server.records import JOURNAL_MAGIC, JOURNAL_MAGIC_V1, SNAPSHOT_MAGIC, frame, scan
 from tests.servers import ServerProcess, run_server
 
 
@@ -261,6 +262,36 @@ def test_a_whole_last_record_with_a_bad_checksum_is_judged_by_the_policy_that_wr
         assert _table(server) == dict(list(PAIRS.items())[:-1])
     finally:
         server.stop()
+    # A journal of the 0.1.0 format names no policy: it is judged by the current flag.
+    data_dir = tmp_path / "v1"
+    data_dir.mkdir()
+    records = [frame(msgpack.packb([[key, value, None]])) for key, value in PAIRS.items()]
+    last = len(JOURNAL_MAGIC_V1) + sum(map(len, records[:-1]))
+    journal = data_dir / "journal.00000001"
+    journal.write_bytes(JOURNAL_MAGIC_V1 + b"".join(records))
+    _flip_byte(journal, last + 14, 0x40)
+    refused = run_server("--data-dir", str(data_dir), "--fsync", "always")
+    assert refused.returncode == 1 and f"{journal}: corrupt at offset {last}" in refused.stderr
+    server = _start(data_dir, "--fsync", "everysec")
+    try:
+        assert f"{journal}: torn tail at offset {last}" in server.log
+        assert _table(server) == dict(list(PAIRS.items())[:-1])
+    finally:
+        server.stop()
+
+
+def test_a_server_started_with_another_policy_writes_its_records_in_a_journal_of_its_own(tmp_path):
+    """So that a record acknowledged under always is judged as such, even in a data dir begun under everysec."""
+    data_dir = tmp_path / "data"
+    _fill(data_dir, dict(list(PAIRS.items())[:3]), "--fsync", "everysec")
+    _fill(data_dir, dict(list(PAIRS.items())[3:]), "--fsync", "always")
+    journals = sorted(data_dir.glob("journal.*"))
+    assert len(journals) == 2
+    newest = journals[-1]
+    offsets = _record_offsets(newest, JOURNAL_MAGIC)
+    _flip_byte(newest, offsets[-2] + 14, 0x40)  # the last write, acknowledged under always
+    refused = run_server("--data-dir", str(data_dir), "--fsync", "everysec")
+    assert refused.returncode == 1 and f"{newest}: corrupt at offset {offsets[-2]}" in refused.stderr
 
 
 def test_lock_refuses_a_second_live_server_and_frees_when_it_dies(tmp_path):
@@ -405,6 +436,7 @@ def test_a_missing_journal_after_the_snapshot_is_refused_by_name_and_repair_keep
     # Journal G holds "late"; G+1 is what a compaction that was interrupted leaves. G goes missing.
     missing, later = data_dir / f"journal.{generation:08d}", data_dir / f"journal.{generation + 1:08d}"
     later.write_bytes(JOURNAL_MAGIC)
+    (data_dir / f"snapshot.{generation + 1:08d}.tmp").write_bytes(b"half a snapshot")
     missing.unlink()
     files = sorted(os.listdir(data_dir))
     refused = run_server("--data-dir", str(data_dir))
