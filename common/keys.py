@@ -127,11 +127,11 @@ def _write_temp(folder: Path, content: bytes, mode: int) -> str:
 def create_key_pair(directory: KeySource, name: str, overwrite: bool = False) -> tuple[Path, Path]:
     """Write a new key pair as ``NAME.key`` and ``NAME.key_secret`` in ``directory``.
 
-    The secret file is private (mode 0600) from the moment it exists. Each
-    file is written under a temporary name and then renamed into place, so a
-    key is never written through a symbolic link: a name that is a symbolic
-    link is refused, and one planted meanwhile is replaced by the rename,
-    not followed. Returns the two paths.
+    The secret file is created with mode 0600. Each file is written under a
+    temporary name (``mkstemp``) and then renamed into place, so a key is
+    never written through a symbolic link: a name that is a symbolic link is
+    refused, and one planted meanwhile is replaced by the rename, not
+    followed. Returns the two paths.
 
     Raises:
         FileExistsError: a file of that name exists and ``overwrite`` is False.
