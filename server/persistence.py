@@ -450,10 +450,11 @@ class Persistence:
             return False
         policy = written_under or self.policy
         if result.torn_whole and policy == "always":
-            # Under always the record was fsynced before it was acknowledged:
-            # a whole record that fails its checksum is damage, not a torn write.
+            # Under always every record was fdatasynced before its reply: a
+            # crash leaves a record cut short, so a whole one that fails its
+            # checksum is damage (most likely to an acknowledged write).
             result.corrupt_at, result.torn_at = result.torn_at, None
-            result.reason += " (written under --fsync always: it was acknowledged)"
+            result.reason += "; written under --fsync always, where that is not a torn write"
         if result.corrupt_at is None and last:
             dropped = result.size - result.valid_bytes
             message = (
