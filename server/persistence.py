@@ -45,7 +45,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 
@@ -115,12 +115,13 @@ class SnapshotWriter:
     recovery replays journal N over snapshot N with absolute puts and
     removes, which gives the same table either way.
 
-    ``replies`` are the write replies remembered when journal N began (a
-    copy): the journals that held them are deleted once the snapshot is done.
+    ``replies`` are the write replies remembered when journal N began,
+    oldest first: the journals that held them are deleted once the snapshot
+    is done.
     """
 
     def __init__(self, directory: Path, generation: int, entries: Iterator[tuple[str, str, float | None]],
-                 replies: list[Remembered]) -> None:
+                 replies: Iterable[Remembered]) -> None:
         self.generation = generation
         self.final = directory / _name("snapshot", generation)
         self.temp = self.final.with_name(self.final.name + ".tmp")
@@ -130,12 +131,17 @@ class SnapshotWriter:
         self.longest_slice_ms = 0.0
 
     @staticmethod
-    def _records(entries: Iterator[tuple[str, str, float | None]], replies: list[Remembered]) -> Iterator[bytes]:
+    def _records(entries: Iterator[tuple[str, str, float | None]], replies: Iterable[Remembered]) -> Iterator[bytes]:
         """The payloads ``[entries, replies]``: the replies first, then the table."""
         packb = msgpack.packb
-        for start in range(0, len(replies), SNAPSHOT_CHUNK_ENTRIES):
-            chunk = replies[start:start + SNAPSHOT_CHUNK_ENTRIES]
-            yield packb(((), [(op, rid, reply) for (op, rid), reply in chunk]))
+        remembered: list[tuple[str, str, bytes]] = []
+        for (op, rid), reply in replies:
+            remembered.append((op, rid, reply))
+            if len(remembered) >= SNAPSHOT_CHUNK_ENTRIES:
+                yield packb(((), remembered))
+                remembered.clear()
+        if remembered:
+            yield packb(((), remembered))
         table: list[tuple[str, str, float | None]] = []
         for entry in entries:
             table.append(entry)
@@ -258,7 +264,7 @@ class Persistence:
         # them to the handler; after that the handler's are the ones to keep.
         self._recovered: deque[tuple[str, str, bytes]] = deque(maxlen=RECENT_REPLIES)
         self._recovered_replies: list[Remembered] = []
-        self._replies_now: Callable[[], list[Remembered]] = lambda: self._recovered_replies
+        self._replies_now: Callable[[], Iterable[Remembered]] = lambda: self._recovered_replies
         self._newest_reusable = False
 
     # -- opening and recovery --------------------------------------------------
