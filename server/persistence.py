@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import itertools
 import logging
 import os
 import re
@@ -133,23 +134,11 @@ class SnapshotWriter:
     @staticmethod
     def _records(entries: Iterator[tuple[str, str, float | None]], replies: Iterable[Remembered]) -> Iterator[bytes]:
         """The payloads ``[entries, replies]``: the replies first, then the table."""
-        packb = msgpack.packb
-        remembered: list[tuple[str, str, bytes]] = []
-        for (op, rid), reply in replies:
-            remembered.append((op, rid, reply))
-            if len(remembered) >= SNAPSHOT_CHUNK_ENTRIES:
-                yield packb(((), remembered))
-                remembered.clear()
-        if remembered:
-            yield packb(((), remembered))
-        table: list[tuple[str, str, float | None]] = []
-        for entry in entries:
-            table.append(entry)
-            if len(table) >= SNAPSHOT_CHUNK_ENTRIES:
-                yield packb((table, ()))
-                table.clear()
-        if table:
-            yield packb((table, ()))
+        remembered = iter(replies)
+        while chunk := list(itertools.islice(remembered, SNAPSHOT_CHUNK_ENTRIES)):
+            yield msgpack.packb(((), chunk))
+        while table := list(itertools.islice(entries, SNAPSHOT_CHUNK_ENTRIES)):
+            yield msgpack.packb((table, ()))
 
     def step(self, budget_s: float) -> bool:
         """Copy entries for about ``budget_s``; True when the whole table is in the file."""
@@ -262,7 +251,7 @@ class Persistence:
         self._batch_replies: list[Remembered] = []
         # Write replies found by recovery, oldest first, until attach() hands
         # them to the handler; after that the handler's are the ones to keep.
-        self._recovered: deque[tuple[str, str, bytes]] = deque(maxlen=RECENT_REPLIES)
+        self._recovered: deque[Remembered] = deque(maxlen=RECENT_REPLIES)
         self._recovered_replies: list[Remembered] = []
         self._replies_now: Callable[[], Iterable[Remembered]] = lambda: self._recovered_replies
         self._newest_reusable = False
@@ -353,7 +342,7 @@ class Persistence:
                 self._newest_reusable = False
                 break
         try:
-            self._recovered_replies = [((op, rid), reply) for op, rid, reply in self._recovered]
+            self._recovered_replies = [((op, rid), reply) for (op, rid), reply in self._recovered]
         except (TypeError, ValueError) as exc:
             raise RecoveryError(f"data dir {self.dir}: a remembered reply does not decode: {exc}") from None
         self._recovered.clear()
@@ -627,8 +616,7 @@ class Persistence:
             self._held.clear()
             self._batch_replies.clear()
             return
-        replies = [(op, rid, reply) for (op, rid), reply in self._batch_replies]
-        record = frame(msgpack.packb((store.changes, replies)))
+        record = frame(msgpack.packb((store.changes, self._batch_replies)))
         good = self.journal_bytes
         try:
             if self.broken:

@@ -21,8 +21,8 @@ What the payloads hold (msgpack) depends on the format the magic names:
     one batch, ``[changes, replies]``: ``changes`` an array of
     ``[key, value, deadline]`` (``value`` nil: deleted; ``deadline`` Unix
     seconds, a float, or nil: no expiry), ``replies`` an array of
-    ``[op, rid, reply]``, the reply (bin: the encoded reply frame) that each
-    write of the batch carrying a request id got.
+    ``[[op, rid], reply]``: the reply (bin: the encoded reply frame) that
+    each write of the batch carrying a request id got.
 ``MLSNAP2`` snapshot (this version)
     Records ``[entries, replies]`` of the same shapes: the table's entries
     and the remembered replies, up to 512 of either per record, then an end
