@@ -4,6 +4,7 @@
     python3 bench/persistence.py writes       # 16 writers: always vs Redis always; everysec vs in memory
     python3 bench/persistence.py restart      # restart with 1M keys vs Redis loading its AOF
     python3 bench/persistence.py stall        # one writer's latency while 1M keys are compacted
+    python3 bench/persistence.py pause        # a compaction's start pause with 10,000 remembered replies
     python3 bench/persistence.py all
 
     # the same figures for another source tree too (e.g. ``git archive`` of an
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -333,6 +335,53 @@ def bench_restart(keys: int, repeat: int, base: Path, baseline: Path | None) -> 
     print(f"  redis from AOF          {mr:6.2f} s  AOF {aof} bytes")
 
 
+def _pause_with_replies(data: Path, tree: Path | None) -> tuple[float, float, int]:
+    """Write 1000-set batches, each set with its own rid, until a compaction ran; its start
+    pause and longest slice in ms (from the server's log), and how many writes it took."""
+    server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", "3000000",
+                        "--log-level", "info"], tree)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    client_id, n = os.urandom(8).hex(), 0
+    try:
+        while True:
+            items = []
+            for _ in range(1000):
+                n += 1
+                items.append(["set", f"key:{n % 5000}", "v" * 100, {"rid": f"{client_id}:{n}"}])
+            sock.send(msgpack.packb(["batch", items]))
+            sock.recv()
+            sock.send(msgpack.packb(["stats"]))
+            stats = msgpack.unpackb(sock.recv())[1]["persistence"]
+            if stats["compactions"] >= 1 and not stats["compacting"]:
+                break
+        server.wait_for_log("longest slice")
+    finally:
+        sock.close()
+        server.stop()
+    started = float(re.search(r"compaction \d+ started \(paused ([\d.]+) ms\)", server.log).group(1))
+    longest = float(re.search(r"longest slice ([\d.]+) ms", server.log).group(1))
+    return started, longest, n
+
+
+def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
+    """The pause a compaction's start causes once 10,000 write replies are remembered."""
+    trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
+    found: dict[Path | None, list[tuple[float, float, int]]] = {tree: [] for tree in trees}
+    for _ in range(repeat):
+        for tree in trees:
+            data = Path(tempfile.mkdtemp(dir=base))
+            try:
+                found[tree].append(_pause_with_replies(data, tree))
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+    print(f"compaction with 10,000 remembered replies (batches of 1000 sets with rids, everysec), median of {repeat}:")
+    for tree in trees:
+        starts, slices = [f[0] for f in found[tree]], [f[1] for f in found[tree]]
+        print(f"  {'memlookup' + (' (baseline)' if tree else ''):22s} start pause {statistics.median(starts):5.1f} ms"
+              f"  (runs {', '.join(f'{v:.1f}' for v in starts)})   longest slice {statistics.median(slices):5.1f} ms")
+
+
 def bench_stall(keys: int, base: Path) -> None:
     """Latency of one writer while a compaction of ``keys`` keys runs, against the same run before it."""
     data = Path(tempfile.mkdtemp(dir=base))
@@ -429,7 +478,7 @@ def bench_engines(batches: int = 2000, batch: int = 16) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "all"))
+    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "pause", "all"))
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the restart figure")
@@ -448,6 +497,8 @@ def main() -> None:
             bench_restart(args.keys, args.repeat, base, args.baseline)
         if args.what in ("stall", "all"):
             bench_stall(args.keys, base)
+        if args.what in ("pause", "all"):
+            bench_pause(args.repeat, base, args.baseline)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
