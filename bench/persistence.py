@@ -5,6 +5,7 @@
     python3 bench/persistence.py restart      # restart with 1M keys vs Redis loading its AOF
     python3 bench/persistence.py stall        # one writer's latency while 1M keys are compacted
     python3 bench/persistence.py pause        # a compaction's start pause with 10,000 remembered replies
+    python3 bench/persistence.py cpu          # CPU per write in the handler and journal, no sockets
     python3 bench/persistence.py all
 
     # the same figures for another source tree too (e.g. ``git archive`` of an
@@ -21,6 +22,7 @@ Redis gets). Results are medians of ``--repeat`` runs, printed as ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import re
@@ -382,6 +384,59 @@ def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
               f"  (runs {', '.join(f'{v:.1f}' for v in starts)})   longest slice {statistics.median(slices):5.1f} ms")
 
 
+#: Run in a child with the tree to measure first on sys.path: CPU seconds per write
+#: through the real Handler, JournaledStore and Persistence (fsync no), without sockets.
+_CPU_CHILD = """
+import json, os, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+import msgpack
+from server.config import ServerConfig
+from server.handler import Handler
+from server.journaled_store import JournaledStore
+from server.loop import Server
+from server.persistence import Persistence
+store = JournaledStore()
+persistence = Persistence(tempfile.mkdtemp(dir=sys.argv[2]), "no", store)
+persistence.open()
+server = Server(ServerConfig(port=0), Handler(store))
+persistence.attach(server)
+handle, before_reply = server.handler.handle, persistence.before_reply
+client_id = os.urandom(8).hex()
+frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:{i}"}])
+          for i in range(200_000)]
+result = {}
+for batch in (1, 16):
+    started = time.process_time()
+    for start in range(0, len(frames), batch):
+        for frame in frames[start:start + batch]:
+            handle(frame)
+        before_reply(batch)
+    result[batch] = (time.process_time() - started) / len(frames) * 1e6
+    frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:b{i}"}])
+              for i in range(200_000)]
+server.socket.close(linger=0)
+persistence.close()
+print(json.dumps(result))
+"""
+
+
+def bench_cpu(repeat: int, base: Path, baseline: Path | None) -> None:
+    """CPU microseconds per write in the handler and the journal, no sockets: what the server's
+    own code costs, apart from the noise of ZeroMQ, the scheduler and the disk."""
+    trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
+    found: dict[Path | None, dict[str, list[float]]] = {tree: {"1": [], "16": []} for tree in trees}
+    for _ in range(repeat):
+        for tree in trees:
+            out = subprocess.run([sys.executable, "-c", _CPU_CHILD, str(tree or ROOT), str(base)],
+                                 capture_output=True, text=True, check=True).stdout
+            for batch, micros in json.loads(out).items():
+                found[tree][batch].append(micros)
+    print(f"CPU per write (set with rid, fsync no, no sockets), median of {repeat}:")
+    for tree in trees:
+        parts = [f"batches of {batch:>2s}: {statistics.median(values):5.2f} us" for batch, values in found[tree].items()]
+        print(f"  {'memlookup' + (' (baseline)' if tree else ''):22s} {'   '.join(parts)}")
+
+
 def bench_stall(keys: int, base: Path) -> None:
     """Latency of one writer while a compaction of ``keys`` keys runs, against the same run before it."""
     data = Path(tempfile.mkdtemp(dir=base))
@@ -478,7 +533,7 @@ def bench_engines(batches: int = 2000, batch: int = 16) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "pause", "all"))
+    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "pause", "cpu", "all"))
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the restart figure")
@@ -499,6 +554,8 @@ def main() -> None:
             bench_stall(args.keys, base)
         if args.what in ("pause", "all"):
             bench_pause(args.repeat, base, args.baseline)
+        if args.what in ("cpu", "all"):
+            bench_cpu(args.repeat, base, args.baseline)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
