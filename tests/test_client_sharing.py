@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import random
 import signal
 import threading
@@ -95,6 +96,24 @@ def _shared_by_threads(kind: str, nodes: list[str], results: Any) -> None:
     results.put(totals)
 
 
+def _result_of(child: Any, results: Any, default: Any, timeout_s: float = 100.0) -> Any:
+    """What ``child`` put on ``results``, or ``default`` if it died (or hung) without; it is ended either way."""
+    deadline = time.monotonic() + timeout_s
+    outcome = default
+    while time.monotonic() < deadline:
+        try:
+            outcome = results.get(timeout=0.5)
+            break
+        except queue.Empty:
+            if not child.is_alive():
+                break
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+        child.join()
+    return outcome
+
+
 @pytest.mark.parametrize("kind, node_count", [("client", 1), ("cluster", 3)])
 def test_one_client_shared_by_16_threads_gives_no_errors_and_no_wrong_values(start_server, kind, node_count):
     nodes = [start_server().node for _ in range(node_count)]
@@ -102,18 +121,52 @@ def test_one_client_shared_by_16_threads_gives_no_errors_and_no_wrong_values(sta
     results = spawn.Queue()
     child = spawn.Process(target=_shared_by_threads, args=(kind, nodes, results))
     child.start()
-    try:
-        done, errors, wrong = results.get(timeout=110)
-    finally:
-        child.join(10)
-        if child.is_alive():
-            child.kill()
+    done, errors, wrong = _result_of(child, results, default=(0, [], []))
     print(f"\n{kind}: {THREADS} threads x {OPS_PER_THREAD} operations on one shared client: {done} done, "
           f"{len(errors)} errors, {len(wrong)} wrong values, exit code {child.exitcode}")
     assert child.exitcode == 0, f"the process died with exit code {child.exitcode}"
     assert errors == [], f"{len(errors)} errors, first: {errors[:3]}"
     assert wrong == [], f"{len(wrong)} wrong results, first: {wrong[:3]}"
     assert done == THREADS * OPS_PER_THREAD
+
+
+def _pipelines_by_threads(node: str, results: Any) -> None:
+    """In a child process: THREADS threads, each filling its own pipelines from one shared Client."""
+    table = Client(node, timeout_s=10, retries=0)
+    problems: list[str] = []
+
+    def run(thread_no: int) -> None:
+        try:
+            for round_no in range(50):
+                pipeline = table.pipeline(window=16, per_message=(1, 4)[round_no % 2])
+                expected = []
+                for i in range(10):
+                    key, value = f"t{thread_no}:k{i}", f"{thread_no}:{round_no}:{i}"
+                    pipeline.set(key, value).get(key)
+                    expected += [True, value]
+                got = pipeline.execute()
+                if got != expected:
+                    problems.append(f"thread {thread_no} round {round_no}: {got[:4]}... instead of {expected[:4]}...")
+        except Exception as exc:
+            problems.append(f"thread {thread_no}: {type(exc).__module__}.{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    table.close()
+    results.put(problems)
+
+
+def test_threads_making_pipelines_from_one_client_each_get_their_own_results(server):
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    child = spawn.Process(target=_pipelines_by_threads, args=(server.node, results))
+    child.start()
+    problems = _result_of(child, results, default=["no result"])
+    assert child.exitcode == 0, f"the process died with exit code {child.exitcode}"
+    assert problems == [], f"{len(problems)} problems, first: {problems[:3]}"
 
 
 def test_one_threads_timeout_does_not_hold_up_another_threads_call():
