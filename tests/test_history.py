@@ -78,8 +78,11 @@ MODES = {
     "volatile-ttl": Mode(("--max-memory", CAP, "--eviction", "volatile-ttl"), ballast=True, evictions=True,
                          workload={"ttl_s": 3600.0}),
     "curve": Mode(curve=True),
-    "kill-always": Mode(("--fsync", "always"), data_dir=True, fault="kill", workload=FAULTY),
+    # Compactions get killed too under always.
+    "kill-always": Mode(("--fsync", "always", "--compact-after-bytes", "16384"), data_dir=True, fault="kill",
+                        workload=FAULTY),
     "kill-everysec": Mode(("--fsync", "everysec"), data_dir=True, fault="kill", workload=FAULTY),
+    "kill-no": Mode(("--fsync", "no"), data_dir=True, fault="kill", workload=FAULTY),
     "pause": Mode(fault="pause", workload=FAULTY),
     "pause-fsync-always": Mode(("--fsync", "always"), data_dir=True, fault="pause", workload=FAULTY),
     # Without del: see the module docstring.
@@ -110,6 +113,7 @@ class Servers:
         self.args = [[*mode.args, *secured, *(["--data-dir", str(tmp_path / f"data{i}")] if mode.data_dir else [])]
                      for i in range(mode.nodes)]
         self.servers = [start_server(*args) for args in self.args]
+        self.started = list(self.servers)  # every process, restarts included
         self.nodes = tuple(server.node for server in self.servers)
         self.faults = 0
         self.fault_times: list[tuple[float, float]] = []
@@ -119,6 +123,7 @@ class Servers:
         server.signal(signal.SIGKILL)
         server.proc.wait(10)
         self.servers[index] = self.start_server(*self.args[index], "--port", str(server.port))
+        self.started.append(self.servers[index])
         self.faults += 1
 
     def pause(self, index: int, paused_s: float) -> None:
@@ -227,6 +232,8 @@ def _assert_the_mode_happened(name: str, mode: Mode, servers: Servers, history: 
                               f"(longest {longest:.3f} s; faults at {servers.fault_times})")
     if name == "compaction":
         assert stats[0]["persistence"]["compactions"] >= 1, "no compaction ran during the history"
+    if "--compact-after-bytes" in mode.args and mode.fault == "kill":
+        assert any("compaction" in server.log for server in servers.started), "no compaction started"
     if mode.evictions:
         assert stats[0]["memory"]["evicted_keys"] > 0, "nothing was evicted: the cap was never reached"
     if "noeviction" in mode.args:
