@@ -45,7 +45,7 @@ if ! podman image exists "$BASE"; then
     trap 'rm -rf "$root" "$root.log"' EXIT
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
         bookworm "$root" >"$root.log" 2>&1 || { tail -20 "$root.log"; exit 1; }
-    tar -C "$root" -c . | podman import \
+    tar -C "$root" -c . | podman import --quiet \
         --change "ENV PIP_BREAK_SYSTEM_PACKAGES=1" \
         --change "ENV PIP_NO_INDEX=1" \
         --change "ENV PIP_FIND_LINKS=http://127.0.0.1:$PORT/" \

@@ -123,8 +123,11 @@ def image(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config,
             while not answers(port):
                 assert server.poll() is None and time.monotonic() < deadline, "the wheelhouse server did not start"
                 time.sleep(0.05)
-            build = run(["podman-compose", "-p", PROJECT, "--podman-build-args=--network host", "build"],
-                        timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
+            # No layer cache and no previous image: each build would otherwise leave the last one's
+            # layers behind. (A build takes seconds; the base image is what is worth keeping.)
+            podman("rmi", "--ignore", IMAGE)
+            build = run(["podman-compose", "-p", PROJECT, "--podman-build-args=--network host --layers=false",
+                         "build"], timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
         finally:
             server.terminate()
             server.wait()
