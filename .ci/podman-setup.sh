@@ -2,8 +2,8 @@
 # .ci/podman-setup.sh: make `podman build` and `podman-compose` work for the
 # container tests (tests/test_containers.py) on a Debian machine with no
 # Docker daemon, cgroups v1, root without CAP_SYS_RESOURCE, and no container
-# registry. .ci/run calls it; running it again is quick (everything that
-# exists is kept).
+# registry. .ci/run calls it, as root; running it again is quick (everything
+# that exists is kept). It writes /etc/containers/containers.conf.
 #
 # Adapted from the build machines' ../shared/containers/setup-podman.sh (same
 # engine settings and the same stand-in base image), so CI does not depend on
