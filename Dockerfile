@@ -15,6 +15,7 @@ COPY pyproject.toml requirements.txt README.md ./
 COPY common ./common
 COPY client ./client
 COPY server ./server
+COPY bench ./bench
 COPY man ./man
 # The runtime dependencies at the versions pinned in requirements.txt (the
 # test tools listed there are not installed).
