@@ -4,10 +4,17 @@
     python3 bench/persistence.py writes       # 16 writers: always vs Redis always; everysec vs in memory
     python3 bench/persistence.py restart      # restart with 1M keys vs Redis loading its AOF
     python3 bench/persistence.py stall        # one writer's latency while 1M keys are compacted
+    python3 bench/persistence.py pause        # a compaction's start pause with 10,000 remembered replies
+    python3 bench/persistence.py cpu          # CPU per write in the handler and journal, no sockets
     python3 bench/persistence.py all
 
+    # the same figures for another source tree too (e.g. ``git archive`` of an
+    # older commit), run side by side: its rows are marked "(baseline)"
+    python3 bench/persistence.py writes --modes always --baseline /tmp/old-tree
+
 Needs ``redis-server`` and ``redis-benchmark`` (Debian: redis-server) for the
-Redis side. Every server runs on a free loopback port with its data in a
+Redis side. The writers send a request id with every ``set``, as the Python
+client does (the server remembers, and with a data dir journals, its reply). Every server runs on a free loopback port with its data in a
 temporary directory under the current directory's file system (same disk as
 Redis gets). Results are medians of ``--repeat`` runs, printed as ratios.
 """
@@ -15,8 +22,10 @@ Redis gets). Results are medians of ``--repeat`` runs, printed as ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -63,9 +72,15 @@ def _drive_part(node: str, sockets: int, seconds: float, seed: int, out: "multip
         poller.register(sock, zmq.POLLIN)
         reqs.append(sock)
     counter = seed * 7919
-    frames = [msgpack.packb(["set", f"key:{(counter + i) % KEY_SPACE:012d}", VALUE]) for i in range(4096)]
+    keys = [f"key:{(counter + i) % KEY_SPACE:012d}" for i in range(4096)]
+    client_id = os.urandom(8).hex()  # one per process; the sequence makes each rid unique, as the client's
+    packb = msgpack.packb
+
+    def request(n: int) -> bytes:
+        return packb(["set", keys[n & 4095], VALUE, {"rid": f"{client_id}:{n}"}])
+
     for i, sock in enumerate(reqs):
-        sock.send(frames[i])
+        sock.send(request(i))
     done = 0
     sent = len(reqs)
     end = time.perf_counter() + seconds
@@ -75,7 +90,7 @@ def _drive_part(node: str, sockets: int, seconds: float, seed: int, out: "multip
             if reply[1:2] != b"\x00":  # [0, payload]: status OK
                 raise SystemExit(f"error reply: {msgpack.unpackb(reply)}")
             done += 1
-            sock.send(frames[sent & 4095])
+            sock.send(request(sent))
             sent += 1
     out.put(done)
     context.destroy(linger=0)
@@ -144,8 +159,27 @@ def redis_benchmark_sets(port: int, requests: int) -> float:
 # -- memlookup ------------------------------------------------------------------------
 
 
-def memlookup(args: list[str]) -> ServerProcess:
-    return ServerProcess(args, start_timeout_s=300)
+def memlookup(args: list[str], tree: Path | None = None) -> ServerProcess:
+    """A server of this tree, or of the source tree ``tree`` (for a baseline)."""
+    program = None
+    if tree is not None:
+        program = [sys.executable, "-c",
+                   f"import sys; sys.path.insert(0, {str(tree)!r}); from server.__main__ import main; sys.exit(main())"]
+    return ServerProcess(args, start_timeout_s=300, program=program)
+
+
+def journal_bytes_per_write(node: str) -> float:
+    """Journal bytes the server wrote per ``set`` so far (its stats; no compaction may have run)."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{node}")
+    sock.send(msgpack.packb(["stats"]))
+    stats = msgpack.unpackb(sock.recv())[1]
+    sock.close()
+    persistence = stats["persistence"]
+    if persistence["compactions"] or persistence["generation"] != 1:
+        raise RuntimeError("a compaction ran: the journal no longer holds every write")
+    return persistence["journal_bytes"] / stats["ops"]["set"]
 
 
 def wait_memlookup_ready(node: str, timeout_s: float = 300.0) -> None:
@@ -163,33 +197,44 @@ def wait_memlookup_ready(node: str, timeout_s: float = 300.0) -> None:
 # -- the figures ------------------------------------------------------------------------
 
 
-def bench_writes(seconds: float, repeat: int, base: Path) -> None:
-    results: dict[str, list[float]] = {"always": [], "redis always": [], "everysec": [], "in memory": []}
+def bench_writes(seconds: float, repeat: int, base: Path, modes: list[str], baseline: Path | None) -> None:
+    runs = [(mode, None) for mode in modes]
+    if baseline is not None:
+        runs += [(mode, baseline) for mode in modes if mode in ("always", "everysec", "in memory")]
+    label = {run: run[0] + (" (baseline)" if run[1] else "") for run in runs}
+    results: dict[tuple[str, Path | None], list[float]] = {run: [] for run in runs}
+    per_write: dict[tuple[str, Path | None], list[float]] = {run: [] for run in runs}
     for _ in range(repeat):
-        for name in results:
+        for run in runs:  # interleaved, so that a slow moment of the disk hits every row alike
+            name, tree = run
             data = Path(tempfile.mkdtemp(dir=base))
             try:
                 if name == "redis always":
                     redis = Redis(data, "always")
                     try:
-                        results[name].append(redis_benchmark_sets(redis.port, int(seconds * 40_000)))
+                        results[run].append(redis_benchmark_sets(redis.port, int(seconds * 40_000)))
                     finally:
                         redis.stop()
                     continue
                 args = [] if name == "in memory" else ["--data-dir", str(data), "--fsync", name]
-                server = memlookup(args)
+                server = memlookup(args, tree)
                 try:
-                    results[name].append(drive(server.node, seconds))
+                    results[run].append(drive(server.node, seconds))
+                    if name != "in memory":
+                        per_write[run].append(journal_bytes_per_write(server.node))
                 finally:
                     server.stop()
             finally:
                 shutil.rmtree(data, ignore_errors=True)
-    med = {name: statistics.median(values) for name, values in results.items()}
+    med = {label[run]: statistics.median(values) for run, values in results.items()}
     print(f"sets/s, {CLIENTS} concurrent writers, median of {repeat}:")
-    for name, value in med.items():
-        print(f"  {name:14s} {value:10,.0f}   runs: {', '.join(f'{v:,.0f}' for v in results[name])}")
-    print(f"  always / redis always = {med['always'] / med['redis always']:.2f}x")
-    print(f"  everysec / in memory  = {med['everysec'] / med['in memory']:.2f}x")
+    for run, values in results.items():
+        extra = f"   journal bytes/write {statistics.median(per_write[run]):6.1f}" if per_write[run] else ""
+        print(f"  {label[run]:25s} {med[label[run]]:10,.0f}{extra}   runs: {', '.join(f'{v:,.0f}' for v in values)}")
+    for mine, theirs in (("always", "redis always"), ("everysec", "in memory"), ("always", "always (baseline)"),
+                         ("everysec", "everysec (baseline)")):
+        if mine in med and theirs in med:
+            print(f"  {mine} / {theirs} = {med[mine] / med[theirs]:.2f}x")
 
 
 def _resp(*parts: str) -> bytes:
@@ -200,21 +245,57 @@ def _resp(*parts: str) -> bytes:
     return b"".join(out)
 
 
-def bench_restart(keys: int, repeat: int, base: Path) -> None:
+def _fill_memlookup(data: Path, names: list[str], values: list[str], tree: Path | None) -> None:
+    server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", str(1 << 40)], tree)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    for start in range(0, len(names), 1000):
+        sock.send(msgpack.packb(["mset", dict(zip(names[start:start + 1000], values[start:start + 1000]))]))
+        sock.recv()
+    sock.close()
+    server.stop()
+
+
+def _compact_memlookup(data: Path, tree: Path | None) -> float:
+    """One start with a tiny threshold, one write to trigger a compaction; its pause in ms."""
+    server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", "1"], tree)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    sock.send(msgpack.packb(["set", "trigger", "x"]))
+    sock.recv()
+    while True:
+        time.sleep(0.2)
+        sock.send(msgpack.packb(["stats"]))
+        stats = msgpack.unpackb(sock.recv())[1]["persistence"]
+        if stats["compactions"] >= 1 and not stats["compacting"]:
+            break
+    sock.close()
+    server.stop()
+    return stats["last_compaction_pause_ms"]
+
+
+def _time_start(data: Path, tree: Path | None) -> float:
+    """Seconds from starting the server on ``data`` to its first reply (its own fsync policy: everysec)."""
+    started = time.perf_counter()
+    server = memlookup(["--data-dir", str(data), "--fsync", "everysec"], tree)
+    wait_memlookup_ready(server.node)
+    took = time.perf_counter() - started
+    server.stop()
+    return took
+
+
+def bench_restart(keys: int, repeat: int, base: Path, baseline: Path | None) -> None:
     names = [f"key:{i:012d}" for i in range(keys)]  # 16 bytes
     values = [f"value:{i:026d}" for i in range(keys)]  # 32 bytes
-    ours = Path(tempfile.mkdtemp(dir=base))
+    trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
+    label = {tree: "memlookup" + (" (baseline)" if tree else "") for tree in trees}
+    ours = {tree: Path(tempfile.mkdtemp(dir=base)) for tree in trees}
     theirs = Path(tempfile.mkdtemp(dir=base))
+    journal: dict[Path | None, list[float]] = {tree: [] for tree in trees}
+    snapshot: dict[Path | None, list[float]] = {tree: [] for tree in trees}
     try:
-        server = memlookup(["--data-dir", str(ours), "--fsync", "everysec", "--compact-after-bytes", str(1 << 40)])
-        context = zmq.Context.instance()
-        sock = context.socket(zmq.REQ)
-        sock.connect(f"tcp://{server.node}")
-        for start in range(0, keys, 1000):
-            sock.send(msgpack.packb(["mset", dict(zip(names[start:start + 1000], values[start:start + 1000]))]))
-            sock.recv()
-        sock.close()
-        server.stop()
+        for tree in trees:
+            _fill_memlookup(ours[tree], names, values, tree)
         redis = Redis(theirs, "everysec")
         with socket.create_connection(("127.0.0.1", redis.port)) as conn:
             for start in range(0, keys, 1000):
@@ -224,36 +305,15 @@ def bench_restart(keys: int, repeat: int, base: Path) -> None:
                 while got.count(b"\r\n") < want:
                     got += conn.recv(1 << 16)
         redis.stop()
-
-        def time_ours(label: str) -> list[float]:
-            times = []
-            for _ in range(repeat):
-                started = time.perf_counter()
-                server = memlookup(["--data-dir", str(ours)])
-                wait_memlookup_ready(server.node)
-                times.append(time.perf_counter() - started)
-                server.stop()
-            return times
-
-        journal = time_ours("journal")
-        files_j = {p.name: p.stat().st_size for p in ours.iterdir()}
-        # Compact: one start with a tiny threshold, one write to trigger it, wait for the snapshot.
-        server = memlookup(["--data-dir", str(ours), "--compact-after-bytes", "1"])
-        sock = context.socket(zmq.REQ)
-        sock.connect(f"tcp://{server.node}")
-        sock.send(msgpack.packb(["set", "trigger", "x"]))
-        sock.recv()
-        while True:
-            time.sleep(0.2)
-            sock.send(msgpack.packb(["stats"]))
-            stats = msgpack.unpackb(sock.recv())[1]["persistence"]
-            if stats["compactions"] >= 1 and not stats["compacting"]:
-                break
-        pause_ms = stats["last_compaction_pause_ms"]
-        sock.close()
-        server.stop()
-        snapshot = time_ours("snapshot")
-        files_s = {p.name: p.stat().st_size for p in ours.iterdir()}
+        for _ in range(repeat):  # interleaved, as the writes figure
+            for tree in trees:
+                journal[tree].append(_time_start(ours[tree], tree))
+        files_j = {tree: {p.name: p.stat().st_size for p in ours[tree].iterdir()} for tree in trees}
+        pause_ms = {tree: _compact_memlookup(ours[tree], tree) for tree in trees}
+        for _ in range(repeat):
+            for tree in trees:
+                snapshot[tree].append(_time_start(ours[tree], tree))
+        files_s = {tree: {p.name: p.stat().st_size for p in ours[tree].iterdir()} for tree in trees}
         redis_times = []
         for _ in range(repeat):
             redis = Redis(theirs, "everysec")
@@ -261,15 +321,120 @@ def bench_restart(keys: int, repeat: int, base: Path) -> None:
             redis.stop()
         aof = sum(p.stat().st_size for p in (theirs / "appendonlydir").iterdir())
     finally:
-        shutil.rmtree(ours, ignore_errors=True)
-        shutil.rmtree(theirs, ignore_errors=True)
-    mj, ms, mr = statistics.median(journal), statistics.median(snapshot), statistics.median(redis_times)
+        for path in [*ours.values(), theirs]:
+            shutil.rmtree(path, ignore_errors=True)
+    mr = statistics.median(redis_times)
     print(f"restart with {keys:,} keys (16-byte keys, 32-byte values), start to first reply, median of {repeat}:")
-    print(f"  memlookup from journal  {mj:6.2f} s  files {files_j}")
-    print(f"  memlookup from snapshot {ms:6.2f} s  files {files_s}")
+    for tree in trees:
+        mj, ms = statistics.median(journal[tree]), statistics.median(snapshot[tree])
+        print(f"  {label[tree]} from journal  {mj:6.2f} s  runs {', '.join(f'{t:.2f}' for t in journal[tree])}"
+              f"  files {files_j[tree]}")
+        print(f"  {label[tree]} from snapshot {ms:6.2f} s  runs {', '.join(f'{t:.2f}' for t in snapshot[tree])}"
+              f"  files {files_s[tree]}")
+        print(f"  {label[tree]}: journal / redis = {mj / mr:.2f}x   snapshot / redis = {ms / mr:.2f}x")
+        print(f"  {label[tree]}: compaction pause (new journal, or the longest snapshot slice) with {keys:,} keys:"
+              f" {pause_ms[tree]:.1f} ms")
     print(f"  redis from AOF          {mr:6.2f} s  AOF {aof} bytes")
-    print(f"  journal / redis = {mj / mr:.2f}x   snapshot / redis = {ms / mr:.2f}x")
-    print(f"  compaction pause (new journal, or the longest snapshot slice) with {keys:,} keys: {pause_ms:.1f} ms")
+
+
+def _pause_with_replies(data: Path, tree: Path | None) -> tuple[float, float, int]:
+    """Write 1000-set batches, each set with its own rid, until a compaction ran; its start
+    pause and longest slice in ms (from the server's log), and how many writes it took."""
+    server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", "3000000",
+                        "--log-level", "info"], tree)
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(f"tcp://{server.node}")
+    client_id, n = os.urandom(8).hex(), 0
+    try:
+        while True:
+            items = []
+            for _ in range(1000):
+                n += 1
+                items.append(["set", f"key:{n % 5000}", "v" * 100, {"rid": f"{client_id}:{n}"}])
+            sock.send(msgpack.packb(["batch", items]))
+            sock.recv()
+            sock.send(msgpack.packb(["stats"]))
+            stats = msgpack.unpackb(sock.recv())[1]["persistence"]
+            if stats["compactions"] >= 1 and not stats["compacting"]:
+                break
+        server.wait_for_log("longest slice")
+    finally:
+        sock.close()
+        server.stop()
+    started = float(re.search(r"compaction \d+ started \(paused ([\d.]+) ms\)", server.log).group(1))
+    longest = float(re.search(r"longest slice ([\d.]+) ms", server.log).group(1))
+    return started, longest, n
+
+
+def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
+    """The pause a compaction's start causes once 10,000 write replies are remembered."""
+    trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
+    found: dict[Path | None, list[tuple[float, float, int]]] = {tree: [] for tree in trees}
+    for _ in range(repeat):
+        for tree in trees:
+            data = Path(tempfile.mkdtemp(dir=base))
+            try:
+                found[tree].append(_pause_with_replies(data, tree))
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+    print(f"compaction with 10,000 remembered replies (batches of 1000 sets with rids, everysec), median of {repeat}:")
+    for tree in trees:
+        starts, slices = [f[0] for f in found[tree]], [f[1] for f in found[tree]]
+        print(f"  {'memlookup' + (' (baseline)' if tree else ''):22s} start pause {statistics.median(starts):5.1f} ms"
+              f"  (runs {', '.join(f'{v:.1f}' for v in starts)})   longest slice {statistics.median(slices):5.1f} ms")
+
+
+#: Run in a child with the tree to measure first on sys.path: CPU seconds per write
+#: through the real Handler, JournaledStore and Persistence (fsync no), without sockets.
+_CPU_CHILD = """
+import json, os, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+import msgpack
+from server.config import ServerConfig
+from server.handler import Handler
+from server.journaled_store import JournaledStore
+from server.loop import Server
+from server.persistence import Persistence
+store = JournaledStore()
+persistence = Persistence(tempfile.mkdtemp(dir=sys.argv[2]), "no", store)
+persistence.open()
+server = Server(ServerConfig(port=0), Handler(store))
+persistence.attach(server)
+handle, before_reply = server.handler.handle, persistence.before_reply
+client_id = os.urandom(8).hex()
+frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:{i}"}])
+          for i in range(200_000)]
+result = {}
+for batch in (1, 16):
+    started = time.process_time()
+    for start in range(0, len(frames), batch):
+        for frame in frames[start:start + batch]:
+            handle(frame)
+        before_reply(batch)
+    result[batch] = (time.process_time() - started) / len(frames) * 1e6
+    frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:b{i}"}])
+              for i in range(200_000)]
+server.socket.close(linger=0)
+persistence.close()
+print(json.dumps(result))
+"""
+
+
+def bench_cpu(repeat: int, base: Path, baseline: Path | None) -> None:
+    """CPU microseconds per write in the handler and the journal, no sockets: what the server's
+    own code costs, apart from the noise of ZeroMQ, the scheduler and the disk."""
+    trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
+    found: dict[Path | None, dict[str, list[float]]] = {tree: {"1": [], "16": []} for tree in trees}
+    for _ in range(repeat):
+        for tree in trees:
+            out = subprocess.run([sys.executable, "-c", _CPU_CHILD, str(tree or ROOT), str(base)],
+                                 capture_output=True, text=True, check=True).stdout
+            for batch, micros in json.loads(out).items():
+                found[tree][batch].append(micros)
+    print(f"CPU per write (set with rid, fsync no, no sockets), median of {repeat}:")
+    for tree in trees:
+        parts = [f"batches of {batch:>2s}: {statistics.median(values):5.2f} us" for batch, values in found[tree].items()]
+        print(f"  {'memlookup' + (' (baseline)' if tree else ''):22s} {'   '.join(parts)}")
 
 
 def bench_stall(keys: int, base: Path) -> None:
@@ -368,21 +533,29 @@ def bench_engines(batches: int = 2000, batch: int = 16) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "all"))
+    parser.add_argument("what", choices=("engines", "writes", "restart", "stall", "pause", "cpu", "all"))
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys for the restart figure")
+    parser.add_argument("--modes", default="always,redis always,everysec,in memory",
+                        help="comma-separated rows of the writes figure (default: all four)")
+    parser.add_argument("--baseline", type=Path, metavar="TREE",
+                        help="also run the memlookup rows with the server of this source tree, side by side")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-persistence-", dir=ROOT))
     try:
         if args.what in ("engines", "all"):
             bench_engines()
         if args.what in ("writes", "all"):
-            bench_writes(args.seconds, args.repeat, base)
+            bench_writes(args.seconds, args.repeat, base, args.modes.split(","), args.baseline)
         if args.what in ("restart", "all"):
-            bench_restart(args.keys, args.repeat, base)
+            bench_restart(args.keys, args.repeat, base, args.baseline)
         if args.what in ("stall", "all"):
             bench_stall(args.keys, base)
+        if args.what in ("pause", "all"):
+            bench_pause(args.repeat, base, args.baseline)
+        if args.what in ("cpu", "all"):
+            bench_cpu(args.repeat, base, args.baseline)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

@@ -70,8 +70,9 @@ class Client(MappingSugar):
         seconds. Retrying is safe for every operation: each write carries a
         request id, and a server that already applied it answers a retry with
         the reply it gave the first time instead of applying it again (it
-        remembers the last 10,000 writes), so ``incr`` and ``cas`` are never
-        applied twice. A reply that comes after its request was given up on
+        remembers the last 10,000 writes; a server with a data dir journals
+        them, so also after it crashed and restarted), so ``incr`` and
+        ``cas`` are never applied twice. A reply that comes after its request was given up on
         is dropped with the old socket; it is never returned for a later call.
 
     Error Handling:

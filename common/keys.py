@@ -12,7 +12,9 @@ text itself may be given instead of a file name.
 
 from __future__ import annotations
 
+import datetime
 import os
+import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -84,29 +86,81 @@ def load_authorized_keys(directory: KeySource) -> set[bytes]:
     return {load_public_key(file) for file in sorted(path.glob("*.key"))}
 
 
+_BANNERS = {
+    False: "#   ****  Generated on {stamp} by memlookup-keygen  ****\n"
+           "#   ZeroMQ CURVE Public Certificate\n"
+           "#   Exchange securely, or use a secure mechanism to verify the contents\n"
+           "#   of this file after exchange.\n\n",
+    True: "#   ****  Generated on {stamp} by memlookup-keygen  ****\n"
+          "#   ZeroMQ CURVE **Secret** Certificate\n"
+          "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.\n\n",
+}
+
+
+def _certificate(public: bytes, secret: bytes | None) -> bytes:
+    """A key file in ZeroMQ's certificate format, as ``zmq.auth`` and czmq write and read it."""
+    text = _BANNERS[secret is not None].format(stamp=datetime.datetime.now().isoformat(" ", "seconds"))
+    text += f'metadata\ncurve\n    public-key = "{public.decode("ascii")}"\n'
+    if secret is not None:
+        text += f'    secret-key = "{secret.decode("ascii")}"\n'
+    return text.encode("ascii")
+
+
+def _write_temp(folder: Path, content: bytes, mode: int) -> str:
+    """``content`` in a new file of ``folder`` with a name nobody else has, created with
+    O_EXCL|O_NOFOLLOW and mode 0600 (then ``mode``), fsynced; returns its path."""
+    fd, temp = tempfile.mkstemp(prefix=".keygen-", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
 def create_key_pair(directory: KeySource, name: str, overwrite: bool = False) -> tuple[Path, Path]:
     """Write a new key pair as ``NAME.key`` and ``NAME.key_secret`` in ``directory``.
 
-    The secret file is created with mode 0600. Returns the two paths.
+    The secret file is created with mode 0600. Each file is written under a
+    temporary name (``mkstemp``) and then renamed into place, so a key is
+    never written through a symbolic link: a name that is a symbolic link is
+    refused, and one planted meanwhile is replaced by the rename, not
+    followed. Returns the two paths.
 
     Raises:
         FileExistsError: a file of that name exists and ``overwrite`` is False.
-        ValueError: ``name`` is not a plain file name.
+        ValueError: ``name`` is not a plain file name, or a key file's name is
+            a symbolic link.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"key name {name!r} must be a plain file name")
     folder = Path(os.fsdecode(directory))
     folder.mkdir(parents=True, exist_ok=True)
     public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
-    if not overwrite:
-        for path in (public_path, secret_path):
-            if path.exists():
-                raise FileExistsError(f"{path} exists; pass --force to replace it")
-    old_umask = os.umask(0o077)  # the secret file is never readable by others, not even briefly
+    for path in (public_path, secret_path):
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link; refusing to write a key through it (remove it first)")
+        if not overwrite and os.path.lexists(path):
+            raise FileExistsError(f"{path} exists; pass --force to replace it")
+    public, secret = zmq.curve_keypair()
+    temps: list[str] = []
     try:
-        zmq.auth.create_certificates(folder, name)
+        temps.append(_write_temp(folder, _certificate(public, None), 0o644))
+        temps.append(_write_temp(folder, _certificate(public, secret), 0o600))
+        for temp, path in zip(temps, (public_path, secret_path)):
+            if overwrite:
+                os.replace(temp, path)
+            else:
+                os.link(temp, path)  # fails if the name appeared meanwhile, as a file or a link
+                os.unlink(temp)
     finally:
-        os.umask(old_umask)
-    os.chmod(public_path, 0o644)
-    os.chmod(secret_path, 0o600)
+        for temp in temps:
+            if os.path.lexists(temp):
+                os.unlink(temp)
     return public_path, secret_path

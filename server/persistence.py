@@ -8,7 +8,13 @@ Layout of ``--data-dir`` (docs/PERSISTENCE.md has the full story)::
     journal.00000008     (while a compaction runs: changes after it began)
 
 Recovery loads the newest snapshot and replays every journal of that
-generation or later. Compaction (when the journal outgrows
+generation or later; a missing generation between them is refused (files
+are missing). Each journal is written under one ``--fsync`` policy, named in
+its header record: a server started with another policy, or on a journal of
+the older format, begins a new journal instead of appending. Request ids of
+applied writes are journaled with the batch (see :meth:`Persistence.attach`)
+and recovered, so a retry after a crash is answered, not applied again.
+Compaction (when the journal outgrows
 ``--compact-after-bytes`` and the snapshot) starts a new journal generation,
 then writes the table to ``snapshot.N.tmp`` in slices of at most
 COMPACTION_SLICE_S, one after each batch (see :class:`SnapshotWriter`); a
@@ -31,21 +37,32 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import itertools
 import logging
 import os
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import msgpack
 
 from common.protocol import Status, encode_reply
 from server.config import COMPACT_AFTER_BYTES, FSYNC_POLICIES
+from server.handler import RECENT_REPLIES
 from server.journaled_store import JournaledStore
-from server.records import JOURNAL_MAGIC, MAGIC_BYTES, SNAPSHOT_MAGIC, Scan, frame, scan
+from server.records import (
+    JOURNAL_MAGIC,
+    JOURNAL_MAGIC_V1,
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_MAGIC_V1,
+    Scan,
+    frame,
+    scan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +70,8 @@ log = logging.getLogger(__name__)
 #: How often ``everysec`` fsyncs the journal, in a background thread.
 EVERYSEC_INTERVAL_S = 1.0
 
-#: Entries per snapshot record: small, so that packing one stays well within
-#: COMPACTION_SLICE_S.
+#: Entries (or remembered replies) per snapshot record: small, so that
+#: packing one stays well within COMPACTION_SLICE_S.
 SNAPSHOT_CHUNK_ENTRIES = 512
 
 #: How long a compaction may hold the loop per batch (and per idle tick).
@@ -64,6 +81,9 @@ COMPACTION_SLICE_S = 0.002
 COMPACTION_RETRY_S = 10.0
 
 _FILE = re.compile(r"^(snapshot|journal)\.(\d{8})$")
+
+#: A remembered write reply: ``((op, rid), reply frame)``, as the handler keeps it.
+Remembered = tuple[tuple[str, str], bytes]
 
 
 class RecoveryError(Exception):
@@ -95,38 +115,46 @@ class SnapshotWriter:
     while the writer runs, but every such change is also in journal N, and
     recovery replays journal N over snapshot N with absolute puts and
     removes, which gives the same table either way.
+
+    ``replies`` are the write replies remembered when journal N began,
+    oldest first: the journals that held them are deleted once the snapshot
+    is done.
     """
 
-    def __init__(self, directory: Path, generation: int, entries: Iterator[tuple[str, str, float | None]]) -> None:
+    def __init__(self, directory: Path, generation: int, entries: Iterator[tuple[str, str, float | None]],
+                 replies: Iterable[Remembered]) -> None:
         self.generation = generation
         self.final = directory / _name("snapshot", generation)
         self.temp = self.final.with_name(self.final.name + ".tmp")
-        self._entries = entries
+        self._payloads = self._records(entries, replies)
         self._buffer = bytearray(SNAPSHOT_MAGIC)
         self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.longest_slice_ms = 0.0
 
+    @staticmethod
+    def _records(entries: Iterator[tuple[str, str, float | None]], replies: Iterable[Remembered]) -> Iterator[bytes]:
+        """The payloads ``[entries, replies]``: the replies first, then the table."""
+        remembered = iter(replies)
+        while chunk := list(itertools.islice(remembered, SNAPSHOT_CHUNK_ENTRIES)):
+            yield msgpack.packb(((), chunk))
+        while table := list(itertools.islice(entries, SNAPSHOT_CHUNK_ENTRIES)):
+            yield msgpack.packb((table, ()))
+
     def step(self, budget_s: float) -> bool:
         """Copy entries for about ``budget_s``; True when the whole table is in the file."""
         started = time.perf_counter()
-        chunk: list[tuple[str, str, float | None]] = []
-        done = False
-        entries = self._entries
-        while True:
-            for entry in entries:
-                chunk.append(entry)
-                if len(chunk) >= SNAPSHOT_CHUNK_ENTRIES:
-                    break
-            else:
-                done = True
-            if chunk:
-                self._buffer += frame(msgpack.packb(chunk))
-                chunk.clear()
-            if done or len(self._buffer) >= 1 << 20:
+        done = True
+        for payload in self._payloads:
+            self._buffer += frame(payload)
+            if len(self._buffer) >= 1 << 20:
                 _write_all(self._fd, self._buffer)
                 self._buffer.clear()
-            if done or time.perf_counter() - started >= budget_s:
+            if time.perf_counter() - started >= budget_s:
+                done = False
                 break
+        if done and self._buffer:
+            _write_all(self._fd, self._buffer)
+            self._buffer.clear()
         self.longest_slice_ms = max(self.longest_slice_ms, (time.perf_counter() - started) * 1000)
         return done
 
@@ -220,7 +248,13 @@ class Persistence:
         # Per-batch state of the reply wrapper (see attach()).
         self._held: list[bytearray] = []
         self._usual_batch = 1.0
-        self._rids: list[str] = []
+        self._batch_replies: list[Remembered] = []
+        # Write replies found by recovery, oldest first, until attach() hands
+        # them to the handler; after that the handler's are the ones to keep.
+        self._recovered: deque[Remembered] = deque(maxlen=RECENT_REPLIES)
+        self._recovered_replies: list[Remembered] = []
+        self._replies_now: Callable[[], Iterable[Remembered]] = lambda: self._recovered_replies
+        self._newest_reusable = False
 
     # -- opening and recovery --------------------------------------------------
 
@@ -280,28 +314,19 @@ class Persistence:
     def _recover(self) -> None:
         snapshots: list[int] = []
         journals: list[int] = []
+        temps: list[str] = []
         for entry in os.listdir(self.dir):
             if entry.endswith(".tmp"):
-                (self.dir / entry).unlink()  # an unfinished snapshot or journal
+                temps.append(entry)  # an unfinished snapshot
                 continue
             match = _FILE.match(entry)
             if match:
                 (snapshots if match.group(1) == "snapshot" else journals).append(int(match.group(2)))
         base = max(snapshots, default=0)
-        for generation in journals:
-            if generation < base:  # a compaction finished but had no time to delete it
-                (self.dir / _name("journal", generation)).unlink()
-        journals = sorted(g for g in journals if g >= base)
-        if not snapshots and journals and journals[0] != 1:
-            raise RecoveryError(
-                f"data dir {self.dir} has {_name('journal', journals[0])} but no snapshot before it; "
-                "files are missing"
-            )
-        expected = list(range(journals[0], journals[0] + len(journals))) if journals else []
-        if journals != expected:
-            raise RecoveryError(f"data dir {self.dir}: journal generations {journals} have a gap; files are missing")
+        superseded = [g for g in journals if g < base]  # a compaction finished but had no time to delete them
+        journals = self._check_generations(base, sorted(g for g in journals if g >= base))
         now = time.time()
-        repaired = False
+        repaired = bool(self.report.repaired)
         if base:
             repaired |= self._load_snapshot(base, now)
         for position, generation in enumerate(journals):
@@ -315,56 +340,131 @@ class Persistence:
                 journals = journals[:position + 1]
                 repaired = True
                 break
+        try:
+            self._recovered_replies = [((op, rid), reply) for (op, rid), reply in self._recovered]
+        except (TypeError, ValueError) as exc:
+            raise RecoveryError(f"data dir {self.dir}: a remembered reply does not decode: {exc}") from None
+        self._recovered.clear()
+        for entry in temps:
+            (self.dir / entry).unlink()
+        for generation in superseded:
+            (self.dir / _name("journal", generation)).unlink()
         for generation in snapshots:
             if generation < base:
                 (self.dir / _name("snapshot", generation)).unlink()
-        self.generation = journals[-1] if journals else max(base, 1)
+        if not journals:
+            self.generation = max(base, 1)
+        else:
+            # A journal of the older format, or written under another policy, is
+            # left as it is: this run's records go to a journal of their own.
+            self.generation = journals[-1] + (0 if self._newest_reusable else 1)
         self.snapshot_bytes = (self.dir / _name("snapshot", base)).stat().st_size if base else 0
         self._open_journal(self.generation)
         if repaired:
             self._compact_in_process()
 
-    def _read(self, path: Path, magic: bytes) -> Scan:
+    def _check_generations(self, base: int, journals: list[int]) -> list[int]:
+        """The journals to replay over snapshot ``base``: refuse (or repair) a missing generation.
+
+        Snapshot N is only ever written after journal N began, so journals
+        ``base``..newest (1..newest without a snapshot) must all be there; a
+        missing one held changes that the later ones were made on top of.
+        """
+        first = base or 1
+        newest = journals[-1] if journals else (base or 0)
+        present = set(journals)
+        missing = [g for g in range(first, newest + 1) if g not in present]
+        if not missing:
+            return journals
+        gap = self.dir / _name("journal", missing[0])
+        after = [g for g in journals if g > missing[0]]
+        names = ", ".join(_name("journal", g) for g in after)
+        if not after:
+            hole = f": the changes made after {_name('snapshot', base)} are lost"
+        elif base:
+            hole = f", so {names} would be replayed over a hole"
+        else:
+            hole = f" and there is no snapshot before it, so {names} would be replayed over a hole"
+        if not self.repair:
+            raise RecoveryError(
+                f"data dir {self.dir}: {gap} is missing{hole}; refusing to start. "
+                f"Start once with --repair to keep what is before the gap"
+                + (f" and drop {names}" if after else "")
+            )
+        message = f"{gap} is missing: kept what is before it"
+        log.warning("repair: %s", message)
+        self.report.repaired.append(message)
+        for generation in after:
+            path = self.dir / _name("journal", generation)
+            self.report.repaired.append(
+                f"{path}: dropped entirely ({path.stat().st_size} bytes): it follows the missing {gap.name}"
+            )
+            path.unlink()
+        return [g for g in journals if g < missing[0]]
+
+    def _read(self, path: Path, magics: tuple[bytes, ...]) -> Scan:
         with open(path, "rb") as file:
-            return scan(file.read(), magic)
+            return scan(file.read(), magics)
 
     def _load_snapshot(self, generation: int, now: float) -> bool:
         path = self.dir / _name("snapshot", generation)
-        result = self._read(path, SNAPSHOT_MAGIC)
+        result = self._read(path, (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1))
         ended = bool(result.payloads) and len(result.payloads[-1]) == 0
         problem_at = result.corrupt_at if result.corrupt_at is not None else result.torn_at
         if problem_at is None and not ended:
             problem_at, result.reason = result.valid_bytes, "snapshot has no end record"
         if problem_at is not None:
             self._refuse_or_repair(path, problem_at, result.reason or "snapshot cut short", result.size)
-        self.store.load(self._entries(path, result.payloads), now)
+        self.store.load(self._entries(path, result.payloads, result.magic == SNAPSHOT_MAGIC), now)
         return problem_at is not None
 
     def _load_journal(self, generation: int, now: float, last: bool) -> bool:
-        """Replay one journal; True if repair cut it short."""
+        """Replay one journal; True if repair cut it short.
+
+        For the newest journal (``last``) it also decides whether this run may
+        append to it (``_newest_reusable``).
+        """
         path = self.dir / _name("journal", generation)
-        result = self._read(path, JOURNAL_MAGIC)
-        self.store.load(self._entries(path, result.payloads), now)
-        self.report.records += len(result.payloads)
+        result = self._read(path, (JOURNAL_MAGIC, JOURNAL_MAGIC_V1))
+        current = result.magic == JOURNAL_MAGIC
+        batches = result.payloads
+        written_under = None
+        if current and batches:
+            written_under = self._journal_policy(path, batches[0])
+            batches = batches[1:]
+        self.store.load(self._entries(path, batches, current), now)
+        self.report.records += len(batches)
+        reusable = written_under == self.policy
         if result.corrupt_at is None and result.torn_at is None:
-            if result.size < MAGIC_BYTES:  # empty: give it its header
-                self._truncate(path, 0)
+            if last:
+                if not batches and not reusable:  # nothing in it: make it this run's journal
+                    self._cut_journal(path, 0)
+                    reusable = True
+                self._newest_reusable = reusable
             return False
+        policy = written_under or self.policy
+        if result.torn_whole and policy == "always":
+            # Under always every record was fdatasynced before its reply: a
+            # crash leaves a record cut short, so a whole one that fails its
+            # checksum is damage (most likely to an acknowledged write).
+            result.corrupt_at, result.torn_at = result.torn_at, None
+            result.reason += "; written under --fsync always, where that is not a torn write"
         if result.corrupt_at is None and last:
             dropped = result.size - result.valid_bytes
             message = (
                 f"{path}: torn tail at offset {result.torn_at}: {dropped} bytes of an unfinished write "
-                f"dropped, {len(result.payloads)} complete records loaded"
+                f"dropped, {len(batches)} complete records loaded"
             )
             log.warning("%s", message)
             self.report.warnings.append(message)
-            self._truncate(path, result.valid_bytes if result.valid_bytes >= MAGIC_BYTES else 0)
+            self._cut_journal(path, result.valid_bytes if batches else 0)
+            self._newest_reusable = reusable or not batches
             return False
         offset = result.corrupt_at if result.corrupt_at is not None else result.torn_at
         assert offset is not None
         reason = result.reason or "journal cut short before a later journal began"
         self._refuse_or_repair(path, offset, reason, result.size)
-        self._truncate(path, result.valid_bytes if result.valid_bytes >= MAGIC_BYTES else 0)
+        self._cut_journal(path, result.valid_bytes if batches else 0)
         return True
 
     def _refuse_or_repair(self, path: Path, offset: int, reason: str, size: int) -> None:
@@ -378,23 +478,48 @@ class Persistence:
         log.warning("repair: %s", message)
         self.report.repaired.append(message)
 
-    @staticmethod
-    def _entries(path: Path, payloads: list[memoryview]) -> Iterator[Any]:
-        """Every ``(key, value, deadline)`` in the records, in order."""
+    def _entries(self, path: Path, payloads: list[memoryview], with_replies: bool) -> Iterator[Any]:
+        """Every ``(key, value, deadline)`` in the records, in order.
+
+        ``with_replies``: the records are ``[entries, replies]`` (the current
+        format); their replies are collected, the newest RECENT_REPLIES kept.
+        """
+        replies = self._recovered
         for payload in payloads:
             if not payload:
                 continue  # a snapshot's end record
             try:
-                entries = msgpack.unpackb(payload, raw=False, use_list=False)
+                record = msgpack.unpackb(payload, raw=False, use_list=False)
+                if with_replies:
+                    entries, remembered = record
+                    replies.extend(remembered)
+                else:
+                    entries = record
             except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
                 raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
             yield from entries
 
-    def _truncate(self, path: Path, size: int) -> None:
+    @staticmethod
+    def _journal_policy(path: Path, header: memoryview) -> str:
+        """The ``--fsync`` policy a journal's header record names."""
+        try:
+            policy = msgpack.unpackb(header, raw=False)["fsync"]
+        except Exception as exc:
+            raise RecoveryError(f"{path}: the header record does not decode: {exc}") from None
+        if policy not in FSYNC_POLICIES:
+            raise RecoveryError(f"{path}: the header record names an unknown fsync policy {policy!r}")
+        return policy
+
+    def _journal_start(self) -> bytes:
+        """A new journal's first bytes: the magic, then the header record naming this run's policy."""
+        return JOURNAL_MAGIC + frame(msgpack.packb({"fsync": self.policy}))
+
+    def _cut_journal(self, path: Path, size: int) -> None:
+        """Cut a journal back to ``size`` bytes; to 0: a fresh journal of this run, with no records."""
         with open(path, "r+b") as file:
             file.truncate(size)
             if size == 0:
-                file.write(JOURNAL_MAGIC)
+                file.write(self._journal_start())
             file.flush()
             os.fsync(file.fileno())
 
@@ -404,10 +529,11 @@ class Persistence:
         try:
             size = os.fstat(fd).st_size
             if size == 0:
-                _write_all(fd, JOURNAL_MAGIC)
+                start = self._journal_start()
+                _write_all(fd, start)
                 os.fdatasync(fd)
                 _fsync_dir(self.dir)
-                size = MAGIC_BYTES
+                size = len(start)
         except OSError:
             os.close(fd)
             raise
@@ -421,12 +547,21 @@ class Persistence:
     # -- serving ----------------------------------------------------------------
 
     def attach(self, server: Any) -> None:
-        """Hook into a :class:`~server.loop.Server`: wrap its handler, make batches durable."""
+        """Hook into a :class:`~server.loop.Server`: wrap its handler, make batches durable.
+
+        The handler gets the write replies recovered from the data dir, and
+        from now on every reply it remembers in a batch with changes is
+        journaled in that batch's record, so it is durable exactly when the
+        write is.
+        """
         handler = server.handler
+        handler.restore_replies(self._recovered_replies)
+        self._recovered_replies = []
+        self._replies_now = handler.remembered_replies
         inner = handler.handle
         changes = self.store.changes
-        held, rids = self._held, self._rids
-        rids_since = handler.rids_remembered_since
+        held, batch_replies = self._held, self._batch_replies
+        replies_since = handler.replies_remembered_since
 
         def handle(frame_bytes: bytes) -> bytes:
             before, remembered = len(changes), handler.remembered_count
@@ -438,7 +573,7 @@ class Persistence:
             editable = bytearray(reply)
             held.append(editable)
             if handler.remembered_count != remembered:  # one request, or a batch of many
-                rids.extend(rids_since(remembered))
+                batch_replies.extend(replies_since(remembered))
             return editable  # type: ignore[return-value]
 
         handler.handle = handle
@@ -478,8 +613,9 @@ class Persistence:
         store = self.store
         if not store.changes:
             self._held.clear()
+            self._batch_replies.clear()
             return
-        record = frame(msgpack.packb(store.changes))
+        record = frame(msgpack.packb((store.changes, self._batch_replies)))
         good = self.journal_bytes
         try:
             if self.broken:
@@ -496,7 +632,7 @@ class Persistence:
         else:
             store.end_batch()
         self._held.clear()
-        self._rids.clear()
+        self._batch_replies.clear()
 
     def _append(self, record: bytes) -> None:
         good = self.journal_bytes
@@ -538,8 +674,8 @@ class Persistence:
         error = encode_reply(Status.PERSISTENCE, message)
         for reply in self._held:
             reply[:] = error
-        for rid in self._rids:
-            self._forget_reply(rid)
+        for key, _ in self._batch_replies:
+            self._forget_reply(key)
 
     def _sync_every_second(self) -> None:
         while not self._stop.wait(EVERYSEC_INTERVAL_S):
@@ -597,7 +733,7 @@ class Persistence:
             (self.dir / _name("journal", generation)).unlink(missing_ok=True)
             return False
         try:
-            self._snapshot = SnapshotWriter(self.dir, generation, self.store.items())
+            self._snapshot = SnapshotWriter(self.dir, generation, self.store.items(), self._replies_now())
         except OSError as exc:  # the new journal simply goes on; the old files stay
             self._compaction_failed(f"cannot create the snapshot: {exc}")
             return False
@@ -662,7 +798,7 @@ class Persistence:
 
     def _write_snapshot(self, generation: int) -> None:
         """The table, as it is now, into snapshot.N in one go: temp file, fsync, rename, fsync dir."""
-        writer = SnapshotWriter(self.dir, generation, self.store.items())
+        writer = SnapshotWriter(self.dir, generation, self.store.items(), self._replies_now())
         try:
             while not writer.step(float("inf")):
                 pass

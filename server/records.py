@@ -1,7 +1,7 @@
 """Checksummed records: the on-disk framing of journals and snapshots.
 
-Every data file starts with an 8-byte magic naming its kind, then holds
-records, each::
+Every data file starts with an 8-byte magic naming its kind and format, then
+holds records, each::
 
     length      u32 little-endian   bytes of payload
     crc         u32 little-endian   CRC-32 of the payload
@@ -12,11 +12,32 @@ middle of a file is reported as corruption there, instead of looking like a
 record that runs past the end of the file (which is what a crash mid-append
 leaves, and which recovery forgives).
 
-:func:`scan` tells the two apart. A *torn tail* is damage that reaches the
-end of the file: a header or payload cut short, or a last record whose
-checksum fails, or a tail of zero bytes (what a power loss can leave after
-the file grew). Anything else that fails a checksum is *corruption*, and is
-reported with its file and offset.
+What the payloads hold (msgpack) depends on the format the magic names:
+
+``MLJRNL2`` journal (this version)
+    Record 0 is the header, a map ``{"fsync": POLICY}``: the ``--fsync``
+    policy of the server that wrote every record of the file (a server
+    started with another policy begins a new journal). Every later record is
+    one batch, ``[changes, replies]``: ``changes`` an array of
+    ``[key, value, deadline]`` (``value`` nil: deleted; ``deadline`` Unix
+    seconds, a float, or nil: no expiry), ``replies`` an array of
+    ``[[op, rid], reply]``: the reply (bin: the encoded reply frame) that
+    each write of the batch carrying a request id got.
+``MLSNAP2`` snapshot (this version)
+    Records ``[entries, replies]`` of the same shapes: the table's entries
+    and the remembered replies, up to 512 of either per record, then an end
+    record with an empty payload (a snapshot without it is incomplete).
+``MLJRNL1`` / ``MLSNAP1`` (memlookup 0.1.0, still read)
+    No header record; a journal record is a bare ``changes`` array, a
+    snapshot record a bare ``entries`` array; no replies.
+
+:func:`scan` tells damage apart. A *torn tail* is damage that reaches the
+end of the file: a header or payload cut short, a tail of zero bytes (what a
+power loss can leave after the file grew), or a last record that is whole
+but fails its checksum (``Scan.torn_whole``; whether that is forgiven
+depends on the fsync policy that wrote it, see server/persistence.py).
+Anything else that fails a checksum is *corruption*, and is reported with
+its file and offset.
 """
 
 from __future__ import annotations
@@ -25,8 +46,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-JOURNAL_MAGIC = b"MLJRNL1\n"
-SNAPSHOT_MAGIC = b"MLSNAP1\n"
+JOURNAL_MAGIC = b"MLJRNL2\n"
+SNAPSHOT_MAGIC = b"MLSNAP2\n"
+#: The formats of memlookup 0.1.0: read, never written.
+JOURNAL_MAGIC_V1 = b"MLJRNL1\n"
+SNAPSHOT_MAGIC_V1 = b"MLSNAP1\n"
 MAGIC_BYTES = 8
 
 _HEADER = struct.Struct("<II")
@@ -43,33 +67,42 @@ def frame(payload: bytes) -> bytes:
 class Scan:
     """What :func:`scan` found in one file.
 
+    ``magic`` is the file's magic (empty if the file is shorter than one);
     ``payloads`` are the valid records in order; ``valid_bytes`` is where the
     valid prefix ends. ``torn_at`` is the offset of a torn tail (None if the
-    file ends cleanly); ``corrupt_at`` the offset of the first corrupt record
-    (None if there is none) with ``reason`` saying what failed.
+    file ends cleanly), and ``torn_whole`` says that the torn record is
+    complete but fails its payload checksum; ``corrupt_at`` is the offset of
+    the first corrupt record (None if there is none) with ``reason`` saying
+    what failed.
     """
 
     size: int
+    magic: bytes = b""
     payloads: list[memoryview] = field(default_factory=list)
     valid_bytes: int = 0
     torn_at: int | None = None
+    torn_whole: bool = False
     corrupt_at: int | None = None
     reason: str = ""
 
 
-def scan(data: bytes, magic: bytes) -> Scan:
-    """Split the bytes of one data file into records and classify any damage."""
+def scan(data: bytes, magics: tuple[bytes, ...]) -> Scan:
+    """Split the bytes of one data file into records and classify any damage.
+
+    ``magics`` are the formats accepted, each an 8-byte magic.
+    """
     size = len(data)
     result = Scan(size=size)
     if size < MAGIC_BYTES:
-        if data != magic[:size]:
+        if not any(data == magic[:size] for magic in magics):
             result.corrupt_at, result.reason = 0, "not a memlookup data file of this kind"
         elif size:
             result.torn_at = 0  # the header itself was cut short
         return result
-    if data[:MAGIC_BYTES] != magic:
+    if data[:MAGIC_BYTES] not in magics:
         result.corrupt_at, result.reason = 0, "not a memlookup data file of this kind"
         return result
+    result.magic = data[:MAGIC_BYTES]
     view = memoryview(data)
     offset = MAGIC_BYTES
     while offset < size:
@@ -88,7 +121,8 @@ def scan(data: bytes, magic: bytes) -> Scan:
         payload = view[offset + HEADER_BYTES:end]
         if zlib.crc32(payload) != crc:
             if end == size:
-                result.torn_at = offset
+                result.torn_at, result.torn_whole = offset, True
+                result.reason = "record checksum mismatch in the last record"
             else:
                 result.corrupt_at, result.reason = offset, "record checksum mismatch"
             break
