@@ -125,14 +125,18 @@ def test_a_users_own_modules_and_the_library_leave_each_other_alone(
 def test_type_checkers_see_the_installed_types(installed: Path, tmp_path: Path) -> None:
     script = tmp_path / "typed.py"
     script.write_text(textwrap.dedent("""\
-        from memlookup.client import Client
+        from memlookup.client import Client, ClusterClient
 
 
-        def capital(table: Client) -> str | None:
+        def capital(table: Client | ClusterClient) -> str | None:
             return table.get("norway")
 
 
         def count(table: Client) -> int:
+            return table.get("norway")
+
+
+        def count_in_cluster(table: ClusterClient) -> int:
             return table.get("norway")
         """))
     (tmp_path / "mypy.ini").write_text("[mypy]\n")
@@ -140,8 +144,8 @@ def test_type_checkers_see_the_installed_types(installed: Path, tmp_path: Path) 
                    installed / "bin" / "python", "--cache-dir", tmp_path / "cache", script.name], cwd=tmp_path,
                   timeout_s=180)
     errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
-    assert errors == ['typed.py:9: error: Incompatible return value type (got "str | None", expected "int")  '
-                      '[return-value]'], checked.stdout + checked.stderr
+    wrong = 'error: Incompatible return value type (got "str | None", expected "int")  [return-value]'
+    assert errors == [f"typed.py:9: {wrong}", f"typed.py:13: {wrong}"], checked.stdout + checked.stderr
 
 
 def test_an_editable_install_is_the_checkout_itself(tmp_path: Path) -> None:
