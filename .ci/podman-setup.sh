@@ -7,7 +7,7 @@
 #
 # Adapted from the build machines' ../shared/containers/setup-podman.sh (same
 # engine settings and the same stand-in base image), so CI does not depend on
-# that directory. podman-compose itself is pinned in requirements.txt.
+# that directory. podman-compose itself is pinned in requirements-dev.txt.
 #
 # After it, `FROM python:3.11-slim` resolves to a local stand-in image built
 # from Debian bookworm packages (Python 3.11, pip, venv) whose pip installs only

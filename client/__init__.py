@@ -12,6 +12,8 @@
         table.set("norway", "oslo")
 """
 
+from typing import TYPE_CHECKING
+
 from client.client import Client
 from common.errors import (
     AuthenticationError,
@@ -24,6 +26,8 @@ from common.errors import (
     ServerError,
 )
 
+if TYPE_CHECKING:  # for type checkers the class itself; at run time __getattr__ imports it
+    from client.cluster import ClusterClient
 
 
 def __getattr__(name: str) -> object:

@@ -38,8 +38,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -102,45 +103,63 @@ def download_wheelhouse(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config,
-          record_testsuite_property: Callable[[str, object], None]) -> Iterator[str]:
-    """memlookup:local, built once, by podman-compose from the Dockerfile; the machine's containers to ourselves."""
-    for program in ("podman", "podman-compose"):
-        if shutil.which(program) is None:
-            pytest.fail(f"{program} is not installed: run .ci/podman-setup.sh (as root), then pip install -r "
-                        "requirements.txt")
+def machine() -> Iterator[None]:
+    """The machine's containers, and the wheelhouse's port, to this session alone (other sessions wait)."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run .ci/podman-setup.sh (as root)")
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        port = wheelhouse_port()
-        wheels = tmp_path_factory.mktemp("wheelhouse")
-        download_wheelhouse(wheels)
-        assert not answers(port), f"port {port}, where the base image's pip looks for wheels, is taken"
-        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                   "--directory", str(wheels)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while not answers(port):
-                assert server.poll() is None and time.monotonic() < deadline, "the wheelhouse server did not start"
-                time.sleep(0.05)
-            # No layer cache and no previous image: each build would otherwise leave the last one's
-            # layers behind. (A build takes seconds; the base image is what is worth keeping.)
-            podman("rmi", "--ignore", IMAGE)
-            build = run(["podman-compose", "-p", PROJECT, "--podman-build-args=--network host --layers=false",
-                         "build"], timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
-        finally:
-            server.terminate()
-            server.wait()
-        assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-        # One image for the three nodes: podman-compose builds once per service that has `build`.
-        assert build.stdout.count("STEP 1/") == 1, build.stdout
-        size_bytes = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
-        base_bytes = int(podman("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
-        record_testsuite_property("image_size_bytes", size_bytes)
-        with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-            print(f"\n{IMAGE}: {size_bytes / 1e6:.1f} MB ({(size_bytes - base_bytes) / 1e6:.1f} MB over the "
-                  f"stand-in {BASE_IMAGE}, {base_bytes / 1e6:.1f} MB)")
-        yield IMAGE
+        yield
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(machine: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    download_wheelhouse(folder)
+    return folder
+
+
+@contextmanager
+def serving(wheels: Path) -> Iterator[None]:
+    """The wheelhouse on the port the stand-in base image's pip reads (its only package index)."""
+    port = wheelhouse_port()
+    assert not answers(port), f"port {port}, where the base image's pip looks for wheels, is taken"
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(wheels)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not answers(port):
+            assert server.poll() is None and time.monotonic() < deadline, "the wheelhouse server did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def image(wheelhouse: Path, pytestconfig: pytest.Config,
+          record_testsuite_property: Callable[[str, object], None]) -> str:
+    """memlookup:local, built once, by podman-compose from the Dockerfile."""
+    if shutil.which("podman-compose") is None:
+        pytest.fail("podman-compose is not installed: pip install -r requirements-dev.txt")
+    with serving(wheelhouse):
+        # No layer cache and no previous image: each build would otherwise leave the last one's
+        # layers behind. (A build takes seconds; the base image is what is worth keeping.)
+        podman("rmi", "--ignore", IMAGE)
+        build = run(["podman-compose", "-p", PROJECT, "--podman-build-args=--network host --layers=false",
+                     "build"], timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    # One image for the three nodes: podman-compose builds once per service that has `build`.
+    assert build.stdout.count("STEP 1/") == 1, build.stdout
+    size_bytes = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
+    base_bytes = int(podman("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
+    record_testsuite_property("image_size_bytes", size_bytes)
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n{IMAGE}: {size_bytes / 1e6:.1f} MB ({(size_bytes - base_bytes) / 1e6:.1f} MB over the "
+              f"stand-in {BASE_IMAGE}, {base_bytes / 1e6:.1f} MB)")
+    return IMAGE
 
 
 class Stack:
@@ -335,3 +354,64 @@ def test_metrics_answer_on_the_compose_network(stack: Stack):
     got = stack.compose("run", "--rm", "--entrypoint", "python3", "client", "-c", fetch,
                         f"http://node2:{port}/metrics")
     assert got.returncode == 0 and "memlookup_keys" in got.stdout, got.stderr
+
+
+def distributions(image: str) -> set[str]:
+    """The Python distributions installed in an image, by normalised name."""
+    listed = podman("run", "--rm", image, "python3", "-c",
+                    "import importlib.metadata as m; print(*{d.metadata['Name'] for d in m.distributions()})")
+    assert listed.returncode == 0, listed.stderr
+    return {normalised(name) for name in listed.stdout.split()}
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_holds_memlookup_and_what_it_needs_at_run_time_only(image: str) -> None:
+    runtime = {normalised(re.split(r"[=<>~!;\[ ]", line)[0])
+               for line in (ROOT / "requirements.txt").read_text().splitlines() if line and line[0].isalnum()}
+    assert distributions(image) - distributions(BASE_IMAGE) == {"memlookup", *runtime}
+    # Installed under its own name, leaving `client`, `server`... to the image's other users.
+    names = podman("run", "--rm", image, "python3", "-c",
+                   "import importlib.util as u; print(*(u.find_spec(n) is not None for n in "
+                   "('memlookup.client', 'memlookup.server', 'client', 'server', 'common', 'bench')))")
+    assert names.stdout.split() == ["True", "True", "False", "False", "False", "False"], names.stderr
+
+
+def readme_first_command() -> str:
+    """README.md's "Run the server" command."""
+    found = re.search(r"\*\*Run the server\*\*.*?\n\n    (.+)\n", (ROOT / "README.md").read_text(), re.S)
+    assert found, "README.md has no **Run the server** command"
+    return found.group(1)
+
+
+def test_the_readme_first_command_runs_the_server_on_a_fresh_debian(wheelhouse: Path, tmp_path: Path) -> None:
+    """The stand-in base image is Debian bookworm with python3 and python3-venv: its pip refuses to install
+    outside a virtual environment (externally-managed-environment) unless told otherwise, as the image's
+    PIP_BREAK_SYSTEM_PACKAGES does for the Dockerfile; here it is not told."""
+    source = tmp_path / "memlookup"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
+                                                                ".pytest_cache", ".hypothesis", ".venv",
+                                                                ".mypy_cache", ".ruff_cache"))
+    debian = ["--unsetenv", "PIP_BREAK_SYSTEM_PACKAGES", "--network", "host", "-v", f"{source}:/src", "-w", "/src"]
+    name, port = f"{PROJECT}-readme", free_port()
+    node = [sys.executable, "-m", "client", "--timeout", "1", "--retries", "0", f"127.0.0.1:{port}"]
+    podman("rm", "-f", "-v", name)
+    with serving(wheelhouse):
+        refused = podman("run", "--rm", *debian, BASE_IMAGE, "python3", "-m", "pip", "install", "msgpack")
+        assert refused.returncode != 0 and "externally-managed-environment" in refused.stderr, refused.stderr
+        started = podman("run", "-d", "--name", name, *debian, "-e", f"MEMLOOKUP_PORT={port}", BASE_IMAGE,
+                         "bash", "-c", readme_first_command())
+        assert started.returncode == 0, started.stderr
+        try:
+            deadline = time.monotonic() + 300
+            while (pong := run([*node, "ping"])).returncode != 0:
+                state = podman("inspect", name, "--format", "{{.State.Status}}").stdout.strip()
+                assert state == "running" and time.monotonic() < deadline, podman("logs", name).stderr[-3000:]
+                time.sleep(0.5)
+            assert pong.stdout == "PONG\n"
+            assert run([*node, "set", "norway", "oslo"]).returncode == 0
+            assert run([*node, "get", "norway"]).stdout == "oslo\n"
+        finally:
+            podman("rm", "-f", "-v", "-t", "0", name)
