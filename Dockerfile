@@ -11,13 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml requirements.txt README.md ./
+COPY pyproject.toml setup.py requirements.txt README.md ./
 COPY common ./common
 COPY client ./client
 COPY server ./server
+COPY bench ./bench
 COPY man ./man
-# The runtime dependencies at the versions pinned in requirements.txt (the
-# test tools listed there are not installed).
+# memlookup (the packages memlookup.*, the programs, the man pages) with the
+# runtime dependencies at requirements.txt's pins; the test and benchmark
+# tools (requirements-dev.txt) stay out of the image.
 RUN pip install --constraint requirements.txt . \
     && rm -rf /src
 

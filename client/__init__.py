@@ -12,6 +12,8 @@
         table.set("norway", "oslo")
 """
 
+from typing import TYPE_CHECKING
+
 from client.client import Client
 from common.errors import (
     AuthenticationError,
@@ -25,6 +27,8 @@ from common.errors import (
     TransportError,
 )
 
+if TYPE_CHECKING:  # for type checkers the class itself; at run time __getattr__ imports it
+    from client.cluster import ClusterClient
 
 
 def __getattr__(name: str) -> object:

@@ -339,7 +339,6 @@ class Persistence:
                     path.unlink()
                 journals = journals[:position + 1]
                 repaired = True
-                self._newest_reusable = False
                 break
         try:
             self._recovered_replies = [((op, rid), reply) for (op, rid), reply in self._recovered]

@@ -1,24 +1,26 @@
-"""The Docker, Compose and Kubernetes files, checked for real without a container engine.
+"""The Docker, Compose and Kubernetes files, checked without a container engine.
 
 * docker-compose.yml against the Compose specification's JSON schema (the
   copy vendored in check-jsonschema), the manifests against the Kubernetes
   1.37 schemas (kubernetes-validate), strictly: an unknown field fails.
-* The commands those files start -- the servers' command and environment,
-  health checks and probes, the client service, the rebalance job -- run
-  verbatim, each "container" a network namespace with its own address, and
-  ``memlookup`` / ``memlookup-server`` on PATH as they are in the image.
+* The addresses the Compose file repeats agree with each other.
+* The commands the Kubernetes manifests start -- the servers' command and
+  environment, the probes, the rebalance job -- run verbatim, each pod a
+  network namespace with its own address, and ``memlookup`` /
+  ``memlookup-server`` on PATH as they are in the image (kind cannot run
+  here). The image and the Compose file run for real in test_containers.py.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
 import shlex
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -58,7 +60,7 @@ def manifests() -> dict[str, dict]:
 def test_compose_file_follows_the_compose_specification(tmp_path):
     assert check_compose(COMPOSE).returncode == 0
     broken = yaml.safe_load(COMPOSE.read_text())
-    broken["services"]["node1"]["helthcheck"] = broken["services"]["node1"].pop("healthcheck")
+    broken["services"]["node1"]["hostnmae"] = broken["services"]["node1"].pop("hostname")
     bad = tmp_path / "compose.yml"
     bad.write_text(yaml.safe_dump(broken))
     assert check_compose(bad).returncode != 0  # the check does reject a wrong file
@@ -101,6 +103,27 @@ def test_statefulset_has_volumes_probes_requests_and_matching_services():
     assert node_port in [m["containerPort"] for n in kind["nodes"] for m in n.get("extraPortMappings", [])]
 
 
+def test_compose_network_addresses_agree():
+    """The nodes' fixed addresses lie in the network's subnet, the servers allow exactly that
+    subnet, the client's host names point at those addresses, and one service builds the one image."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    subnet = ipaddress.ip_network(compose["networks"]["memlookup"]["ipam"]["config"][0]["subnet"])
+    services = compose["services"]
+    nodes = {name: s for name, s in services.items() if name != "client"}
+    client = services["client"]
+    hosts = dict(entry.split(":") for entry in client["extra_hosts"])
+    assert set(hosts) == set(nodes) == set(client["environment"]["MEMLOOKUP_NODES"].split(","))
+    for name, node in nodes.items():
+        address = node["networks"]["memlookup"]["ipv4_address"]
+        assert ipaddress.ip_address(address) in subnet and hosts[name] == address
+        assert node["environment"]["MEMLOOKUP_ALLOW"] == str(subnet)
+    assert "client" in client["profiles"]
+    assert [name for name, s in services.items() if "build" in s] == ["node1"]
+    assert {s["image"] for s in services.values()} == {"memlookup:local"}
+    published = [port for s in services.values() for port in s.get("ports", [])]
+    assert len(published) == 1 and published[0].startswith("127.0.0.1:")
+
+
 def dockerfile() -> dict[str, list[str] | dict[str, str] | str]:
     """The Dockerfile's instructions that matter here (continuation lines joined)."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
@@ -125,7 +148,7 @@ def test_dockerfile_is_slim_unprivileged_with_a_volume_and_a_health_check():
     assert found["ENV"]["MEMLOOKUP_BIND"] == "0.0.0.0"
 
 
-# -- the commands, run for real --------------------------------------------------
+# -- the Kubernetes commands, run for real in network namespaces ----------------
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +168,7 @@ def image_path(tmp_path_factory) -> str:
 
 
 class Containers:
-    """Processes started as a container would start them, each in a namespace."""
+    """Processes started as a pod's container would start them, each in a namespace."""
 
     def __init__(self, lab: NetLab, path: str, volumes: Path) -> None:
         self.lab = lab
@@ -196,42 +219,7 @@ def containers(lab: NetLab, image_path: str, tmp_path: Path) -> Iterator[Contain
         started.stop()
 
 
-def test_compose_stack_commands_serve_set_and_get(lab: NetLab, containers: Containers):
-    compose = yaml.safe_load(COMPOSE.read_text())
-    services = compose["services"]
-    nodes = [name for name in services if name != "client"]
-    hosts = dict(zip(nodes, ("s1", "s2", "s3")))
-    lab.hosts_file("c", "".join(f"{lab.hosts[hosts[n]]} {n}\n" for n in nodes))
-    for name in nodes:
-        service = services[name]
-        containers.start(hosts[name], service["command"], service["environment"])
-    for name in nodes:
-        check = services[name]["healthcheck"]["test"]
-        assert check[0] == "CMD"
-        containers.until_healthy(hosts[name], check[1:])
-
-    client = services["client"]
-    run = lambda *words: containers.run("c", [*client["entrypoint"], *words], client["environment"])  # noqa: E731
-    default = run(*client["command"])
-    assert (default.returncode, default.stdout) == (0, "PONG\n"), default.stderr
-    assert run("node1,node2,node3", "set", "norway", "oslo").returncode == 0
-    got = run("node1,node2,node3", "get", "norway")
-    assert (got.returncode, got.stdout) == (0, "oslo\n"), got.stderr
-    from_env = run("get", "norway")  # MEMLOOKUP_NODES from the service's environment
-    assert (from_env.returncode, from_env.stdout) == (0, "oslo\n"), from_env.stderr
-
-    # The metrics port from the environment answers on the node's address.
-    port = services["node1"]["environment"]["MEMLOOKUP_METRICS_PORT"]
-    with urllib.request.urlopen(f"http://{lab.hosts['s1']}:{port}/metrics", timeout=5) as response:
-        assert b"memlookup_keys" in response.read()
-
-
-def test_dockerfile_command_and_health_check_run(lab: NetLab, containers: Containers):
-    found = dockerfile()
-    containers.start("s1", found["CMD"], found["ENV"])
-    containers.until_healthy("s1", found["HEALTHCHECK"])
-
-
+@pytest.mark.netns
 def test_statefulset_probes_and_rebalance_job_run_against_its_pods(lab: NetLab, containers: Containers):
     docs = manifests()
     container = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
