@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from client import Client  # noqa: E402
-from client.pool import Pool  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
+from client import Client
+from client.pool import Pool
+from tests.servers import ServerProcess
 
 
 class _Unshared(Client):
@@ -105,7 +105,7 @@ def throughput(node: str, threads: int, per_thread: int) -> None:
     own = [Client(node, timeout_s=5, retries=0) for _ in range(threads)]
     for table in [shared, *own]:
         table.ping()
-    results = {"one shared Client": [], "one Client per thread": []}
+    results: dict[str, list[float]] = {"one shared Client": [], "one Client per thread": []}
     for _ in range(3):
         results["one shared Client"].append(run([shared]))
         results["one Client per thread"].append(run(own))

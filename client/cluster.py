@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import zmq
 
 from client.client import Client
-from client.pool import fork_lock
 from client.mapping import MappingSugar
 from client.placement import Placement
+from client.pool import fork_lock
 from common.address import DEFAULT_PORT, expand_nodes
 from common.errors import NodeUnavailableError
 from common.limits import DEFAULT_SCAN_COUNT, MAX_BATCH_KEYS

@@ -74,12 +74,13 @@ class StreamTransport(Transport):
     """A DEALER socket that keeps up to ``window`` requests in flight.
 
     :meth:`submit` sends at once while fewer than ``window`` requests are
-    unanswered (at most :data:`MAX_WINDOW_MESSAGES`), otherwise it first waits for the oldest reply; :meth:`drain`
-    waits for all. Every reply is handed to the callback given with its
-    request, in submission order. One thread at a time, as a
-    :class:`Transport`: a Client lends one to a pipeline's :meth:`Pipeline.execute`. ``timeout_s`` is how long to wait for the
-    next reply before resending; ``retries`` how many times in a row to
-    reopen and resend before giving up. Other arguments as :class:`Transport`.
+    unanswered (at most :data:`MAX_WINDOW_MESSAGES`), otherwise it first
+    waits for the oldest reply; :meth:`drain` waits for all. Every reply is
+    handed to the callback given with its request, in submission order. One
+    thread at a time, as a :class:`Transport`: a Client lends one to each
+    :meth:`Pipeline.execute`. ``timeout_s`` is how long to wait for the next
+    reply before resending; ``retries`` how many times in a row to reopen
+    and resend before giving up. Other arguments as :class:`Transport`.
     """
 
     socket_type = zmq.DEALER

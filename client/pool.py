@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 #: Idle connections a pool keeps by default; more threads than this calling
 #: at once still each get their own, but the extra ones are closed after use.
@@ -69,7 +70,7 @@ class Pool(Generic[C]):
     # take and give are on every call's path, so they take no lock: list.pop
     # and list.append are atomic (measured: a lock each way tripled their cost).
 
-    def take(self) -> "Lease[C]":
+    def take(self) -> Lease[C]:
         """An idle connection, or a new one; give it back with :meth:`give`."""
         if self._pid != os.getpid():
             self._forget_parent()
@@ -79,7 +80,7 @@ class Pool(Generic[C]):
         except IndexError:
             return generation, self._make()
 
-    def give(self, lease: "Lease[C]") -> None:
+    def give(self, lease: Lease[C]) -> None:
         """Return a connection: kept for the next call, or closed if the pool was
         closed since it was taken, or is full."""
         generation, connection = lease

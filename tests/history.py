@@ -39,14 +39,16 @@ which the search handles in well under a second.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import multiprocessing
 import queue
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import msgpack
 import zmq
@@ -77,7 +79,7 @@ class Op:
 
     worker: str
     op: str
-    args: tuple
+    args: tuple[Any, ...]
     start: float
     end: float
     outcome: str
@@ -124,11 +126,12 @@ class Workload:
 
     def client(self) -> Any:
         """A new Client (one node) or ClusterClient (several) for this workload."""
-        keys = {"server_key": self.server_key, "client_key": self.client_key}
         if len(self.nodes) == 1:
-            return Client(self.nodes[0], timeout_s=self.timeout_s, retries=self.retries, **keys)
+            return Client(self.nodes[0], timeout_s=self.timeout_s, retries=self.retries,
+                          server_key=self.server_key, client_key=self.client_key)
         return ClusterClient(list(self.nodes), replicas=self.replicas, timeout_s=self.timeout_s,
-                             retries=self.retries, dead_for_s=self.dead_for_s, **keys)
+                             retries=self.retries, dead_for_s=self.dead_for_s,
+                             server_key=self.server_key, client_key=self.client_key)
 
 
 @dataclass
@@ -158,7 +161,7 @@ class _Chooser:
         self.count += 1
         return f"{self.tag}.{self.count}"
 
-    def next(self) -> tuple[str, tuple]:
+    def next(self) -> tuple[str, tuple[Any, ...]]:
         rng, registers = self.rng, self.registers
         roll = rng.random()
         key = rng.choice(registers)
@@ -178,17 +181,17 @@ class _Chooser:
             return "mset", (tuple((k, f"{value}/{k[-2:]}") for k in rng.sample(registers, 2)),)
         return "mget", (tuple(rng.sample(registers + self.counters, 3)),)
 
-    def saw(self, op: str, args: tuple, result: Any) -> None:
+    def saw(self, op: str, args: tuple[Any, ...], result: Any) -> None:
         """Remember values read or written, so that ``cas`` sometimes expects the right one."""
         if op == "get" and isinstance(result, str):
             self.seen[args[0]] = result
         elif op == "set" or (op == "cas" and result is True):
             self.seen[args[0]] = args[-1]
         elif op == "mget" and isinstance(result, list):
-            self.seen.update((k, v) for k, v in zip(args[0], result) if isinstance(v, str))
+            self.seen.update((k, v) for k, v in zip(args[0], result, strict=True) if isinstance(v, str))
 
 
-def _shape_problem(op: str, args: tuple, result: Any) -> str | None:
+def _shape_problem(op: str, args: tuple[Any, ...], result: Any) -> str | None:
     """Why ``result`` is not the shape of an answer to ``op``, or None."""
     if op == "set":
         good = result is True
@@ -216,7 +219,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
     return INFO, "unexpected " + text  # not a memlookup error at all: always an anomaly
 
 
-def _call(table: Any, op: str, args: tuple, ttl_s: float | None) -> Any:
+def _call(table: Any, op: str, args: tuple[Any, ...], ttl_s: float | None) -> Any:
     """Run one operation on a Client, ClusterClient or Pipeline."""
     if op == "set":
         return table.set(args[0], args[1], ttl_s=ttl_s)
@@ -242,7 +245,7 @@ def _options(op: str, ttl_s: float | None, rid: str) -> dict[str, Any] | None:
     return options
 
 
-def _request_args(op: str, args: tuple) -> tuple:
+def _request_args(op: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     if op == "mset":
         return (dict(args[0]),)
     if op == "mget":
@@ -271,7 +274,7 @@ class _Worker:
             time.sleep(self.rng.uniform(0, 1.6 * self.workload.duration_s / self.workload.max_ops))
         return time.monotonic() < self.deadline
 
-    def record(self, op: str, args: tuple, start: float, end: float, outcome: str, result: Any) -> None:
+    def record(self, op: str, args: tuple[Any, ...], start: float, end: float, outcome: str, result: Any) -> None:
         if outcome == OK:
             problem = _shape_problem(op, args, result)
             if problem is not None:
@@ -312,7 +315,7 @@ class _Worker:
             end = time.monotonic()
             if len(results) != len(commands):
                 self.anomalies.append(f"shape: {self.tag}: {len(results)} results for {len(commands)} commands")
-            for (op, args), result in zip(commands, results):
+            for (op, args), result in zip(commands, results, strict=False):
                 if isinstance(result, BaseException):
                     self.record(op, args, start, end, *_failure(result))
                 else:
@@ -347,14 +350,14 @@ class _BatchSender:
             from client.curve import CurveKeys
 
             self.curve = CurveKeys.load(workload.server_key, workload.client_key)
-        self.context = zmq.Context.instance()
-        self.socket: zmq.Socket | None = None
-        self.monitor: zmq.Socket | None = None
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.socket: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None
         self.rids = 0
         #: Unanswered batches, oldest first: (frame, [(op, args)], start).
-        self.in_flight: collections.deque[tuple[bytes, list[tuple[str, tuple]], float]] = collections.deque()
+        self.in_flight: collections.deque[tuple[bytes, list[tuple[str, tuple[Any, ...]]], float]] = collections.deque()
 
-    def _open(self) -> zmq.Socket:
+    def _open(self) -> zmq.Socket[bytes]:
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, -1)
@@ -412,13 +415,13 @@ class _BatchSender:
             self._resend_all()
         for _, commands, start in self.in_flight:
             for op, args in commands:
-                worker.record(op, args, start, 0.0, INFO, f"NodeUnavailableError: no reply to a batch")
+                worker.record(op, args, start, 0.0, INFO, "NodeUnavailableError: no reply to a batch")
         self.in_flight.clear()
         self._close()
         self._open()
 
     @staticmethod
-    def _send(socket: zmq.Socket, frame: bytes) -> bool:
+    def _send(socket: zmq.Socket[bytes], frame: bytes) -> bool:
         try:
             socket.send_multipart([b"", frame], zmq.NOBLOCK)
         except zmq.Again:  # no connection (it never reconnects)
@@ -432,7 +435,7 @@ class _BatchSender:
             if not self._send(socket, frame):
                 return  # the wait times out and comes back here
 
-    def _record(self, commands: list[tuple[str, tuple]], start: float, reply: list[bytes]) -> None:
+    def _record(self, commands: list[tuple[str, tuple[Any, ...]]], start: float, reply: list[bytes]) -> None:
         worker = self.worker
         end = time.monotonic()
         try:
@@ -446,7 +449,7 @@ class _BatchSender:
             for op, args in commands:
                 worker.record(op, args, start, 0.0, INFO, "wrong shape")
             return
-        for (op, args), item in zip(commands, items):
+        for (op, args), item in zip(commands, items, strict=True):
             try:
                 result = Client._result(item[0], item[1])
             except MemlookupError as exc:
@@ -474,15 +477,14 @@ def _run_process(workload: Workload, index: int, results: Any) -> None:
         worker = _Worker(workload, f"p{index}t{number}{kind[0]}", hash((workload.seed, index, number)), deadline)
         workers.append(worker)
         if kind in ("client", "cluster"):
-            target: Callable[[], None] = lambda w=worker: w.run_lockstep(shared)
+            target: Callable[[], None] = functools.partial(worker.run_lockstep, shared)
         elif kind == "own":
-            table = workload.client()
-            own.append(table)
-            target = lambda w=worker, t=table: w.run_lockstep(t)
+            own.append(workload.client())
+            target = functools.partial(worker.run_lockstep, own[-1])
         elif kind == "pipeline":
-            target = lambda w=worker: w.run_pipelines(shared)
+            target = functools.partial(worker.run_pipelines, shared)
         elif kind == "batch":
-            target = workers[-1].run_batches
+            target = worker.run_batches
         else:
             raise ValueError(f"unknown worker kind {kind!r}")
         threads.append(threading.Thread(target=_guarded(worker, target)))
@@ -584,33 +586,34 @@ def split_by_key(ops: Iterable[Op]) -> dict[str, list[KeyOp]]:
     """Each key's operations; ``fail`` operations and unanswered reads are left out."""
     per_key: dict[str, list[KeyOp]] = collections.defaultdict(list)
     for op in ops:
-        if op.outcome == FAIL:
-            continue
-        known = op.outcome == OK
-
-        def add(key: str, kind: str, result: Any = None, **extra: Any) -> None:
-            per_key[key].append(KeyOp(kind, op.outcome, op.start, op.end, result if known else None,
-                                      source=op, **extra))
-
-        if op.op in ("get", "mget"):
-            if not known:
-                continue  # a read that got no answer tells nothing
-            keys = op.args if op.op == "get" else op.args[0]
-            values = [op.result] if op.op == "get" else op.result
-            for key, value in zip(keys, values):
-                add(key, "read", value)
-        elif op.op == "set":
-            add(op.args[0], "write", True, value=op.args[1])
-        elif op.op == "mset":
-            for key, value in op.args[0]:
-                add(key, "write", True, value=value)
-        elif op.op == "del":
-            add(op.args[0], "del", op.result)
-        elif op.op == "cas":
-            add(op.args[0], "cas", op.result, expected=op.args[1], value=op.args[2])
-        elif op.op == "incr":
-            add(op.args[0], "incr", op.result, value=op.args[1])
+        if op.outcome == FAIL or (op.outcome != OK and op.op in ("get", "mget")):
+            continue  # it did not happen; or a read that got no answer, which tells nothing
+        for key, key_op in _key_ops(op):
+            per_key[key].append(key_op)
     return per_key
+
+
+def _key_ops(op: Op) -> list[tuple[str, KeyOp]]:
+    """``op`` as one operation per key it touches."""
+    result = op.result if op.outcome == OK else None
+
+    def one(kind: str, result: Any, **extra: Any) -> KeyOp:
+        return KeyOp(kind, op.outcome, op.start, op.end, result, source=op, **extra)
+
+    if op.op == "get":
+        return [(op.args[0], one("read", result))]
+    if op.op == "mget":
+        values: list[str | None] = op.result  # an answered mget: checked to be one value per key
+        return [(key, one("read", value)) for key, value in zip(op.args[0], values, strict=True)]
+    if op.op == "set":
+        return [(op.args[0], one("write", True, value=op.args[1]))]
+    if op.op == "mset":
+        return [(key, one("write", True, value=value)) for key, value in op.args[0]]
+    if op.op == "del":
+        return [(op.args[0], one("del", result))]
+    if op.op == "cas":
+        return [(op.args[0], one("cas", result, expected=op.args[1], value=op.args[2]))]
+    return [(op.args[0], one("incr", result, value=op.args[1]))]
 
 
 _IMPOSSIBLE = object()
@@ -647,7 +650,7 @@ def _apply(state: str | None, op: KeyOp) -> Any:
     return str(number)
 
 
-def _step(states: frozenset, op: KeyOp, evictions: bool) -> frozenset:
+def _step(states: frozenset[str | None], op: KeyOp, evictions: bool) -> frozenset[str | None]:
     """Every state the key can be in after ``op``, from any of ``states`` (empty: none fits)."""
     if evictions and None not in states:
         states = states | {None}  # evicted just before this operation
@@ -692,11 +695,11 @@ def linearizable(ops: list[KeyOp], evictions: bool = False, budget: int = SEARCH
         if following[node] != end:
             preceding[following[node]] = node
 
-    state: frozenset = frozenset([None])
+    state: frozenset[str | None] = frozenset([None])
     taken = 0
-    tried: set[tuple[int, frozenset]] = set()
-    stack: list[tuple[int, frozenset]] = []
-    deepest: tuple[int, int, frozenset] = (-1, 0, state)
+    tried: set[tuple[int, frozenset[str | None]]] = set()
+    stack: list[tuple[int, frozenset[str | None]]] = []
+    deepest: tuple[int, int, frozenset[str | None]] = (-1, 0, state)
     node = following[0]
     steps = 0
     while following[0] != end:
@@ -742,7 +745,7 @@ class Report:
     """What :func:`check` found."""
 
     ops: int = 0
-    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
     keys: int = 0
     key_ops: int = 0
     anomalies: list[str] = field(default_factory=list)
@@ -809,7 +812,7 @@ def _phantoms(ops: list[KeyOp]) -> list[str]:
 
 def _count_once(key: str, ops: list[KeyOp], final: Op) -> str | None:
     """The final value of counter ``key`` must be the acknowledged increments plus some of the unanswered ones."""
-    value = dict(zip(final.args[0], final.result)).get(key)
+    value = dict(zip(final.args[0], final.result, strict=True)).get(key)
     total = int(value) if value is not None else 0
     acknowledged = sum(op.value for op in ops if op.kind == "incr" and op.outcome == OK)
     unknown = [op.value for op in ops if op.kind == "incr" and op.outcome == INFO]

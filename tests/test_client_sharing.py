@@ -8,7 +8,8 @@ import random
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import pytest
@@ -16,7 +17,6 @@ import zmq
 
 from client import Client, ClusterClient, MemlookupError, NodeUnavailableError, TransportError
 from common.protocol import Status, encode_reply
-from tests.servers import ServerProcess
 
 THREADS = 16
 OPS_PER_THREAD = 1000
