@@ -131,3 +131,14 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(start_server, tm
     finally:
         stream.close()
     assert got == {"ping": "PONG", "a": "A", "b": "B"}
+
+
+def test_the_window_stays_at_half_the_servers_reply_queue(client):
+    from client.pipeline import MAX_WINDOW_MESSAGES
+
+    p = client.pipeline(window=100_000, per_message=1)
+    for _ in range(1500):
+        p.incr("n")
+    assert p.execute()[-1] == 1500
+    with client._stream(100_000) as stream:
+        assert stream.window == MAX_WINDOW_MESSAGES == 500
