@@ -15,11 +15,13 @@ does not have (the write reached the first owner before the delete and the
 second owner after it), and a read that misses on the first owner falls back
 to the second (by design, for a first owner that restarted empty), so a
 deleted value can come back; ``delete`` also answers True from that copy.
-(Found by this checker; see ClusterClient's docstring.) With a node paused past the client timeout,
-a node that comes back misses the writes made meanwhile and is the first
-owner again (docs/CLUSTER.md), so reads may go back in time: what is checked
-then is reply shapes, errors, and that no read returns a value that no write
-of that key had started (no phantoms, no refused write visible).
+(Found by this checker; see ClusterClient's docstring.)
+
+With a node paused past the client timeout, a node that comes back missed
+the writes made meanwhile and is the first owner again (docs/CLUSTER.md), so
+reads may go back in time: what is checked then is reply shapes, errors, and
+that no read returns a value that no write of that key had started (no
+phantoms, no refused write visible).
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def _ballast(servers: Servers, mode: Mode, stop: threading.Event) -> threading.T
 
 
 @pytest.mark.parametrize("name", list(MODES))
-def test_history_is_linearizable(name, start_server, tmp_path):
+def test_concurrent_history_passes_the_checker(name, start_server, tmp_path):
     mode = MODES[name]
     servers = Servers(start_server, mode, tmp_path)
     seed = random.randrange(1 << 30)
