@@ -75,7 +75,7 @@ class MemlookupDriver(_Driver):
         from common.protocol import encode_batch
 
         pipeline = self.client.pipeline(window=depth, per_message=per_message)
-        stream, queued = pipeline._transport, pipeline._queued
+        queued = pipeline._queued
         perf = time.perf_counter
         sent_at: collections.deque[float] = collections.deque()
         errors = 0
@@ -96,20 +96,21 @@ class MemlookupDriver(_Driver):
                 errors += status != 0 or item[0] != 0
                 on_done()
 
-        chunk: list[bytes] = []
-        for op, keys, value in requests:
-            apply(pipeline, op, keys, value)
-            chunk.append(queued.pop()[0])
-            sent_at.append(perf())
-            if len(chunk) >= per_message:
-                if per_message == 1:
-                    stream.submit(chunk[0], on_reply)
-                else:
-                    stream.submit(encode_batch(chunk), on_batch_reply)
-                chunk = []
-        if chunk:
-            stream.submit(encode_batch(chunk), on_batch_reply)
-        stream.drain()
+        with self.client._stream(pipeline._window_messages) as stream:
+            chunk: list[bytes] = []
+            for op, keys, value in requests:
+                apply(pipeline, op, keys, value)
+                chunk.append(queued.pop()[0])
+                sent_at.append(perf())
+                if len(chunk) >= per_message:
+                    if per_message == 1:
+                        stream.submit(chunk[0], on_reply)
+                    else:
+                        stream.submit(encode_batch(chunk), on_batch_reply)
+                    chunk = []
+            if chunk:
+                stream.submit(encode_batch(chunk), on_batch_reply)
+            stream.drain()
         return errors
 
 

@@ -24,6 +24,7 @@ from common.errors import (
     OutOfMemoryError,
     PersistenceError,
     ServerError,
+    TransportError,
 )
 
 if TYPE_CHECKING:  # for type checkers the class itself; at run time __getattr__ imports it
@@ -51,4 +52,5 @@ __all__ = [
     "OutOfMemoryError",
     "PersistenceError",
     "ServerError",
+    "TransportError",
 ]

@@ -76,17 +76,18 @@ class BulkLoader:
 
     Args:
         client: the node's client (its timeout and retries apply).
+        stream: the pipeline connection to send on, with the window of
+            requests in flight (``client._stream(window)``).
         command_parsers: the CLI's per-command parsers, by command name.
         batch_keys: most pairs per ``mset``.
-        window: most requests in flight.
     """
 
     def __init__(
         self,
         client: Client,
+        stream: Any,
         command_parsers: dict[str, argparse.ArgumentParser],
         batch_keys: int = DEFAULT_BATCH_KEYS,
-        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.client = client
         self.parsers = command_parsers
@@ -95,8 +96,8 @@ class BulkLoader:
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
-        self.pipeline = client.pipeline(window, per_message=1)  # its own batches: mset
-        self._stream = self.pipeline._transport
+        self.pipeline = client.pipeline(per_message=1)  # queues and encodes; its own batches: mset
+        self._stream = stream
         self._pairs: dict[str, str] = {}
         self._pairs_first_line = 0  # line number of the batch's first pair
         self._pairs_lines = 0  # lines in the batch (a key set twice counts twice)
@@ -251,19 +252,20 @@ def run(
 
     ``progress`` shows a bar (bytes of a regular file, else lines) on stderr.
     """
-    loader = BulkLoader(client, command_parsers, batch_keys, window)
     bar = _progress_bar(source) if progress else None
     line_number = done_bytes = 0
-    while True:
-        lines = source.readlines(READ_BYTES)
-        if not lines:
-            break
-        loader.feed_lines(line_number + 1, lines)
-        line_number += len(lines)
-        if bar is not None:
-            done_bytes += sum(map(len, lines))
-            bar.update((done_bytes if bar.total else line_number) - bar.n)
-    summary = loader.finish()
+    with client._stream(window) as stream:
+        loader = BulkLoader(client, stream, command_parsers, batch_keys)
+        while True:
+            lines = source.readlines(READ_BYTES)
+            if not lines:
+                break
+            loader.feed_lines(line_number + 1, lines)
+            line_number += len(lines)
+            if bar is not None:
+                done_bytes += sum(map(len, lines))
+                bar.update((done_bytes if bar.total else line_number) - bar.n)
+        summary = loader.finish()
     if bar is not None:
         bar.close()
     for number, message in sorted(summary.error_lines):

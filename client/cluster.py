@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
@@ -12,6 +12,7 @@ import zmq
 from client.client import Client
 from client.mapping import MappingSugar
 from client.placement import Placement
+from client.pool import fork_lock
 from common.address import DEFAULT_PORT, expand_nodes
 from common.errors import NodeUnavailableError
 from common.limits import DEFAULT_SCAN_COUNT, MAX_BATCH_KEYS
@@ -23,14 +24,13 @@ DEAD_FOR_S = 5.0
 
 
 class _Node:
-    """One member: its Client, a lock (a ZeroMQ socket is not thread-safe) and its health."""
+    """One member: its Client (thread-safe itself) and its health."""
 
-    __slots__ = ("name", "client", "lock", "dead_until")
+    __slots__ = ("name", "client", "dead_until")
 
     def __init__(self, name: str, client: Client) -> None:
         self.name = name
         self.client = client
-        self.lock = threading.Lock()
         self.dead_until = 0.0
 
 
@@ -49,10 +49,16 @@ class ClusterClient(MappingSugar):
 
     ``nodes`` is a list of node addresses or a comma-separated string; a
     hostname with several addresses (a Kubernetes headless Service) counts
-    as all of them. Each member gets its own :class:`Client` and socket,
-    used under a per-node lock (a ZeroMQ socket is not thread-safe), so one
-    ClusterClient may be shared by threads. Batches split by node run in
-    parallel on a small thread pool, one thread per node.
+    as all of them. Each member gets its own :class:`Client` and socket.
+    Batches split by node run in parallel on a small thread pool, one
+    thread per node.
+
+    Threads and processes:
+        One ClusterClient may be shared by threads: each member's
+        :class:`Client` lends every call a connection of its own. In a
+        child after ``os.fork()`` it opens new connections, as
+        :class:`Client` does, and starts its own worker threads (the
+        parent's do not exist in the child).
 
     Placement:
         A key's owners are the first ``replicas`` distinct nodes on a ketama
@@ -84,6 +90,14 @@ class ClusterClient(MappingSugar):
         clients racing on one key are ordered by the first owner, but their
         copies to the second owner may land in either order, so the second
         copy of a hot counter can lag until the next write.
+
+    Without failures:
+        Each key's ``set``, ``get``, ``cas``, ``incr``, ``mset`` and ``mget``
+        are linearizable (the first owner decides and answers them all). A
+        ``delete`` racing a write of the same key can leave the second owner
+        with a copy the first lacks (the write reached the first owner before
+        the delete and the second after it); reads fall back to it on the
+        miss, so the deleted value comes back (docs/CLUSTER.md).
 
     What a reader sees during a failure:
         Reads go to the first live owner and fall back to the next on a
@@ -144,7 +158,8 @@ class ClusterClient(MappingSugar):
                                      server_key=server_key, client_key=client_key))
             for name in [*self.placement.nodes, *self.leaving]
         }
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._nodes)), thread_name_prefix="memlookup")
+        self._pool: ThreadPoolExecutor | None = None  # started on first use
+        self._pid = os.getpid()
 
     # -- plumbing --------------------------------------------------------------
 
@@ -173,15 +188,27 @@ class ClusterClient(MappingSugar):
         live = [n for n in names if self._nodes[n].dead_until <= now]
         return live or names
 
+    def _workers(self) -> ThreadPoolExecutor:
+        """The thread pool: started on first use, after :meth:`close`, and in a
+        forked child (the parent's threads do not exist there)."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            with fork_lock():
+                if self._pool is None or self._pid != os.getpid():
+                    self._pool = ThreadPoolExecutor(max_workers=max(1, len(self._nodes)),
+                                                    thread_name_prefix="memlookup")
+                    self._pid = os.getpid()
+                pool = self._pool
+        return pool
+
     def on(self, name: str, call: Callable[[Client], T]) -> T:
-        """Run ``call(client)`` on one node under its lock; a timeout marks it dead."""
+        """Run ``call(client)`` on one node; a timeout marks it dead."""
         node = self._nodes[name]
-        with node.lock:
-            try:
-                result = call(node.client)
-            except NodeUnavailableError:
-                node.dead_until = time.monotonic() + self.dead_for_s
-                raise
+        try:
+            result = call(node.client)
+        except NodeUnavailableError:
+            node.dead_until = time.monotonic() + self.dead_for_s
+            raise
         node.dead_until = 0.0
         return result
 
@@ -247,18 +274,21 @@ class ClusterClient(MappingSugar):
                 return exc
 
         names = list(work)
+        pool = self._workers() if len(names) > 1 else None
         # The calling thread takes the last node itself: one thread hand-off fewer.
-        futures = {name: self._pool.submit(run, name) for name in names[:-1]}
+        futures = {name: pool.submit(run, name) for name in names[:-1]} if pool else {}
         results = {names[-1]: run(names[-1])} if names else {}
         results.update((name, future.result()) for name, future in futures.items())
         return results
 
     def close(self) -> None:
-        """Close every node's socket and stop the worker threads."""
-        self._pool.shutdown(wait=True)
+        """Close every node's socket and stop the worker threads; both come back if used again."""
+        with fork_lock():
+            pool, self._pool = self._pool, None
+        if pool is not None and self._pid == os.getpid():
+            pool.shutdown(wait=True)
         for node in self._nodes.values():
-            with node.lock:
-                node.client.close()
+            node.client.close()
 
     def __enter__(self) -> "ClusterClient":
         return self

@@ -47,7 +47,12 @@ class CurveKeys:
 
         server_public = load_public_key(server_key)
         if client_key is None:
-            client_public, client_secret = zmq.curve_keypair()
+            try:
+                client_public, client_secret = zmq.curve_keypair()
+            except zmq.ZMQError as exc:  # a libzmq built without CURVE
+                from common.errors import TransportError
+
+                raise TransportError(f"cannot make a CURVE key pair: {exc}", exc.errno) from exc
         else:
             client_public, client_secret = load_key_pair(client_key)
         return cls(server_public, client_public, client_secret)

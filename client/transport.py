@@ -8,19 +8,23 @@ never be taken for the answer to a later request. A wait cut short by any
 other exception (Ctrl-C) also discards the socket, which would otherwise be
 stuck waiting for that reply.
 
+A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
+lends transports to the threads that share a client. Any ``zmq`` exception
+becomes a :class:`common.errors.TransportError`.
+
 (A DEALER without envelope, two frames per request at the server instead of
 three, was measured against REQ here and was no faster.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-
 from typing import TYPE_CHECKING
 
 import zmq
 
-from common.errors import AuthenticationError, NodeUnavailableError
+from common.errors import AuthenticationError, NodeUnavailableError, TransportError
 
 if TYPE_CHECKING:
     from client.curve import CurveKeys
@@ -29,11 +33,16 @@ if TYPE_CHECKING:
 class Transport:
     """A lockstep socket to one endpoint, reopened after every timeout.
 
+    Not for two threads at once, nor for a child after ``fork()``: clients
+    take one from a :class:`client.pool.Pool` for each call.
+
     Args:
         endpoint: ``tcp://host:port``.
         timeout_s: how long to wait for each attempt's reply.
         retries: how many times to resend after the first attempt times out.
-        context: the ZeroMQ context to open sockets in (shared by default).
+        context: the ZeroMQ context to open sockets in (the process-wide
+            ``zmq.Context.instance()`` by default, looked up at each open, so
+            a terminated one is replaced).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
     """
@@ -59,35 +68,52 @@ class Transport:
         self.timeout_s = timeout_s
         self.retries = retries
         self.label = label or endpoint
-        self._context = context or zmq.Context.instance()
+        self._context = context
         self._socket: zmq.Socket | None = None
         self.curve = curve
         self._monitor: zmq.Socket | None = None
 
     def _open(self) -> zmq.Socket:
-        socket = self._context.socket(self.socket_type)
-        socket.setsockopt(zmq.LINGER, 0)
-        for option, value in self.socket_options:
-            socket.setsockopt(option, value)
-        # A blocking recv with a timeout: one call per reply, no poll set;
-        # zmq.Again means the attempt timed out.
-        socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
-        if self.endpoint.startswith("tcp://["):
-            socket.setsockopt(zmq.IPV6, 1)
-        if self.curve is not None:
-            self._monitor = self.curve.apply(socket)
-        socket.connect(self.endpoint)
+        socket = (self._context or zmq.Context.instance()).socket(self.socket_type)
+        try:
+            socket.setsockopt(zmq.LINGER, 0)
+            for option, value in self.socket_options:
+                socket.setsockopt(option, value)
+            # A blocking recv with a timeout: one call per reply, no poll set;
+            # zmq.Again means the attempt timed out.
+            socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
+            if self.endpoint.startswith("tcp://["):
+                socket.setsockopt(zmq.IPV6, 1)
+            if self.curve is not None:
+                self._monitor = self.curve.apply(socket)
+            socket.connect(self.endpoint)
+        except BaseException:
+            self._socket = socket
+            self._discard()
+            raise
         self._socket = socket
         return socket
 
     def _discard(self) -> None:
-        if self._socket is not None:
-            if self._monitor is not None:
-                self._socket.disable_monitor()
-                self._monitor.close(linger=0)
-                self._monitor = None
-            self._socket.close(linger=0)
-            self._socket = None
+        """Close the socket (and its monitor); never raises."""
+        socket, monitor, self._socket, self._monitor = self._socket, self._monitor, None, None
+        with contextlib.suppress(zmq.ZMQBaseError):
+            if socket is not None and monitor is not None:
+                socket.disable_monitor()
+        for each in (monitor, socket):
+            if each is not None:
+                with contextlib.suppress(zmq.ZMQBaseError):
+                    each.close(linger=0)
+
+    def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
+        """The TransportError for a zmq exception; the socket is discarded."""
+        self._discard()
+        errno = getattr(exc, "errno", None)
+        if errno == zmq.ETERM or (self._context is not None and self._context.closed):
+            reason = "the client's ZeroMQ context was terminated"
+        else:
+            reason = f"ZeroMQ error: {exc}"
+        return TransportError(f"{self.label}: {reason}", errno)
 
     def request(self, frame: bytes, retry: bool = True) -> bytes:
         """Send ``frame`` and return the reply frame.
@@ -97,14 +123,22 @@ class Transport:
 
         Raises:
             NodeUnavailableError: no reply after every attempt.
+            TransportError: ZeroMQ itself failed (a terminated context...).
         """
+        try:
+            return self._exchange(frame, retry)
+        except zmq.ZMQBaseError as exc:
+            raise self._failed(exc) from exc
+
+    def _exchange(self, frame: bytes, retry: bool) -> bytes:
+        """The Lazy Pirate loop; ZeroMQ errors other than a timeout propagate."""
         attempts = 1 + (self.retries if retry else 0)
         copy = len(frame) < 65536  # zero-copy only pays off for large frames
         started = time.monotonic()
         for _ in range(attempts):
             socket = self._socket or self._open()
-            socket.send(frame, copy=copy)
             try:
+                socket.send(frame, copy=copy)
                 return socket.recv()
             except zmq.Again:  # RCVTIMEO passed
                 if self._monitor is not None:

@@ -8,6 +8,10 @@ One base class, then three branches that say whose fault a failure was:
   (``incr`` on a value that is not an integer, out of memory, a failed disk).
 * :class:`NodeUnavailableError` -- no answer came back in time. Whether a write
   happened is unknown.
+
+And one for this process's own plumbing: :class:`TransportError`, when the
+client's ZeroMQ machinery itself fails (its context was terminated, say). No
+``zmq`` exception leaves the library: each becomes one of these.
 """
 
 from __future__ import annotations
@@ -68,3 +72,19 @@ class AuthenticationError(NodeUnavailableError):
     Nothing was sent. Check ``--server-key`` (the server's ``.key`` file)
     and that our public key is in the server's ``--authorized-keys``.
     """
+
+
+class TransportError(MemlookupError):
+    """This process could not use its ZeroMQ socket; the node is not to blame.
+
+    The commonest cause is a terminated ZeroMQ context (``zmq.Context.term()``
+    on the context the client was given, or interpreter shutdown); others are
+    running out of file descriptors, or a libzmq without CURVE. ``errno`` is
+    ZeroMQ's error number. A write cut short this way may or may not have been
+    applied. Unlike :class:`NodeUnavailableError` it does not make a
+    ``ClusterClient`` mark nodes dead: retrying elsewhere would fail the same way.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -99,3 +99,46 @@ def test_large_values_are_not_packed_together(client):
         p.set("big1", big).set("big2", big).set("small", "s").get("small")
     assert p.results == [True, True, True, "s"]
     assert client.stats()["ops"].get("batch", 0) == 1  # big1 alone, then big2 with the two small ones
+
+
+def test_after_a_restart_no_request_gets_a_later_requests_reply(start_server, tmp_path):
+    """A request lost with a killed server must not take the reply of one sent after the
+    restart (a DEALER left to reconnect by itself sends what was queued meanwhile)."""
+    import signal
+
+    from client.pipeline import StreamTransport
+    from common.protocol import encode_request
+
+    args = ("--data-dir", str(tmp_path))
+    server = start_server(*args)
+    with Client(server.node, timeout_s=5) as table:
+        table.mset({"a": "A", "b": "B"})
+    stream = StreamTransport(f"tcp://{server.node}", timeout_s=1, retries=2, window=8)
+    got: dict[str, str] = {}
+
+    def keep(key):
+        return lambda frame: got.setdefault(key, Client._payload(frame))
+
+    try:
+        stream.submit(encode_request("ping"), keep("ping"))  # connected, handshake done
+        stream.drain()
+        server.signal(signal.SIGSTOP)
+        stream.submit(encode_request("get", "a"), keep("a"))  # sits unread in the stopped server
+        server.kill()  # the request is lost with it
+        start_server(*args, "--port", str(server.port))
+        stream.submit(encode_request("get", "b"), keep("b"))  # sent once ZeroMQ has reconnected
+        stream.drain()
+    finally:
+        stream.close()
+    assert got == {"ping": "PONG", "a": "A", "b": "B"}
+
+
+def test_the_window_stays_at_half_the_servers_reply_queue(client):
+    from client.pipeline import MAX_WINDOW_MESSAGES
+
+    p = client.pipeline(window=100_000, per_message=1)
+    for _ in range(1500):
+        p.incr("n")
+    assert p.execute()[-1] == 1500
+    with client._stream(100_000) as stream:
+        assert stream.window == MAX_WINDOW_MESSAGES == 500
