@@ -12,10 +12,16 @@ protocol reference). From this table:
   knows which arguments the table will store;
 * the clients build requests and parse replies (:mod:`client.commands`),
   pipelines queue them, ``ClusterClient`` routes them by :class:`Route`;
-* the CLI builds each COMMAND's parser from the row, and ``--pipe`` reads
-  its lines with those parsers;
+* the CLI builds each COMMAND's parser from the row and calls the row's
+  client method (:mod:`client.cli_parser`), and ``--pipe`` reads its lines
+  with those parsers;
 * docs/PROTOCOL.md's operation table is generated from it
-  (``python3 -m common.ops``), and a test checks it is current.
+  (``python3 -m common.ops_reference``), and a test checks it is current.
+
+The rows are named tuples and plain slotted objects rather than dataclasses:
+every client and the one-shot CLI import this module, and ``dataclasses``
+(with the methods it generates) measured 7 to 13 ms of a ~140 ms ``memlookup
+NODE get`` (``python -X importtime``).
 
 Adding an operation is one row here, one handler function, one store
 method, and its docs; ``tests/test_ops_table.py`` fails if a consumer lacks
@@ -25,7 +31,7 @@ a row.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class Kind(enum.Enum):
@@ -55,12 +61,17 @@ class Route(enum.Enum):
     NONE = "none"  # not sent through a cluster client (batch: pipelines only)
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
     """A positional parameter.
 
     ``stored``: the server keeps this argument in the table (the memory guard
-    counts it before the write). ``metavar``/``help`` are the CLI's.
+    counts it before the write). The rest says how the CLI takes it:
+    ``metavar`` and ``help`` for ``--help``; ``default``, its value when the
+    word is left out (None: the word is required, or for an option, the
+    client library's default applies); ``stdin``, read from standard input
+    when left out or given as ``-``; ``flag``, taken as that option
+    (``--count N``) instead of a positional word; ``cli`` False when the
+    CLI supplies it itself (the ``keys`` cursor: the CLI walks every page).
     """
 
     name: str
@@ -68,47 +79,62 @@ class Param:
     stored: bool = False
     metavar: str = ""
     help: str = ""
+    default: str | int | None = None
+    stdin: bool = False
+    flag: str = ""
+    cli: bool = True
 
 
-@dataclass(frozen=True)
-class Option:
-    """An option of the request's options map (besides ``v`` and ``rid``)."""
+class Option(NamedTuple):
+    """An option of the request's options map (besides ``v`` and ``rid``).
+
+    ``flag`` and ``metavar`` are the CLI's spelling (``--`` and the name when
+    ``flag`` is empty); a "flag" option is an on/off switch there.
+    """
 
     name: str  # on the wire, and the Python keyword
     kind: str  # "ttl" (seconds > 0) or "flag" (bool)
     help: str
     excludes: str = ""  # the option it cannot be combined with
+    flag: str = ""
+    metavar: str = ""
 
 
 #: Options every request may carry: protocol version and request id.
 COMMON_OPTIONS = frozenset({"v", "rid"})
 
-_TTL = Option("ttl_s", "ttl", "expire after this many seconds")
+_TTL = Option("ttl_s", "ttl", "expire after S seconds", flag="--ttl", metavar="S")
 
 
-@dataclass(frozen=True)
 class Op:
-    """One operation of the wire protocol."""
+    """One operation of the wire protocol (a row; not changed once the table is built)."""
 
-    name: str
-    params: tuple[Param, ...]
-    summary: str
-    reply: str  # what a success carries, for the protocol reference
-    writes: bool = False
-    route: Route = Route.READ
-    method: str = ""  # the client method; the op's name when empty
-    options: tuple[Option, ...] = ()
-    cli: bool = True  # a COMMAND of the memlookup CLI
-    allowed_options: frozenset[str] = field(init=False)
+    __slots__ = ("allowed_options", "cli", "method", "name", "options", "params", "reply", "route", "summary",
+                 "writes")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "allowed_options", COMMON_OPTIONS | {o.name for o in self.options})
-        if not self.method:
-            object.__setattr__(self, "method", self.name)
+    def __init__(
+        self,
+        name: str,
+        params: tuple[Param, ...],
+        summary: str,
+        reply: str,  # what a success carries, for the protocol reference
+        writes: bool = False,
+        route: Route = Route.READ,
+        method: str = "",  # the client method; the op's name when empty
+        options: tuple[Option, ...] = (),
+        cli: bool = True,  # a COMMAND of the memlookup CLI
+    ) -> None:
+        self.name, self.params, self.summary, self.reply = name, params, summary, reply
+        self.writes, self.route, self.options, self.cli = writes, route, options, cli
+        self.method = method or name
+        self.allowed_options: frozenset[str] = COMMON_OPTIONS | {o.name for o in options}
 
     @property
     def arity(self) -> int:
         return len(self.params)
+
+    def __repr__(self) -> str:
+        return f"Op({self.name!r})"
 
 
 _KEY = Param("key", Kind.KEY, metavar="KEY")
@@ -117,7 +143,8 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("ping", (), "check that the node answers", 'str "PONG"', route=Route.EVERY_NODE),
     Op("get", (_KEY,), "the value of KEY", "str, or nil if missing or expired"),
     Op("set", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
-               Param("value", Kind.VALUE, stored=True, metavar="VALUE")),
+               Param("value", Kind.VALUE, stored=True, metavar="VALUE", stdin=True,
+                     help="the value; left out or -: standard input, to its end")),
        "store VALUE under KEY", "bool: stored, or false when nx/xx prevented it",
        writes=True, route=Route.WRITE,
        options=(_TTL, Option("nx", "flag", "only if KEY does not exist", excludes="xx"),
@@ -129,13 +156,16 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("mset", (Param("pairs", Kind.PAIRS, stored=True, metavar="KEY VALUE"),),
        "store several pairs at once: all or none", "bool, always true",
        writes=True, route=Route.WRITE_MANY, options=(_TTL,)),
-    Op("keys", (Param("pattern", Kind.PATTERN, metavar="PATTERN"), Param("cursor", Kind.CURSOR),
-                Param("count", Kind.COUNT)),
-       "one page of the keys matching a glob PATTERN", "array [next_cursor, [key, ...]]",
+    Op("keys", (Param("pattern", Kind.PATTERN, metavar="PATTERN", default="*",
+                      help="a glob: *, ?, [abc], [!abc] (default: *, every key)"),
+                Param("cursor", Kind.CURSOR, cli=False),
+                Param("count", Kind.COUNT, flag="--count", metavar="N",
+                      help="keys to ask for per page, a hint (default: the client library's)")),
+       "the keys matching a glob PATTERN, a page at a time", "array [next_cursor, [key, ...]]",
        route=Route.EVERY_NODE, method="scan"),
     Op("ttl", (_KEY,), "seconds KEY has left", "int -2 missing, int -1 no expiry, else float seconds"),
     Op("incr", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
-                Param("delta", Kind.INT, metavar="DELTA")),
+                Param("delta", Kind.INT, metavar="DELTA", default=1, help="a whole number (default: 1)")),
        "add DELTA to the integer at KEY", "int: the new value", writes=True, route=Route.DECIDE),
     Op("cas", (_KEY, Param("expected", Kind.VALUE, metavar="EXPECTED"),
                Param("value", Kind.VALUE, stored=True, metavar="NEW")),
