@@ -25,7 +25,9 @@ def open_table(
     if len(names) == 1 and not leaving:
         from client.client import Client
 
-        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key)
+        # One command: a node that refuses the connection is a mistake to report at once, not to wait out.
+        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key,
+                      wait_for_ready=False)
     from client.cluster import ClusterClient
 
     return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or (),

@@ -105,10 +105,17 @@ class Client(MappingSugar):
         client_key: our key pair (a ``.key_secret`` file from
             ``memlookup-keygen``), for a server that accepts only the keys in
             its ``--authorized-keys``. Without it an ephemeral pair is used.
+        wait_for_ready: True (the default): a node that refuses the
+            connection (not started yet, or restarting) is waited for, up to
+            ``timeout_s`` per attempt and ``retries``; then
+            :class:`common.errors.NotListeningError` is raised. False: a
+            refused connection raises it at once (the CLI's choice).
 
-    A server that refuses our key, or whose key is not ``server_key``, makes
-    a call raise :class:`common.errors.AuthenticationError` (a
-    :class:`NodeUnavailableError`) after ``timeout_s``, without retrying.
+    A server that ends the handshake -- its access policy refuses our address
+    or our key, or its key is not ``server_key`` -- makes a call raise
+    :class:`common.errors.AuthenticationError` (a
+    :class:`NodeUnavailableError`) at once, without retrying; its message
+    says which.
     """
 
     def __init__(
@@ -120,6 +127,7 @@ class Client(MappingSugar):
         default_port: int = DEFAULT_PORT,
         server_key: "KeySource | None" = None,
         client_key: "KeySource | None" = None,
+        wait_for_ready: bool = True,
     ) -> None:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
@@ -128,7 +136,8 @@ class Client(MappingSugar):
             from client.curve import CurveKeys  # only secured clients pay for its imports
 
             curve = CurveKeys.from_options(server_key, client_key)
-        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node, curve=curve)
+        self._transport = Transport(self.endpoint, timeout_s, retries, context, label=node, curve=curve,
+                                    wait_for_ready=wait_for_ready)
         self._client_id = os.urandom(8).hex()
         self._sequence = itertools.count(1)
         self._timeout_s, self._retries, self._context = timeout_s, retries, context

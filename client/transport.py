@@ -8,6 +8,10 @@ never be taken for the answer to a later request. A wait cut short by any
 other exception (Ctrl-C) also discards the socket, which would otherwise be
 stuck waiting for that reply.
 
+Each socket is watched until its first reply (:mod:`client.diagnose`), so a
+node that refuses the connection or ends the handshake is told apart from
+one that is silent, and reported at once rather than after every retry.
+
 (A DEALER without envelope, two frames per request at the server instead of
 three, was measured against REQ here and was no faster.)
 """
@@ -20,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from common.errors import AuthenticationError, NodeUnavailableError
+from client.diagnose import ConnectionWatch, unavailable
 
 if TYPE_CHECKING:
     from client.curve import CurveKeys
@@ -36,6 +40,9 @@ class Transport:
         context: the ZeroMQ context to open sockets in (shared by default).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
+        wait_for_ready: wait out a refused connection (a node starting or
+            restarting) for the timeout and retries, as Lazy Pirate does;
+            False raises :class:`NotListeningError` at once.
     """
 
     #: The kind of socket, and options set on it before it connects.
@@ -50,6 +57,7 @@ class Transport:
         context: zmq.Context | None = None,
         label: str = "",
         curve: "CurveKeys | None" = None,
+        wait_for_ready: bool = True,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -62,7 +70,8 @@ class Transport:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self.curve = curve
-        self._monitor: zmq.Socket | None = None
+        self.wait_for_ready = wait_for_ready
+        self._watch: ConnectionWatch | None = None
 
     def _open(self) -> zmq.Socket:
         socket = self._context.socket(self.socket_type)
@@ -75,17 +84,16 @@ class Transport:
         if self.endpoint.startswith("tcp://["):
             socket.setsockopt(zmq.IPV6, 1)
         if self.curve is not None:
-            self._monitor = self.curve.apply(socket)
+            self.curve.apply(socket)
+        self._watch = ConnectionWatch(socket, self.timeout_s, self.label, self.endpoint, self.curve is not None)
         socket.connect(self.endpoint)
         self._socket = socket
         return socket
 
     def _discard(self) -> None:
         if self._socket is not None:
-            if self._monitor is not None:
-                self._socket.disable_monitor()
-                self._monitor.close(linger=0)
-                self._monitor = None
+            if self._watch is not None:
+                self._watch.close(self._socket)
             self._socket.close(linger=0)
             self._socket = None
 
@@ -96,7 +104,10 @@ class Transport:
             retry: False sends once only, whatever ``retries`` says.
 
         Raises:
-            NodeUnavailableError: no reply after every attempt.
+            NodeUnavailableError: no reply after every attempt;
+                :class:`AuthenticationError` at once when the server ends
+                the handshake, :class:`NotListeningError` when the
+                connection is refused (at once unless ``wait_for_ready``).
         """
         attempts = 1 + (self.retries if retry else 0)
         copy = len(frame) < 65536  # zero-copy only pays off for large frames
@@ -104,32 +115,15 @@ class Transport:
         for _ in range(attempts):
             socket = self._socket or self._open()
             socket.send(frame, copy=copy)
+            assert self._watch is not None  # made with the socket
             try:
-                return socket.recv()
-            except zmq.Again:  # RCVTIMEO passed
-                if self._monitor is not None:
-                    self._check_handshake(started)  # a refused key: say so, do not retry
+                return self._watch.receive(socket, fail_if_refused=not self.wait_for_ready)
+            except zmq.Again:  # no reply in time
                 self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
             except BaseException:
                 self._discard()  # an interrupted wait: never reuse a socket owed a reply
                 raise
-        waited = time.monotonic() - started
-        raise NodeUnavailableError(
-            f"no reply from {self.label} within {waited:.1f} s "
-            f"({attempts} attempt{'s' if attempts != 1 else ''} of {self.timeout_s:g} s)",
-            node=self.label,
-            waited_s=waited,
-        )
-
-    def _check_handshake(self, started: float) -> None:
-        from client.curve import handshake_failure
-
-        assert self._monitor is not None
-        failure = handshake_failure(self._monitor)
-        if failure is not None:
-            self._discard()
-            waited = time.monotonic() - started
-            raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
+        raise unavailable(self.label, time.monotonic() - started, attempts, self.timeout_s, self._watch)
 
     def close(self) -> None:
         self._discard()

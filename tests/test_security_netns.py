@@ -64,6 +64,7 @@ def test_a_peer_on_another_host_is_refused_by_default(peer_namespace, start_serv
     assert "protected mode" in server.log
     refused = _remote(peer_namespace, server.port, "ping")
     assert refused.returncode == 4, refused.stderr
+    assert "refused by the server's access policy: without keys it admits only loopback peers" in refused.stderr
     assert server.wait_for_log(f"refused a connection from {PEER_IP}: address not allowed")
     local = run_cli(f"127.0.0.1:{server.port}", "ping")
     assert local.returncode == 0
