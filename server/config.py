@@ -24,6 +24,11 @@ COMPACT_AFTER_BYTES = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
+#: ``--data-dir``'s environment variables, the one that wins first:
+#: MEMLOOKUP_DATA_DIR, named like every other setting's, then the older
+#: SERVER_DATA_DIR (which existing deployments and the image set).
+DATA_DIR_ENV = ("MEMLOOKUP_DATA_DIR", "SERVER_DATA_DIR")
+
 
 @dataclass
 class ServerConfig:
@@ -107,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evict the keys closest to expiring", choices=EVICTION_POLICIES)
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
-    add("--data-dir", "SERVER_DATA_DIR", None,
-        "keep the table in this directory so it survives restarts and crashes; "
-        "without it the server is purely in memory", metavar="DIR")
+    parser.add_argument("--data-dir", default=next(filter(None, map(os.environ.get, DATA_DIR_ENV)), None),
+                        metavar="DIR", help="keep the table in this directory so it survives restarts and crashes; "
+                        "without it the server is purely in memory (env MEMLOOKUP_DATA_DIR, or the older "
+                        "SERVER_DATA_DIR when that is not set; default: None)")
     add("--fsync", "MEMLOOKUP_FSYNC", "everysec",
         "with --data-dir: always = a write is on disk before its reply (concurrent writes share "
         "one fsync); everysec = a crash of the process loses nothing acknowledged, a power loss "
