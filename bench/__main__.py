@@ -29,6 +29,20 @@ from client.cli_parser import positive_float
 #: Requests a worker does between progress reports.
 REPORT_EVERY = 256
 
+#: (status, meaning), for the man page.
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "the run finished; its figures are printed"),
+    (1, "the run failed (no reply within --timeout, or the server refused requests)"),
+    (2, "bad usage"),
+)
+
+#: (command line, what it does), for the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("memlookup-benchmark 127.0.0.1:7400", "4 clients in lockstep, get=50,set=50, 100000 requests"),
+    ("memlookup-benchmark -c 2 -P 64 -m 16 --duration 10", "64 requests in flight per client, 16 to a message"),
+    ("memlookup-benchmark --target redis 127.0.0.1:6379", "the same load against Redis"),
+)
+
 
 def _mix(text: str) -> dict[str, float]:
     """``get=80,set=20`` -> {"get": 80.0, "set": 20.0}; a bare ``get`` is get=1."""

@@ -29,6 +29,23 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 #: SERVER_DATA_DIR (which existing deployments and the image set).
 DATA_DIR_ENV = ("MEMLOOKUP_DATA_DIR", "SERVER_DATA_DIR")
 
+#: (status, meaning), for the man page.
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "stopped by SIGTERM or SIGINT, after answering the request in flight"),
+    (1, "could not start: cannot listen on the address, a key file or the data directory cannot be used "
+        "(corrupt, or another server holds it)"),
+    (2, "bad usage: an unknown flag or a value out of range"),
+)
+
+#: (command line, what it does), for the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("memlookup-server", "in memory, on 127.0.0.1:7400, loopback peers only"),
+    ("memlookup-server --data-dir /var/lib/memlookup", "keep the table across restarts and crashes"),
+    ("memlookup-server --bind '*' --allow 10.0.0.0/8", "listen everywhere, admit one network"),
+    ("memlookup-server --max-memory 1gb --eviction allkeys-lru", "at most 1 GiB, evicting the least recently used"),
+    ("memlookup-server --curve-secret-key server.key_secret", "encrypt every connection (memlookup-keygen . server)"),
+)
+
 
 @dataclass
 class ServerConfig:

@@ -96,3 +96,12 @@ def test_nodes_from_the_environment_with_a_server_key_option_first(
     found = run_cli("--server-key", str(public), "get", "k", env=env)
     assert (found.returncode, found.stdout) == (0, "v\n"), found.stderr
 
+
+def test_the_man_page_has_examples_environment_and_exit_status_and_no_repeated_blocks() -> None:
+    page = (ROOT / "man" / "memlookup.1").read_text()  # current: test_server_process checks it
+    sections = [line for line in page.splitlines() if line.startswith(".SH ")]
+    for section in (".SH EXIT STATUS", ".SH ENVIRONMENT", ".SH EXAMPLES"):
+        assert sections.count(section) == 1, sections
+    for option in ("timeout", "retries", "json", "server\\-key", "client\\-key"):
+        assert page.count(f".B \\-\\-{option}") + page.count(f"\\fB\\-\\-{option}") == 1, option
+    assert ".B MEMLOOKUP_NODES" in page and ".B memlookup 127.0.0.1 set norway oslo" in page
