@@ -15,8 +15,8 @@ protocol reference). From this table:
 * the CLI builds each COMMAND's parser from the row and calls the row's
   client method (:mod:`client.cli_parser`), and ``--pipe`` reads its lines
   with those parsers;
-* docs/PROTOCOL.md's operation table is generated from it
-  (``python3 -m common.ops_reference``), and a test checks it is current.
+* docs/PROTOCOL.md's operation tables are generated from it
+  (``python3 docs/ops_reference.py``), and a test checks they are current.
 
 The rows are named tuples and plain slotted objects rather than dataclasses:
 every client and the one-shot CLI import this module, and ``dataclasses``
@@ -117,7 +117,7 @@ class Op:
         name: str,
         params: tuple[Param, ...],
         summary: str,
-        reply: str,  # what a success carries, for the protocol reference
+        reply: str,  # what a success carries, for the protocol reference (Markdown)
         writes: bool = False,
         route: Route = Route.READ,
         method: str = "",  # the client method; the op's name when empty
@@ -140,36 +140,36 @@ class Op:
 _KEY = Param("key", Kind.KEY, metavar="KEY")
 
 OPS_TABLE: tuple[Op, ...] = (
-    Op("ping", (), "check that the node answers", 'str "PONG"', route=Route.EVERY_NODE),
-    Op("get", (_KEY,), "the value of KEY", "str, or nil if missing or expired"),
+    Op("ping", (), "check that the node answers", 'str `"PONG"`', route=Route.EVERY_NODE),
+    Op("get", (_KEY,), "the value of KEY", "str: the value; **nil** if missing or expired"),
     Op("set", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
                Param("value", Kind.VALUE, stored=True, metavar="VALUE", stdin=True,
                      help="the value; left out or -: standard input, to its end")),
-       "store VALUE under KEY", "bool: stored, or false when nx/xx prevented it",
+       "store VALUE under KEY", "bool: `true` stored; `false` not stored because `nx`/`xx` failed",
        writes=True, route=Route.WRITE,
        options=(_TTL, Option("nx", "flag", "only if KEY does not exist", excludes="xx"),
                 Option("xx", "flag", "only if KEY exists", excludes="nx"))),
-    Op("del", (_KEY,), "remove KEY", "bool: the key existed", writes=True, route=Route.DELETE, method="delete"),
+    Op("del", (_KEY,), "remove KEY", "bool: `true` if the key existed (and was not expired)", writes=True, route=Route.DELETE, method="delete"),
     Op("exists", (_KEY,), "whether KEY exists", "bool"),
     Op("mget", (Param("keys", Kind.KEYS, metavar="KEY"),), "the values of several keys",
-       "array of str or nil, in the order asked", route=Route.READ_MANY),
+       "array of the same length and order; each element str or nil", route=Route.READ_MANY),
     Op("mset", (Param("pairs", Kind.PAIRS, stored=True, metavar="KEY VALUE"),),
-       "store several pairs at once: all or none", "bool, always true",
+       "store several pairs at once: all or none", "bool, always `true`",
        writes=True, route=Route.WRITE_MANY, options=(_TTL,)),
     Op("keys", (Param("pattern", Kind.PATTERN, metavar="PATTERN", default="*",
                       help="a glob: *, ?, [abc], [!abc] (default: *, every key)"),
                 Param("cursor", Kind.CURSOR, cli=False),
                 Param("count", Kind.COUNT, flag="--count", metavar="N",
                       help="keys to ask for per page, a hint (default: the client library's)")),
-       "the keys matching a glob PATTERN, a page at a time", "array [next_cursor, [key, ...]]",
+       "the keys matching a glob PATTERN, a page at a time", "array `[next_cursor (int), [key, ...]]`",
        route=Route.EVERY_NODE, method="scan"),
-    Op("ttl", (_KEY,), "seconds KEY has left", "int -2 missing, int -1 no expiry, else float seconds"),
+    Op("ttl", (_KEY,), "seconds KEY has left", "int `-2` missing/expired; int `-1` no expiry; otherwise **float64** seconds left, ≥ 0.0"),
     Op("incr", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
                 Param("delta", Kind.INT, metavar="DELTA", default=1, help="a whole number (default: 1)")),
        "add DELTA to the integer at KEY", "int: the new value", writes=True, route=Route.DECIDE),
     Op("cas", (_KEY, Param("expected", Kind.VALUE, metavar="EXPECTED"),
                Param("value", Kind.VALUE, stored=True, metavar="NEW")),
-       "set KEY to NEW only if its value is EXPECTED", "bool: swapped",
+       "set KEY to NEW only if its value is EXPECTED", "bool: `true` swapped; `false` nothing changed",
        writes=True, route=Route.DECIDE, options=(_TTL,)),
     Op("stats", (), "the node's counters", "map (section 9.8)", route=Route.EVERY_NODE),
     Op("batch", (Param("requests", Kind.REQUESTS),), "several requests in one message, each answered alone",
