@@ -92,6 +92,9 @@ class Client(MappingSugar):
           node is down, unreachable or overloaded; a write may or may not
           have been applied. The client stays usable and reconnects on the
           next call, so the same object works again once the node is back.
+          Two subclasses mean nothing was sent: :class:`NotListeningError`
+          (the connection was refused: nothing listens at the address) and
+          :class:`AuthenticationError` (the server ended the handshake).
 
     Args:
         node: the node's address.
