@@ -312,6 +312,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         return build_parser().parse_args(words)
     command = words[positionals[1]].lower()
     if command not in COMMANDS:
+        first = words[positionals[0]]
+        if first.lower() in COMMANDS:
+            _usage_error(f"no NODE before the COMMAND {first!r}: memlookup NODE {first} ..., or give the nodes "
+                         "with --nodes or MEMLOOKUP_NODES")
         _usage_error(f"unknown command {words[positionals[1]][:40]!r}{suggestion(command)}")
     words[positionals[1]] = command
     _add_commands(top, command)

@@ -22,6 +22,10 @@ def test_a_misspelt_command_gets_a_suggestion(server: ServerProcess) -> None:
     nothing_close = run_cli(server.node, "frobnicate")
     assert nothing_close.returncode == 2
     assert nothing_close.stderr.endswith("memlookup: error: unknown command 'frobnicate'\n")
+    no_node = run_cli("get", "k")
+    assert no_node.returncode == 2
+    assert no_node.stderr.endswith("memlookup: error: no NODE before the COMMAND 'get': memlookup NODE get ..., or "
+                                   "give the nodes with --nodes or MEMLOOKUP_NODES\n")
     piped = run_cli(server.node, "--pipe", input="sett a 1\nset b 2\n")
     assert piped.stderr.splitlines() == ["line 1: unknown command 'sett' (did you mean 'set'?)",
                                          "sent: 1, errors: 1, lines: 2"]
