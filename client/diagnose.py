@@ -31,7 +31,7 @@ request that got no reply, from what the monitor saw.
 
 from __future__ import annotations
 
-import struct
+import sys
 import time
 
 import zmq
@@ -123,7 +123,7 @@ class ConnectionWatch:
                 return
             if len(frames) != 2 or len(frames[0]) != 6:
                 continue
-            event = struct.unpack("=Hi", frames[0])[0]
+            event = int.from_bytes(frames[0][:2], sys.byteorder)  # then 4 bytes of value; libzmq's own order
             if event == zmq.EVENT_CONNECTED:
                 self.state = _TCP
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
