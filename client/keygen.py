@@ -19,7 +19,6 @@ import sys
 from common import __version__
 from common.keys import create_key_pair
 
-
 #: (status, meaning), for the man page.
 EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (0, "the key pair was written"),
