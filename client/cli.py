@@ -140,7 +140,14 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-#: How each command shows its client method's result (``keys`` streams, below).
+def _show_result(args: argparse.Namespace, result: Any, emit: Emit) -> int:
+    """A command with no way of its own: the result as it is (a new op's, until it gets one)."""
+    emit(result, None if result is None else str(result))
+    return EXIT_OK
+
+
+#: How each command shows its client method's result, where it needs a way
+#: of its own (others: :func:`_show_result`; ``keys`` streams, below).
 _SHOW: dict[str, Callable[[argparse.Namespace, Any, Emit], int]] = {
     "get": _show_get, "set": _show_set, "del": _show_del, "exists": _show_exists, "mget": _show_mget,
     "mset": _show_mset, "ttl": _show_ttl, "incr": _show_incr, "cas": _show_cas, "ping": _show_ping,
@@ -180,7 +187,7 @@ def _run(args: argparse.Namespace, table: Any, emit: Emit) -> int:
         raise _Outcome(str(exc), EXIT_USAGE) from None
     if op.name == "keys":
         return _list_keys(table, kwargs, args.json, emit)
-    return _SHOW[op.name](args, getattr(table, op.method)(**kwargs), emit)
+    return _SHOW.get(op.name, _show_result)(args, getattr(table, op.method)(**kwargs), emit)
 
 
 def _pipe(table: Any) -> int:

@@ -70,6 +70,16 @@ def test_a_peer_on_another_host_is_refused_by_default(peer_namespace, start_serv
     assert local.returncode == 0
 
 
+def test_an_address_nobody_answers_times_out_saying_no_connection_was_made(peer_namespace):
+    # 10.78.0.99 is on the bridge's network but no host has it: the SYN waits for
+    # ARP (about 3 s before the kernel gives up), longer than the CLI waits.
+    result = run_cli("--timeout", "0.5", "--retries", "1", "10.78.0.99:7400", "ping", prefix=peer_namespace)
+    assert result.returncode == 4
+    assert result.stderr == ("error: no reply from 10.78.0.99:7400 within 1.0 s (2 attempts of 0.5 s): no TCP "
+                             "connection could be made (the host is down or unreachable, or a firewall drops "
+                             "the packets)\n")
+
+
 def test_allow_lets_the_network_in(peer_namespace, start_server):
     server = start_server("--bind", "0.0.0.0", "--allow", "10.78.0.0/24")
     assert "accepting addresses in" in server.log and "10.78.0.0/24" in server.log
