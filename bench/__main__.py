@@ -24,10 +24,24 @@ from array import array
 from typing import Any, Iterator
 
 from bench.drivers import DRIVERS, OPS, Request
-from client.cli import _positive_float
+from client.cli_parser import positive_float
 
 #: Requests a worker does between progress reports.
 REPORT_EVERY = 256
+
+#: (status, meaning), for the man page.
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "the run finished; its figures are printed"),
+    (1, "the run failed (no reply within --timeout, or the server refused requests)"),
+    (2, "bad usage"),
+)
+
+#: (command line, what it does), for the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("memlookup-benchmark 127.0.0.1:7400", "4 clients in lockstep, get=50,set=50, 100000 requests"),
+    ("memlookup-benchmark -c 2 -P 64 -m 16 --duration 10", "64 requests in flight per client, 16 to a message"),
+    ("memlookup-benchmark --target redis 127.0.0.1:6379", "the same load against Redis"),
+)
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -50,7 +64,7 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def _positive_int(text: str) -> int:
-    value = _positive_float(text)
+    value = positive_float(text)
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
@@ -68,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("-n", "--requests", type=_positive_int, metavar="N",
                         help="total requests (default: 100000)")
-    amount.add_argument("--duration", type=_positive_float, metavar="S", help="run for S seconds instead")
+    amount.add_argument("--duration", type=positive_float, metavar="S", help="run for S seconds instead")
     parser.add_argument("-d", "--value-bytes", type=_positive_int, default=32, metavar="B",
                         help="value size in bytes (default: 32)")
     parser.add_argument("-r", "--keyspace", type=_positive_int, default=100_000, metavar="N",
@@ -84,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefill", action="store_true", help="store every key of the keyspace first (untimed)")
     parser.add_argument("--target", choices=sorted(DRIVERS), default="memlookup",
                         help="kind of server at NODE (default: memlookup)")
-    parser.add_argument("--timeout", type=_positive_float, default=5.0, metavar="S",
+    parser.add_argument("--timeout", type=positive_float, default=5.0, metavar="S",
                         help="seconds to wait for a reply before the run fails (default: 5)")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable request sequence")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -3,8 +3,11 @@
 Each line is a command in the CLI's own words (``set KEY VALUE``, ``del KEY``,
 ``incr KEY 5``, ``set KEY VALUE --ttl 60`` ...), the command name in any case,
 split like a shell would (``set greeting "hello world"``). Blank lines are
-skipped. A line that cannot be parsed, or that the server refuses, is counted
-as an error and reported with its line number; the other lines still run.
+skipped. Each line is read by its command's own CLI parser and becomes a call
+of the client method its row in the table of operations names, as on the
+command line (:mod:`client.cli_parser`). A line that cannot be parsed, or that
+the server refuses, is counted as an error and reported with its line number;
+the other lines still run.
 
 Speed comes from two things. Runs of plain ``set KEY VALUE`` lines are sent
 as ``mset`` batches (checked against the server's limits here first, so one
@@ -21,11 +24,14 @@ import os
 import shlex
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable, TextIO
+from typing import Any, BinaryIO, TextIO
 
+from client.cli_parser import UsageError, call_arguments, command_parsers, suggestion
 from client.client import Client
 from common.errors import MemlookupError
+from common.ops import OPS, Op
 
 #: Pairs per ``mset`` request by default (capped by the server's max_batch_keys).
 DEFAULT_BATCH_KEYS = 1000
@@ -40,6 +46,14 @@ READ_BYTES = 1 << 16
 MAX_ERRORS_SHOWN = 100
 
 _NEEDS_SHLEX = ('"', "'", "\\")
+
+#: Commands a line may not hold: ``keys`` takes a request per page, ``stats``
+#: and ``rebalance`` are reports, and ``--pipe`` prints only errors.
+NOT_IN_PIPE = frozenset({"keys", "stats", "rebalance"})
+
+#: What :meth:`_Sender.send` hands each command's callback: its result, or
+#: the :class:`MemlookupError` the server's refusal stands for.
+OnResult = Callable[[Any], None]
 
 
 @dataclass
@@ -57,18 +71,60 @@ class Summary:
             self.error_lines.append((line_number, message))
 
 
-class _LineError(Exception):
-    pass
-
-
 class LineParser(argparse.ArgumentParser):
-    """An argparse parser that raises instead of exiting."""
+    """An argparse parser that raises :class:`UsageError` instead of exiting."""
 
     def error(self, message: str) -> Any:
-        raise _LineError(message)
+        raise UsageError(message)
 
     def exit(self, status: int = 0, message: str | None = None) -> Any:
-        raise _LineError(message or "not a command")
+        raise UsageError(message or "not a command")
+
+
+class _Sender:
+    """Sends the commands queued on a pipeline at once, each reply to its own callback.
+
+    The one place bulk loading reaches into the client's private parts, until
+    :class:`client.pipeline.Pipeline` can do this publicly: commands are
+    queued on :attr:`commands` with the pipeline's public methods
+    (``set``, ``mset``, ...), then :meth:`send` sends them on ``stream``
+    without waiting for their replies (up to its window in flight), and
+    :meth:`wait` waits for the rest.
+    """
+
+    def __init__(self, client: Client, stream: Any) -> None:
+        #: Queue commands here; one request per message (``mset`` is the batching).
+        self.commands = client.pipeline(per_message=1)
+        self._stream = stream
+
+    def send(self, on_result: OnResult) -> None:
+        """Send every queued command; ``on_result`` gets each one's result (or error), in order."""
+        pipeline = self.commands
+        for frame, decode in pipeline._queued:
+            self._stream.submit(frame, _decoded(decode, on_result))
+        pipeline._queued.clear()
+
+    def wait(self) -> None:
+        """Wait for the reply of every command sent."""
+        self._stream.drain()
+
+
+def _decoded(decode: Callable[[bytes], Any], on_result: OnResult) -> Callable[[bytes], None]:
+    def on_reply(frame: bytes) -> None:
+        try:
+            result = decode(frame)
+        except MemlookupError as exc:
+            result = exc
+        on_result(result)
+
+    return on_reply
+
+
+def _no_stdin(op: Op) -> Callable[[bool], str]:
+    def refuse(explicit: bool) -> str:
+        raise UsageError(f"{op.name} needs a VALUE with --pipe (standard input is the command stream)")
+
+    return refuse
 
 
 class BulkLoader:
@@ -78,7 +134,6 @@ class BulkLoader:
         client: the node's client (its timeout and retries apply).
         stream: the pipeline connection to send on, with the window of
             requests in flight (``client._stream(window)``).
-        command_parsers: the CLI's per-command parsers, by command name.
         batch_keys: most pairs per ``mset``.
     """
 
@@ -86,18 +141,15 @@ class BulkLoader:
         self,
         client: Client,
         stream: Any,
-        command_parsers: dict[str, argparse.ArgumentParser],
         batch_keys: int = DEFAULT_BATCH_KEYS,
     ) -> None:
-        self.client = client
-        self.parsers = command_parsers
+        self.parsers = command_parsers(LineParser)
         self.summary = Summary()
         limits = client.stats().get("limits", {})
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
-        self.pipeline = client.pipeline(per_message=1)  # queues and encodes; its own batches: mset
-        self._stream = stream
+        self._sender = _Sender(client, stream)
         self._pairs: dict[str, str] = {}
         self._pairs_first_line = 0  # line number of the batch's first pair
         self._pairs_lines = 0  # lines in the batch (a key set twice counts twice)
@@ -163,7 +215,7 @@ class BulkLoader:
         self._flush_pairs()
         try:
             self._queue_command(line_number, words[0].lower(), words[1:])
-        except _LineError as exc:
+        except UsageError as exc:
             self.summary.error(line_number, str(exc).strip())
 
     def _flush_pairs(self) -> None:
@@ -171,77 +223,49 @@ class BulkLoader:
             return
         pairs, first, count = self._pairs, self._pairs_first_line, self._pairs_lines
         self._pairs, self._pairs_lines = {}, 0
-        frame = self.client._encode("mset", (pairs,), None, True)
-        self._stream.submit(frame, self._batch_reply(first, count))
+        self._sender.commands.mset(pairs)
+        self._sender.send(self._batch_result(first, count))
 
-    def _batch_reply(self, first_line: int, count: int) -> Callable[[bytes], None]:
-        def on_reply(frame: bytes) -> None:
-            try:
-                self.client._payload(frame)
-            except MemlookupError as exc:  # the whole batch refused (memory, persistence)
+    def _batch_result(self, first_line: int, count: int) -> OnResult:
+        def on_result(result: Any) -> None:
+            if isinstance(result, MemlookupError):  # the whole batch refused (memory, persistence)
                 self.summary.errors += count
-                self.summary.error_lines.append((first_line, f"{exc} ({count} set lines from here refused)"))
-                return
-            self.summary.sent += count
+                self.summary.error_lines.append((first_line, f"{result} ({count} set lines from here refused)"))
+            else:
+                self.summary.sent += count
 
-        return on_reply
+        return on_result
 
     def _queue_command(self, line_number: int, name: str, words: list[str]) -> None:
+        """Parse a line with its command's CLI parser and queue the call its row names."""
         parser = self.parsers.get(name)
         if parser is None:
-            raise _LineError(f"unknown command {name[:40]!r}")
-        if name in ("keys", "stats"):
-            raise _LineError(f"{name} is not available with --pipe")
-        args = parser.parse_args(words)
-        p = self.pipeline
-        if name == "set":
-            if args.value == "-":
-                raise _LineError("set needs a VALUE with --pipe (standard input is the command stream)")
-            p.set(args.key, args.value, ttl_s=args.ttl, nx=args.nx, xx=args.xx)
-        elif name == "mset":
-            if len(args.pairs) % 2:
-                raise _LineError("mset takes KEY VALUE pairs; the last key has no value")
-            p.mset(dict(zip(args.pairs[::2], args.pairs[1::2])), ttl_s=args.ttl)
-        elif name == "del":
-            p.delete(args.key)
-        elif name == "incr":
-            p.incr(args.key, args.delta)
-        elif name == "cas":
-            p.cas(args.key, args.expected, args.value, ttl_s=args.ttl)
-        elif name == "mget":
-            p.mget(args.keys)
-        elif name == "ping":
-            p.ping()
-        else:  # get, exists, ttl: answered and counted, not printed
-            getattr(p, name)(args.key)
-        self._send_queued(line_number)
+            raise UsageError(f"unknown command {name[:40]!r}{suggestion(name)}")
+        if name in NOT_IN_PIPE:
+            raise UsageError(f"{name} is not available with --pipe")
+        op = OPS[name]
+        kwargs = call_arguments(op, parser.parse_args(words), _no_stdin(op))
+        getattr(self._sender.commands, op.method)(**kwargs)  # answered and counted, not printed
+        self._sender.send(self._line_result(line_number))
 
-    def _send_queued(self, line_number: int) -> None:
-        for frame, decode in self.pipeline._queued:
-            self._stream.submit(frame, self._single_reply(line_number, decode))
-        self.pipeline._queued.clear()
+    def _line_result(self, line_number: int) -> OnResult:
+        def on_result(result: Any) -> None:
+            if isinstance(result, MemlookupError):
+                self.summary.error(line_number, str(result))
+            else:
+                self.summary.sent += 1
 
-    def _single_reply(self, line_number: int, decode: Callable[[bytes], Any]) -> Callable[[bytes], None]:
-        def on_reply(frame: bytes) -> None:
-            try:
-                decode(frame)
-            except MemlookupError as exc:
-                self.summary.error(line_number, str(exc))
-                return
-            self.summary.sent += 1
-
-        return on_reply
+        return on_result
 
     def finish(self) -> Summary:
         """Send what is still batched and wait for every reply."""
         self._flush_pairs()
-        self._stream.drain()
+        self._sender.wait()
         return self.summary
 
 
 def run(
     client: Client,
-    command_parsers: dict[str, argparse.ArgumentParser],
     source: BinaryIO,
     report: TextIO,
     progress: bool,
@@ -255,7 +279,7 @@ def run(
     bar = _progress_bar(source) if progress else None
     line_number = done_bytes = 0
     with client._stream(window) as stream:
-        loader = BulkLoader(client, stream, command_parsers, batch_keys)
+        loader = BulkLoader(client, stream, batch_keys)
         while True:
             lines = source.readlines(READ_BYTES)
             if not lines:

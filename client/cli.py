@@ -2,12 +2,12 @@
 
 A thin layer over :class:`client.Client` (one node) and
 :class:`client.ClusterClient` (several: ``n1,n2,n3``, or a name with several
-addresses): parse the words, make one library call, print the answer. It
-never touches a socket itself.
+addresses): parse the words (:mod:`client.cli_parser`, from the table of
+operations), call the client method the command's row names, print the
+answer. It never touches a socket itself.
 
 Writes print nothing on success (``--json`` prints an object for every
-command). Exit codes: 0 success; 1 not found, or a condition (nx, xx, cas) not met;
-2 bad usage; 3 the server refused the request; 4 the node did not answer.
+command). Exit codes: :data:`client.cli_parser.EXIT_STATUS`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from client.cli_cluster import cluster_rebalance, open_table, with_nodes
+from client.cli_cluster import cluster_rebalance, open_table
+from client.cli_parser import (
+    EXIT_CLOSED_PIPE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    UsageError,
+    build_parser,
+    call_arguments,
+    parse_args,
+)
 from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
+from common.ops import OPS, Op
 
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-EXIT_UNAVAILABLE = 4
+#: Prints a result: the object for ``--json``, else the text (None: nothing).
+Emit = Callable[[Any, str | None], None]
 
 
 class _Outcome(Exception):
@@ -35,268 +46,88 @@ class _Outcome(Exception):
         self.code = code
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def _add_connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    def default(env: str, value: object) -> object:
-        return argparse.SUPPRESS if suppress else os.environ.get(env, value)
-
-    parser.add_argument("--timeout", type=_positive_float, default=default("MEMLOOKUP_TIMEOUT", 1.0),
-                        metavar="S", help="seconds to wait for each attempt (env MEMLOOKUP_TIMEOUT, default: 1.0)")
-    parser.add_argument("--retries", type=_count, default=default("MEMLOOKUP_RETRIES", 2), metavar="N",
-                        help="resends after a timeout (env MEMLOOKUP_RETRIES, default: 2)")
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                        help="print results as JSON (a missing value is null)")
-    parser.add_argument("--server-key", default=default("MEMLOOKUP_SERVER_KEY", None), metavar="FILE",
-                        help="the server's CurveZMQ public key (its .key file): encrypt, and check it is that "
-                        "server (env MEMLOOKUP_SERVER_KEY)")
-    parser.add_argument("--client-key", default=default("MEMLOOKUP_CLIENT_KEY", None), metavar="FILE",
-                        help="our key pair (a .key_secret file from memlookup-keygen), for servers with "
-                        "--authorized-keys (env MEMLOOKUP_CLIENT_KEY)")
-
-
-#: Every COMMAND, in the order --help lists them.
-COMMANDS = ("set", "get", "del", "exists", "mget", "mset", "keys", "ttl", "incr", "cas", "ping", "stats",
-            "rebalance")
-
-
-def build_parser(only: str | None = None,
-                 parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``memlookup`` argument parser (also the source of its man page).
-
-    ``only``: build just that COMMAND's subparser -- argparse costs a
-    one-shot command several milliseconds per subparser it builds.
-    """
-    parser = parser_class(
-        prog="memlookup",
-        description="Store and fetch strings in a memlookup server.",
-        epilog=(
-            "NODE is host, host:port, tcp://host:port or [ipv6]:port (default port 7400), or several "
-            "separated by commas; a name resolving to several addresses means all of them. "
-            "With --nodes or MEMLOOKUP_NODES, NODE may be left out. "
-            "Exit status: 0 success; 1 not found or condition not met; 2 bad usage; "
-            "3 refused by the server; 4 no reply from the node. "
-            "Put -- before a key or value that begins with '-'."
-        ),
-    )
-    _add_connection_options(parser, suppress=False)
-    parser.add_argument("--nodes", metavar="N1,N2,...", default=os.environ.get("MEMLOOKUP_NODES"),
-                        help="the nodes, when NODE is left out (env MEMLOOKUP_NODES)")
-    parser.add_argument("--replicas", type=_count, default=os.environ.get("MEMLOOKUP_REPLICAS", 2), metavar="R",
-                        help="copies of each key over several nodes (env MEMLOOKUP_REPLICAS, default: 2)")
-    parser.add_argument("node", metavar="NODE", help="the server, or servers, to talk to")
-    parser.add_argument("--pipe", action="store_true",
-                        help="bulk load: run the commands on standard input, one a line (COMMAND words, "
-                             "shell quoting), batched and pipelined; print errors and a summary")
-    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"), only)
-    return parser
-
-
-class _Unsure(Exception):
-    pass
-
-
-class _LeanParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise _Unsure(message)
-
-
-def _guess_command(words: list[str]) -> str | None:
-    """The COMMAND in ``words`` (the second positional), if it is plainly there."""
-    positionals: list[str] = []
-    words_iter = iter(words)
-    for word in words_iter:
-        if word in ("--timeout", "--retries", "--nodes", "--replicas"):
-            next(words_iter, None)
-        elif word.startswith("-"):
-            if word in ("-h", "--help", "--"):
-                return None
-        else:
-            positionals.append(word)
-            if len(positionals) == 2:
-                return word if word in COMMANDS else None
-    return None
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse with a parser of just the command given, falling back to the
-    whole parser (for help, and for the exact error message of bad usage)."""
-    words = sys.argv[1:] if argv is None else list(argv)
-    name = _guess_command(words)
-    if name is not None:
-        lean = build_parser(only=name, parser_class=_LeanParser)
+def _stdin_reader(op: Op) -> Callable[[bool], str]:
+    def read(explicit: bool) -> str:
+        if not explicit and sys.stdin.isatty():
+            raise _Outcome(f"{op.name} needs a VALUE, and standard input is a terminal: give VALUE after the "
+                           f"KEY, or send it on standard input (memlookup NODE {op.name} KEY < FILE); "
+                           "'-' reads the terminal up to Ctrl-D", EXIT_USAGE)
+        data = sys.stdin.buffer.read()
         try:
-            args = lean.parse_args(words)
-            if args.command == name:
-                return args
-        except _Unsure:
-            pass
-    return build_parser().parse_args(words)
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Outcome(f"standard input is not UTF-8 text (byte {exc.start})", EXIT_USAGE) from None
+
+    return read
 
 
-def command_parsers(command_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
-                    ) -> dict[str, argparse.ArgumentParser]:
-    """Each COMMAND's own parser, by name (``--pipe`` parses its lines with them)."""
-    commands = argparse.ArgumentParser(prog="memlookup").add_subparsers(parser_class=command_class)
-    _add_commands(commands)
-    return dict(commands.choices)
+# -- what each command prints ------------------------------------------------------------------
 
 
-class _Skipped:
-    """Stands in for the subparser of a command that ``only`` leaves out."""
-
-    def add_argument(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def add_mutually_exclusive_group(self) -> "_Skipped":
-        return self
-
-
-def _add_commands(commands: Any, only_command: str | None = None) -> None:
-    def command(name: str, help: str) -> Any:
-        if only_command is not None and name != only_command:
-            return _Skipped()
-        sub = commands.add_parser(name, help=help, description=help)
-        _add_connection_options(sub, suppress=True)
-        return sub
-
-    sub = command("set", "store VALUE under KEY (VALUE omitted or - reads standard input)")
-    sub.add_argument("key", metavar="KEY")
-    sub.add_argument("value", metavar="VALUE", nargs="?", default="-")
-    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
-    only = sub.add_mutually_exclusive_group()
-    only.add_argument("--nx", action="store_true", help="only if KEY does not exist")
-    only.add_argument("--xx", action="store_true", help="only if KEY exists")
-
-    command("get", "print the value of KEY").add_argument("key", metavar="KEY")
-    command("del", "remove KEY").add_argument("key", metavar="KEY")
-    command("exists", "exit 0 if KEY exists, 1 if not").add_argument("key", metavar="KEY")
-    command("mget", "print the values of several keys, one per line ((nil) if missing)").add_argument(
-        "keys", metavar="KEY", nargs="+")
-
-    sub = command("mset", "store several pairs at once: all or none")
-    sub.add_argument("pairs", metavar="KEY VALUE", nargs="+")
-    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
-
-    sub = command("keys", "list the keys matching a glob PATTERN (*, ?, [abc], [!abc])")
-    sub.add_argument("pattern", metavar="PATTERN", nargs="?", default="*")
-    sub.add_argument("--count", type=_count, default=1000, metavar="N", help="keys per page fetched (default: 1000)")
-
-    command("ttl", "print the seconds KEY has left (-1: no expiry)").add_argument("key", metavar="KEY")
-
-    sub = command("incr", "add DELTA (default 1) to the integer at KEY and print the result")
-    sub.add_argument("key", metavar="KEY")
-    sub.add_argument("delta", metavar="DELTA", nargs="?", type=int, default=1)
-
-    sub = command("cas", "set KEY to NEW only if its value is EXPECTED")
-    sub.add_argument("key", metavar="KEY")
-    sub.add_argument("expected", metavar="EXPECTED")
-    sub.add_argument("value", metavar="NEW")
-    sub.add_argument("--ttl", type=_positive_float, metavar="S", help="expire after S seconds")
-
-    command("ping", "check that the node (every node) answers")
-    command("stats", "print the node's counters (of several nodes: each one's, and their total)")
-    sub = command("rebalance", "move every key to its owners among the given nodes and restore the replicas; "
-                               "safe to re-run, and writes made meanwhile are kept")
-    sub.add_argument("--from", dest="leaving", metavar="N1,...",
-                     help="nodes being removed: move all their keys to the given nodes")
-
-
-def _read_stdin() -> str:
-    data = sys.stdin.buffer.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _Outcome(f"standard input is not UTF-8 text (byte {exc.start})", EXIT_USAGE) from None
-
-
-def _run(args: argparse.Namespace, table: Any, emit: Callable[[Any, str], None]) -> int:
-    command = args.command
-    if command == "get":
-        value = table.get(args.key)
-        emit({"key": args.key, "value": value}, value)
-        if value is None:
-            raise _Outcome("not found", EXIT_NOT_FOUND)
-    elif command == "set":
-        value = _read_stdin() if args.value == "-" else args.value
-        stored = table.set(args.key, value, ttl_s=args.ttl, nx=args.nx, xx=args.xx)
-        emit({"key": args.key, "stored": stored}, None)
-        if not stored:
-            raise _Outcome("not stored: key " + ("exists" if args.nx else "does not exist"), EXIT_NOT_FOUND)
-    elif command == "del":
-        deleted = table.delete(args.key)
-        emit({"key": args.key, "deleted": deleted}, None)
-        if not deleted:
-            raise _Outcome("not found", EXIT_NOT_FOUND)
-    elif command == "exists":
-        present = table.exists(args.key)
-        emit({"key": args.key, "exists": present}, "true" if present else "false")
-        return EXIT_OK if present else EXIT_NOT_FOUND
-    elif command == "mget":
-        values = table.mget(args.keys)
-        emit(dict(zip(args.keys, values)), "\n".join("(nil)" if v is None else v for v in values))
-    elif command == "mset":
-        if len(args.pairs) % 2:
-            raise _Outcome("mset takes KEY VALUE pairs; the last key has no value", EXIT_USAGE)
-        pairs = dict(zip(args.pairs[::2], args.pairs[1::2]))
-        table.mset(pairs, ttl_s=args.ttl)
-        emit({"stored": len(pairs)}, None)
-    elif command == "keys":
-        keys = list(table.keys(args.pattern, count=args.count or 1000))
-        emit(keys, "\n".join(keys) if keys else None)
-    elif command == "ttl":
-        seconds = table.ttl(args.key)
-        if seconds == -2:
-            emit({"key": args.key, "ttl_s": None}, None)
-            raise _Outcome("not found", EXIT_NOT_FOUND)
-        emit({"key": args.key, "ttl_s": seconds}, "-1" if seconds == -1 else f"{seconds:.3f}")
-    elif command == "incr":
-        result = table.incr(args.key, args.delta)
-        emit({"key": args.key, "value": result}, str(result))
-    elif command == "cas":
-        stored = table.cas(args.key, args.expected, args.value, ttl_s=args.ttl)
-        emit({"key": args.key, "stored": stored}, None)
-        if not stored:
-            raise _Outcome("not stored: the value is not the expected one", EXIT_NOT_FOUND)
-    elif command == "ping":
-        table.ping()
-        emit({"pong": True}, "PONG")
-    elif command == "rebalance":
-        report = cluster_rebalance(table)
-        emit(report, f"examined {report['examined']} copies: copied {report['copied']}, "
-                     f"removed {report['removed']} from non-owners, {report['conflicts']} conflicts")
-        if report["failures"]:
-            raise _Outcome("incomplete, run it again: " + "; ".join(report["failures"][:3]), EXIT_UNAVAILABLE)
-    elif command == "stats":
-        stats = table.stats()
-        emit(stats, "\n".join(f"{name}: {value}" for name, value in _flatten(stats)))
+def _show_get(args: argparse.Namespace, value: str | None, emit: Emit) -> int:
+    emit({"key": args.key, "value": value}, value)
+    if value is None:
+        raise _Outcome("not found", EXIT_NOT_FOUND)
     return EXIT_OK
 
 
-def _pipe(table: Any) -> int:
-    from client import bulk
+def _show_set(args: argparse.Namespace, stored: bool, emit: Emit) -> int:
+    emit({"key": args.key, "stored": stored}, None)
+    if not stored:
+        raise _Outcome("not stored: key " + ("exists" if args.nx else "does not exist"), EXIT_NOT_FOUND)
+    return EXIT_OK
 
-    summary = bulk.run(table, command_parsers(bulk.LineParser), sys.stdin.buffer, sys.stderr,
-                       progress=sys.stderr.isatty())
-    return EXIT_REFUSED if summary.errors else EXIT_OK
+
+def _show_del(args: argparse.Namespace, deleted: bool, emit: Emit) -> int:
+    emit({"key": args.key, "deleted": deleted}, None)
+    if not deleted:
+        raise _Outcome("not found", EXIT_NOT_FOUND)
+    return EXIT_OK
+
+
+def _show_exists(args: argparse.Namespace, present: bool, emit: Emit) -> int:
+    emit({"key": args.key, "exists": present}, "true" if present else "false")
+    return EXIT_OK if present else EXIT_NOT_FOUND
+
+
+def _show_mget(args: argparse.Namespace, values: list[str | None], emit: Emit) -> int:
+    emit(dict(zip(args.keys, values, strict=True)), "\n".join("(nil)" if v is None else v for v in values))
+    return EXIT_OK
+
+
+def _show_mset(args: argparse.Namespace, _: None, emit: Emit) -> int:
+    emit({"stored": len(args.pairs) // 2}, None)
+    return EXIT_OK
+
+
+def _show_ttl(args: argparse.Namespace, seconds: float, emit: Emit) -> int:
+    if seconds == -2:
+        emit({"key": args.key, "ttl_s": None}, None)
+        raise _Outcome("not found", EXIT_NOT_FOUND)
+    emit({"key": args.key, "ttl_s": seconds}, "-1" if seconds == -1 else f"{seconds:.3f}")
+    return EXIT_OK
+
+
+def _show_incr(args: argparse.Namespace, value: int, emit: Emit) -> int:
+    emit({"key": args.key, "value": value}, str(value))
+    return EXIT_OK
+
+
+def _show_cas(args: argparse.Namespace, stored: bool, emit: Emit) -> int:
+    emit({"key": args.key, "stored": stored}, None)
+    if not stored:
+        raise _Outcome("not stored: the value is not the expected one", EXIT_NOT_FOUND)
+    return EXIT_OK
+
+
+def _show_ping(args: argparse.Namespace, _: bool, emit: Emit) -> int:
+    emit({"pong": True}, "PONG")
+    return EXIT_OK
+
+
+def _show_stats(args: argparse.Namespace, stats: dict[str, Any], emit: Emit) -> int:
+    emit(stats, "\n".join(f"{name}: {value}" for name, value in _flatten(stats)))
+    return EXIT_OK
 
 
 def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -309,22 +140,84 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+def _show_result(args: argparse.Namespace, result: Any, emit: Emit) -> int:
+    """A command with no way of its own: the result as it is (a new op's, until it gets one)."""
+    emit(result, None if result is None else str(result))
+    return EXIT_OK
+
+
+#: How each command shows its client method's result, where it needs a way
+#: of its own (others: :func:`_show_result`; ``keys`` streams, below).
+_SHOW: dict[str, Callable[[argparse.Namespace, Any, Emit], int]] = {
+    "get": _show_get, "set": _show_set, "del": _show_del, "exists": _show_exists, "mget": _show_mget,
+    "mset": _show_mset, "ttl": _show_ttl, "incr": _show_incr, "cas": _show_cas, "ping": _show_ping,
+    "stats": _show_stats,
+}
+
+
+def _list_keys(table: Any, kwargs: dict[str, Any], as_json: bool, emit: Emit) -> int:
+    """Every matching key, written as each page arrives (``--json``: one array at the end)."""
+    pages = table.keys(**kwargs)
+    if as_json:
+        emit(list(pages), None)
+        return EXIT_OK
+    write = sys.stdout.write
+    for key in pages:
+        write(key + "\n")
+    return EXIT_OK
+
+
+def _rebalance(table: Any, emit: Emit) -> int:
+    report = cluster_rebalance(table)
+    emit(report, f"examined {report['examined']} copies: copied {report['copied']}, "
+                 f"removed {report['removed']} from non-owners, {report['conflicts']} conflicts")
+    if report["failures"]:
+        raise _Outcome("incomplete, run it again: " + "; ".join(report["failures"][:3]), EXIT_UNAVAILABLE)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, table: Any, emit: Emit) -> int:
+    """Call the client method of the command's row with its parsed words, and show the result."""
+    if args.command == "rebalance":
+        return _rebalance(table, emit)
+    op = OPS[args.command]
+    try:
+        kwargs = call_arguments(op, args, _stdin_reader(op))
+    except UsageError as exc:
+        raise _Outcome(str(exc), EXIT_USAGE) from None
+    if op.name == "keys":
+        return _list_keys(table, kwargs, args.json, emit)
+    return _SHOW.get(op.name, _show_result)(args, getattr(table, op.method)(**kwargs), emit)
+
+
+def _pipe(table: Any) -> int:
+    from client import bulk
+
+    summary = bulk.run(table, sys.stdin.buffer, sys.stderr, progress=sys.stderr.isatty())
+    return EXIT_REFUSED if summary.errors else EXIT_OK
+
+
 def _fail(message: str, code: int) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(words: list[str]) -> argparse.Namespace:
     try:
-        args = parse_args(with_nodes(sys.argv[1:] if argv is None else list(argv), COMMANDS))
+        args = parse_args(words)
+        if args.pipe and args.command:
+            build_parser().error("--pipe reads its commands from standard input; give no COMMAND")
+        if not args.pipe and not args.command:
+            build_parser().error("a COMMAND is required (or --pipe to read commands from standard input)")
     except SystemExit as exc:
-        if exc.code == EXIT_USAGE and "keygen" in (sys.argv[1:] if argv is None else argv)[:1]:
+        if exc.code == EXIT_USAGE and words[:1] == ["keygen"]:
             print("hint: keys are made by memlookup-keygen DIR [NAME] (python -m client.keygen)", file=sys.stderr)
         raise
-    if args.pipe and args.command:
-        build_parser().error("--pipe reads its commands from standard input; give no COMMAND")
-    if not args.pipe and not args.command:
-        build_parser().error("a COMMAND is required (or --pipe to read commands from standard input)")
+    return args
+
+
+def _main(words: list[str]) -> int:
+    args = _parse(words)
 
     def emit(as_json: Any, text: str | None) -> None:
         if args.json:
@@ -346,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail("--pipe talks to one node; give a single NODE", EXIT_USAGE)
     try:
         with table:
-            if args.pipe:
-                return _pipe(table)
-            return _run(args, table, emit)
+            code = _pipe(table) if args.pipe else _run(args, table, emit)
+            sys.stdout.flush()  # here, so that a closed pipe is met inside main()
+            return code
     except _Outcome as outcome:
         _fail(str(outcome), outcome.code)
     except NodeUnavailableError as exc:
@@ -357,3 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(exc), EXIT_REFUSED if exc.code is not None else EXIT_USAGE)
     except MemlookupError as exc:
         _fail(str(exc), EXIT_REFUSED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``memlookup`` command line; returns the exit status (:data:`client.cli_parser.EXIT_STATUS`)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a Unix tool does.
+        # Standard output goes to /dev/null so that the interpreter's last
+        # flush of what is still buffered does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE

@@ -1,11 +1,9 @@
-"""The command line's multi-node part: which client to open, ``--nodes``, rebalance's progress bar."""
+"""The command line's multi-node part: which client to open, and rebalance's progress bar."""
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from common.address import expand_nodes
 
@@ -27,39 +25,13 @@ def open_table(
     if len(names) == 1 and not leaving:
         from client.client import Client
 
-        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key)
+        # One command: a node that refuses the connection is a mistake to report at once, not to wait out.
+        return Client(names[0], timeout_s=timeout_s, retries=retries, server_key=server_key, client_key=client_key,
+                      wait_for_ready=False)
     from client.cluster import ClusterClient
 
     return ClusterClient(names, replicas=replicas, timeout_s=timeout_s, retries=retries, leaving=leaving or (),
                          server_key=server_key, client_key=client_key)
-
-
-def with_nodes(argv: list[str], commands: Iterable[str]) -> list[str]:
-    """``argv`` with the ``--nodes`` (or ``MEMLOOKUP_NODES``) list put in NODE's place when NODE is left out.
-
-    NODE is left out when the first word that is not an option (or an
-    option's value) is a command name, or when there is no such word and
-    ``--pipe`` is given.
-    """
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--nodes", default=os.environ.get("MEMLOOKUP_NODES"))
-    nodes = pre.parse_known_args(argv)[0].nodes
-    if not nodes:
-        return argv
-    takes_value = {"--timeout", "--retries", "--replicas", "--nodes"}
-    index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word == "--":
-            return argv
-        if word in takes_value:
-            index += 2
-            continue
-        if word.startswith("-"):
-            index += 1
-            continue
-        return argv[:index] + [nodes] + argv[index:] if word in commands else argv
-    return argv + [nodes] if "--pipe" in argv else argv
 
 
 def cluster_rebalance(table: ClusterClient) -> dict[str, Any]:

@@ -94,6 +94,9 @@ class Client(MappingSugar):
           node is down, unreachable or overloaded; a write may or may not
           have been applied. The client stays usable and reconnects on the
           next call, so the same object works again once the node is back.
+          Two subclasses mean nothing was sent: :class:`NotListeningError`
+          (the connection was refused: nothing listens at the address) and
+          :class:`AuthenticationError` (the server ended the handshake).
         * :class:`TransportError`: this process's ZeroMQ failed, most often
           because the ``context`` the client was given was terminated. A
           write may or may not have been applied. No ``zmq`` exception
@@ -124,10 +127,17 @@ class Client(MappingSugar):
         client_key: our key pair (a ``.key_secret`` file from
             ``memlookup-keygen``), for a server that accepts only the keys in
             its ``--authorized-keys``. Without it an ephemeral pair is used.
+        wait_for_ready: True (the default): a node that refuses the
+            connection (not started yet, or restarting) is waited for, up to
+            ``timeout_s`` per attempt and ``retries``; then
+            :class:`common.errors.NotListeningError` is raised. False: a
+            refused connection raises it at once (the CLI's choice).
 
-    A server that refuses our key, or whose key is not ``server_key``, makes
-    a call raise :class:`common.errors.AuthenticationError` (a
-    :class:`NodeUnavailableError`) after ``timeout_s``, without retrying.
+    A server that ends the handshake -- its access policy refuses our address
+    or our key, or its key is not ``server_key`` -- makes a call raise
+    :class:`common.errors.AuthenticationError` (a
+    :class:`NodeUnavailableError`) at once, without retrying; its message
+    says which.
     """
 
     def __init__(
@@ -139,6 +149,7 @@ class Client(MappingSugar):
         default_port: int = DEFAULT_PORT,
         server_key: "KeySource | None" = None,
         client_key: "KeySource | None" = None,
+        wait_for_ready: bool = True,
     ) -> None:
         self.node = node
         self.endpoint = node_endpoints(node, default_port)[0]
@@ -148,6 +159,7 @@ class Client(MappingSugar):
 
             curve = CurveKeys.from_options(server_key, client_key)
         self._curve = curve
+        self._wait_for_ready = wait_for_ready
         self._timeout_s, self._retries = timeout_s, retries
         self._context = context  # for sockets of this process; a forked child uses its own
         self._context_pid = os.getpid()
@@ -173,7 +185,7 @@ class Client(MappingSugar):
 
     def _new_transport(self) -> Transport:
         return Transport(self.endpoint, self._timeout_s, self._retries, self._context_here(), label=self.node,
-                         curve=self._curve)
+                         curve=self._curve, wait_for_ready=self._wait_for_ready)
 
     def _context_here(self) -> zmq.Context | None:
         """The context we were given, in the process that gave it; None

@@ -19,6 +19,21 @@ import sys
 from common import __version__
 from common.keys import create_key_pair
 
+#: (status, meaning), for the man page.
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "the key pair was written"),
+    (1, "it was not: the files exist (without --force), a file is a symbolic link, or the directory "
+        "cannot be written"),
+    (2, "bad usage"),
+)
+
+#: (command line, what it does), for the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("memlookup-keygen /etc/memlookup server", "server.key and server.key_secret, for the server"),
+    ("memlookup-keygen ~/.memlookup alice", "alice.key (copy it into the server's --authorized-keys) and "
+                                            "alice.key_secret (--client-key)"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``memlookup-keygen`` argument parser (also the source of its man page)."""

@@ -12,6 +12,10 @@ A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
 lends transports to the threads that share a client. Any ``zmq`` exception
 becomes a :class:`common.errors.TransportError`.
 
+Each socket is watched until its first reply (:mod:`client.diagnose`), so a
+node that refuses the connection or ends the handshake is told apart from
+one that is silent, and reported at once rather than after every retry.
+
 (A DEALER without envelope, two frames per request at the server instead of
 three, was measured against REQ here and was no faster.)
 """
@@ -24,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from common.errors import AuthenticationError, NodeUnavailableError, TransportError
+from client.diagnose import ConnectionWatch, unavailable
+from common.errors import TransportError
 
 if TYPE_CHECKING:
     from client.curve import CurveKeys
@@ -45,6 +50,9 @@ class Transport:
             a terminated one is replaced).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
+        wait_for_ready: wait out a refused connection (a node starting or
+            restarting) for the timeout and retries, as Lazy Pirate does;
+            False raises :class:`NotListeningError` at once.
     """
 
     #: The kind of socket, and options set on it before it connects.
@@ -59,6 +67,7 @@ class Transport:
         context: zmq.Context | None = None,
         label: str = "",
         curve: "CurveKeys | None" = None,
+        wait_for_ready: bool = True,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -71,7 +80,8 @@ class Transport:
         self._context = context
         self._socket: zmq.Socket | None = None
         self.curve = curve
-        self._monitor: zmq.Socket | None = None
+        self.wait_for_ready = wait_for_ready
+        self._watch: ConnectionWatch | None = None
 
     def _open(self) -> zmq.Socket:
         socket = (self._context or zmq.Context.instance()).socket(self.socket_type)
@@ -85,7 +95,8 @@ class Transport:
             if self.endpoint.startswith("tcp://["):
                 socket.setsockopt(zmq.IPV6, 1)
             if self.curve is not None:
-                self._monitor = self.curve.apply(socket)
+                self.curve.apply(socket)
+            self._watch = ConnectionWatch(socket, self.timeout_s, self.label, self.endpoint, self.curve is not None)
             socket.connect(self.endpoint)
         except BaseException:
             self._socket = socket
@@ -95,15 +106,15 @@ class Transport:
         return socket
 
     def _discard(self) -> None:
-        """Close the socket (and its monitor); never raises."""
-        socket, monitor, self._socket, self._monitor = self._socket, self._monitor, None, None
+        """Close the socket (and its watch); never raises."""
+        socket, watch, self._socket, self._watch = self._socket, self._watch, None, None
+        if socket is None:
+            return
         with contextlib.suppress(zmq.ZMQBaseError):
-            if socket is not None and monitor is not None:
-                socket.disable_monitor()
-        for each in (monitor, socket):
-            if each is not None:
-                with contextlib.suppress(zmq.ZMQBaseError):
-                    each.close(linger=0)
+            if watch is not None:
+                watch.close(socket)
+        with contextlib.suppress(zmq.ZMQBaseError):
+            socket.close(linger=0)
 
     def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
         """The TransportError for a zmq exception; the socket is discarded."""
@@ -122,7 +133,10 @@ class Transport:
             retry: False sends once only, whatever ``retries`` says.
 
         Raises:
-            NodeUnavailableError: no reply after every attempt.
+            NodeUnavailableError: no reply after every attempt;
+                :class:`AuthenticationError` at once when the server ends
+                the handshake, :class:`NotListeningError` when the
+                connection is refused (at once unless ``wait_for_ready``).
             TransportError: ZeroMQ itself failed (a terminated context...).
         """
         try:
@@ -137,33 +151,17 @@ class Transport:
         started = time.monotonic()
         for _ in range(attempts):
             socket = self._socket or self._open()
+            watch = self._watch
+            assert watch is not None  # made with the socket
             try:
                 socket.send(frame, copy=copy)
-                return socket.recv()
-            except zmq.Again:  # RCVTIMEO passed
-                if self._monitor is not None:
-                    self._check_handshake(started)  # a refused key: say so, do not retry
+                return watch.receive(socket, fail_if_refused=not self.wait_for_ready)
+            except zmq.Again:  # no reply in time
                 self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
             except BaseException:
                 self._discard()  # an interrupted wait: never reuse a socket owed a reply
                 raise
-        waited = time.monotonic() - started
-        raise NodeUnavailableError(
-            f"no reply from {self.label} within {waited:.1f} s "
-            f"({attempts} attempt{'s' if attempts != 1 else ''} of {self.timeout_s:g} s)",
-            node=self.label,
-            waited_s=waited,
-        )
-
-    def _check_handshake(self, started: float) -> None:
-        from client.curve import handshake_failure
-
-        assert self._monitor is not None
-        failure = handshake_failure(self._monitor)
-        if failure is not None:
-            self._discard()
-            waited = time.monotonic() - started
-            raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
+        raise unavailable(self.label, time.monotonic() - started, attempts, self.timeout_s, watch)
 
     def close(self) -> None:
         self._discard()

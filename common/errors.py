@@ -7,7 +7,9 @@ One base class, then three branches that say whose fault a failure was:
 * :class:`ServerError` -- the server understood the request and refused it
   (``incr`` on a value that is not an integer, out of memory, a failed disk).
 * :class:`NodeUnavailableError` -- no answer came back in time. Whether a write
-  happened is unknown.
+  happened is unknown. Two causes are told apart, because nothing was sent:
+  :class:`NotListeningError` (the connection was refused: nothing listens
+  there) and :class:`AuthenticationError` (the server ended the handshake).
 
 And one for this process's own plumbing: :class:`TransportError`, when the
 client's ZeroMQ machinery itself fails (its context was terminated, say). No
@@ -66,11 +68,23 @@ class NodeUnavailableError(MemlookupError):
         self.waited_s = waited_s
 
 
-class AuthenticationError(NodeUnavailableError):
-    """The node refused our CURVE key, or we hold the wrong key for it.
+class NotListeningError(NodeUnavailableError):
+    """The node refused the TCP connection: nothing listens at its address and port.
 
-    Nothing was sent. Check ``--server-key`` (the server's ``.key`` file)
-    and that our public key is in the server's ``--authorized-keys``.
+    The server is not running there, or listens on another port or address
+    (a host that answers "unreachable" is reported the same way). Nothing
+    was sent.
+    """
+
+
+class AuthenticationError(NodeUnavailableError):
+    """The node ended the connection in its handshake: nothing was sent.
+
+    Its access policy refused us (our address: a server without keys admits
+    only loopback peers unless started with ``--allow``; or our CURVE key,
+    not among its ``--authorized-keys``), or the two sides' keys do not
+    match (a wrong ``--server-key``, or only one side uses CURVE). The
+    message says which.
     """
 
 

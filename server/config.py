@@ -24,6 +24,28 @@ COMPACT_AFTER_BYTES = 64 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
+#: ``--data-dir``'s environment variables, the one that wins first:
+#: MEMLOOKUP_DATA_DIR, named like every other setting's, then the older
+#: SERVER_DATA_DIR (which existing deployments and the image set).
+DATA_DIR_ENV = ("MEMLOOKUP_DATA_DIR", "SERVER_DATA_DIR")
+
+#: (status, meaning), for the man page.
+EXIT_STATUS: tuple[tuple[int, str], ...] = (
+    (0, "stopped by SIGTERM or SIGINT, after answering the request in flight"),
+    (1, "could not start: cannot listen on the address, a key file or the data directory cannot be used "
+        "(corrupt, or another server holds it)"),
+    (2, "bad usage: an unknown flag or a value out of range"),
+)
+
+#: (command line, what it does), for the man page.
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("memlookup-server", "in memory, on 127.0.0.1:7400, loopback peers only"),
+    ("memlookup-server --data-dir /var/lib/memlookup", "keep the table across restarts and crashes"),
+    ("memlookup-server --bind '*' --allow 10.0.0.0/8", "listen everywhere, admit one network"),
+    ("memlookup-server --max-memory 1gb --eviction allkeys-lru", "at most 1 GiB, evicting the least recently used"),
+    ("memlookup-server --curve-secret-key server.key_secret", "encrypt every connection (memlookup-keygen . server)"),
+)
+
 
 @dataclass
 class ServerConfig:
@@ -107,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evict the keys closest to expiring", choices=EVICTION_POLICIES)
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
-    add("--data-dir", "SERVER_DATA_DIR", None,
-        "keep the table in this directory so it survives restarts and crashes; "
-        "without it the server is purely in memory", metavar="DIR")
+    parser.add_argument("--data-dir", default=next(filter(None, map(os.environ.get, DATA_DIR_ENV)), None),
+                        metavar="DIR", help="keep the table in this directory so it survives restarts and crashes; "
+                        "without it the server is purely in memory (env MEMLOOKUP_DATA_DIR, or the older "
+                        "SERVER_DATA_DIR when that is not set; default: None)")
     add("--fsync", "MEMLOOKUP_FSYNC", "everysec",
         "with --data-dir: always = a write is on disk before its reply (concurrent writes share "
         "one fsync); everysec = a crash of the process loses nothing acknowledged, a power loss "

@@ -47,7 +47,8 @@ def test_a_dead_node_fails_with_a_message(start_server):
     server.stop()
     result = run_bench(node, "-n", "10", "-c", "1", "--timeout", "0.3")
     assert result.returncode == 1
-    assert "error: a client failed: NodeUnavailableError" in result.stderr
+    assert f"error: a client failed: NotListeningError: connection refused: is memlookup-server running on {node}?" \
+        in result.stderr
 
 
 def test_bad_mix_is_a_usage_error():

@@ -1,8 +1,17 @@
-"""The CLI parses with a parser of just the given command; it must agree with the whole one."""
+"""The CLI parses with a parser of just the given command; it must agree with the whole one.
+
+And it finds the COMMAND from the parser's own options, so an option's value
+is never taken for NODE or COMMAND (``MEMLOOKUP_NODES=a,b memlookup
+--server-key s.key get k`` once exited 2 with "invalid choice: 'k'").
+"""
+
+from __future__ import annotations
+
+import argparse
 
 import pytest
 
-from client.cli import build_parser, parse_args
+from client.cli_parser import build_parser, parse_args
 
 AGREE = [
     ["127.0.0.1", "get", "norway"],
@@ -13,18 +22,21 @@ AGREE = [
     ["127.0.0.1", "keys", "se*", "--count", "10"],
     ["127.0.0.1", "cas", "k", "old", "new"],
     ["127.0.0.1", "--pipe"],
+    ["--server-key", "s.key", "127.0.0.1", "get", "k"],
+    ["--timeout=0.5", "127.0.0.1", "get", "k"],
     ["get", "get", "get"],  # a node named like a command
 ]
 
 
 @pytest.mark.parametrize("argv", AGREE)
-def test_the_lean_parse_equals_the_full_parse(argv):
+def test_the_lean_parse_equals_the_full_parse(argv: list[str]) -> None:
     assert parse_args(argv) == build_parser().parse_args(argv)
 
 
 @pytest.mark.parametrize("argv", [["127.0.0.1", "get"], ["127.0.0.1", "set", "k", "v", "--nx", "--xx"],
-                                  ["127.0.0.1", "frobnicate"], ["127.0.0.1", "incr", "k", "x"]])
-def test_bad_usage_gets_the_full_parsers_error(argv, capsys):
+                                  ["127.0.0.1", "incr", "k", "x"], ["127.0.0.1", "keys", "--count", "0"],
+                                  ["--timeout", "-1", "127.0.0.1", "get", "k"]])
+def test_bad_usage_gets_the_full_parsers_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as lean:
         parse_args(argv)
     lean_err = capsys.readouterr().err
@@ -32,3 +44,39 @@ def test_bad_usage_gets_the_full_parsers_error(argv, capsys):
         build_parser().parse_args(argv)
     assert (lean.value.code, lean_err) == (full.value.code, capsys.readouterr().err)
     assert lean.value.code == 2 and "error:" in lean_err
+
+
+@pytest.mark.parametrize("before", [["--server-key", "s.key"], ["--client-key", "c.key_secret"],
+                                    ["--timeout", "2"], ["--json"], ["--replicas", "1"]])
+def test_nodes_from_the_environment_stand_in_for_node_whatever_options_come_first(
+        before: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMLOOKUP_NODES", "a,b")
+    args = parse_args([*before, "get", "k"])
+    assert (args.node, args.command, args.key) == ("a,b", "get", "k")
+
+
+def test_nodes_flag_stands_in_for_node_and_for_pipe() -> None:
+    args = parse_args(["--nodes", "a,b", "--server-key", "s.key", "GET", "k"])
+    assert (args.node, args.command, args.key, args.server_key) == ("a,b", "get", "k", "s.key")
+    assert parse_args(["--nodes", "a", "--pipe"]).node == "a"
+
+
+def test_a_command_is_case_insensitive_and_its_words_are_not() -> None:
+    assert vars(parse_args(["127.0.0.1", "SET", "Key", "VALUE"])) == vars(
+        build_parser().parse_args(["127.0.0.1", "set", "Key", "VALUE"]))
+
+
+def test_options_are_never_abbreviated() -> None:
+    # The COMMAND is found by the options' full names; an abbreviation would hide it.
+    with pytest.raises(SystemExit):
+        parse_args(["--time", "2", "127.0.0.1", "get", "k"])
+
+
+def test_every_parameter_and_option_of_a_row_reaches_the_namespace() -> None:
+    args = parse_args(["127.0.0.1", "set", "k", "v", "--ttl", "2.5", "--xx"])
+    assert isinstance(args, argparse.Namespace)
+    assert (args.key, args.value, args.ttl_s, args.nx, args.xx) == ("k", "v", 2.5, False, True)
+    assert parse_args(["127.0.0.1", "set", "k"]).value is None  # read from standard input
+    assert parse_args(["127.0.0.1", "incr", "k"]).delta == 1
+    keys = parse_args(["127.0.0.1", "keys"])
+    assert (keys.pattern, keys.count) == ("*", None)

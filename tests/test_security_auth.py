@@ -106,7 +106,8 @@ def test_cli_reports_a_refused_key_with_exit_4(curve_server, keys):
     result = run_cli("--timeout", str(TIMEOUT_S), "--server-key", keys["server"], "--client-key", keys["mallory"],
                      curve_server.node, "get", "k")
     assert result.returncode == 4
-    assert result.stderr == f"error: {curve_server.node}: the server refused our client key\n"
+    assert result.stderr == (f"error: {curve_server.node}: the server refused our client key (it is not among "
+                             "its --authorized-keys; --client-key names ours), or our address (not in its --allow)\n")
 
 
 def test_a_key_added_to_the_directory_is_accepted_without_restart(curve_server, keys, tmp_path):

@@ -64,9 +64,20 @@ def test_a_peer_on_another_host_is_refused_by_default(peer_namespace, start_serv
     assert "protected mode" in server.log
     refused = _remote(peer_namespace, server.port, "ping")
     assert refused.returncode == 4, refused.stderr
+    assert "refused by the server's access policy: without keys it admits only loopback peers" in refused.stderr
     assert server.wait_for_log(f"refused a connection from {PEER_IP}: address not allowed")
     local = run_cli(f"127.0.0.1:{server.port}", "ping")
     assert local.returncode == 0
+
+
+def test_an_address_nobody_answers_times_out_saying_no_connection_was_made(peer_namespace):
+    # 10.78.0.99 is on the bridge's network but no host has it: the SYN waits for
+    # ARP (about 3 s before the kernel gives up), longer than the CLI waits.
+    result = run_cli("--timeout", "0.5", "--retries", "1", "10.78.0.99:7400", "ping", prefix=peer_namespace)
+    assert result.returncode == 4
+    assert result.stderr == ("error: no reply from 10.78.0.99:7400 within 1.0 s (2 attempts of 0.5 s): no TCP "
+                             "connection could be made (the host is down or unreachable, or a firewall drops "
+                             "the packets)\n")
 
 
 def test_allow_lets_the_network_in(peer_namespace, start_server):

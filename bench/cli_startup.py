@@ -1,0 +1,111 @@
+"""How long a one-shot ``memlookup NODE get KEY`` takes, and where its parse time goes.
+
+    python3 bench/cli_startup.py                          # this tree
+    python3 bench/cli_startup.py --baseline /tmp/old-tree # and another, side by side
+    python3 bench/cli_startup.py --parse                  # lean parse against the whole parser
+
+Wall time of the real CLI in a subprocess against a real server (started from
+this tree), runs of the trees interleaved so that the machine's load falls on
+both alike; the median and quartiles are printed. Bytecode is compiled first,
+as an installed package has it. ``--parse`` times, in fresh processes, the
+CLI's parse of a ``get`` (building only that command's parser) against the
+whole parser's, to see whether the lean parse still pays.
+
+The connection-refused report is timed the same way: ``get`` against a port
+nothing listens on, with ``--timeout 2 --retries 2`` (6 s if it were waited out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client import Client  # noqa: E402
+from tests.servers import ServerProcess, free_port  # noqa: E402
+
+_PARSE = """
+import time
+t0 = time.perf_counter()
+from client.cli_parser import build_parser, parse_args
+t1 = time.perf_counter()
+{call}
+t2 = time.perf_counter()
+print((t1 - t0) * 1e3, (t2 - t1) * 1e3)
+"""
+
+
+def _quartiles(samples: list[float]) -> str:
+    q1, median, q3 = statistics.quantiles(samples, n=4)
+    return f"median {median:7.1f} ms  (quartiles {q1:.1f} - {q3:.1f}, {len(samples)} runs)"
+
+
+def _wall_ms(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, capture_output=True, check=False)
+    return (time.perf_counter() - started) * 1e3
+
+
+def bench_get(runs: int, baseline: Path | None) -> None:
+    trees = {"this tree": ROOT, **({"baseline": baseline} if baseline else {})}
+    for tree in trees.values():
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "client", "common"], cwd=tree, check=True)
+    server = ServerProcess()
+    try:
+        with Client(server.node) as table:
+            table.set("norway", "oslo")
+        refused = f"127.0.0.1:{free_port()}"
+        commands = {
+            f"get, {name}": ([sys.executable, "-m", "client", server.node, "get", "norway"], tree)
+            for name, tree in trees.items()
+        }
+        commands |= {
+            f"refused, {name}": ([sys.executable, "-m", "client", "--timeout", "2", "--retries", "2", refused,
+                                  "get", "norway"], tree)
+            for name, tree in trees.items()
+        }
+        commands["python -c 'import zmq, msgpack'"] = ([sys.executable, "-c", "import zmq, msgpack"], ROOT)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, (command, cwd) in commands.items():
+                samples[name].append(_wall_ms(command, cwd))
+    finally:
+        server.stop()
+    for name, values in samples.items():
+        print(f"{name:34s} {_quartiles(values)}")
+
+
+def bench_parse(runs: int) -> None:
+    argv = ["127.0.0.1", "get", "norway"]
+    calls = {"lean (parse_args)": f"parse_args({argv!r})", "whole parser": f"build_parser().parse_args({argv!r})"}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, call in calls.items():
+            out = subprocess.run([sys.executable, "-c", _PARSE.format(call=call)], cwd=ROOT, capture_output=True,
+                                 text=True, check=True).stdout.split()
+            samples[name].append(float(out[1]))
+    for name, values in samples.items():
+        print(f"parse, {name:27s} {_quartiles(values)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="runs of each command (default: 30)")
+    parser.add_argument("--baseline", type=Path, metavar="TREE", help="another source tree to time side by side")
+    parser.add_argument("--parse", action="store_true", help="time the lean parse against the whole parser")
+    args = parser.parse_args()
+    if args.parse:
+        bench_parse(args.runs)
+    else:
+        bench_get(args.runs, args.baseline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
