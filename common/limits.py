@@ -34,6 +34,16 @@ MAX_PATTERN_BYTES = 1024
 #: replies to a peer that does not read them are dropped (it times out).
 MAX_QUEUED_MESSAGES = 1000
 
+#: How long one ``keys`` page may scan before it returns its cursor, so that
+#: other clients are answered in between (Redis's SCAN stops on a count only).
+KEYS_SLICE_S = 0.005
+
+#: Most characters a ``keys`` pattern may hold in its parts between two ``*``
+#: that contain ``?`` or ``[...]``: those parts are searched position by
+#: position, so they bound the matching time per key (the rest of a pattern
+#: is matched in time linear in the key's length).
+MAX_PATTERN_SEARCH_CHARS = 32
+
 
 def utf8_over(text: str, limit: int) -> bool:
     """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""

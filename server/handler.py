@@ -19,7 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from common import __version__
-from common.limits import Limits
+from common.limits import KEYS_SLICE_S, Limits
 from common.limits import utf8_over as _utf8_over
 from common.protocol import (
     OPS,
@@ -32,7 +32,8 @@ from common.protocol import (
     ok,
     unpack_request,
 )
-from server.store import BUCKETS, NotAnInteger, Store
+from server.glob_match import PatternTooComplex
+from server.store import SCAN_POSITIONS, NotAnInteger, Store
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class Handler:
         #: Replies remembered so far (see :meth:`rids_remembered_since`).
         self.remembered_count = 0
         # Cursors carry a tag of this run, so one from another run is refused
-        # instead of silently resuming at the wrong place.
-        self._scan_tag = random.randrange(1, 2**20)
+        # instead of silently resuming at the wrong place; tag and scan
+        # position fit in 32 bits.
+        self._scan_tag = random.randrange(1, 2**32 // SCAN_POSITIONS)
         self.op_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self._ops: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
@@ -102,6 +104,9 @@ class Handler:
         #: Extra sections for ``stats`` (persistence, memory policy...), each a
         #: callable returning a dict, keyed by section name.
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        # The perf_counter time a batch's keys pages must stop scanning at;
+        # 0.0 in a batch before its first keys page, None outside batches.
+        self._scan_deadline: float | None = None
 
     def wrap_op(self, op: str, wrapper: Callable[[Callable[[list[Any], dict[str, Any]], Any]],
                                                   Callable[[list[Any], dict[str, Any]], Any]]) -> None:
@@ -188,7 +193,11 @@ class Handler:
         if len(items) > self.limits.max_batch_keys:
             return self._error(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
         answer = self._answer
-        replies = [answer(item, True) for item in items]
+        self._scan_deadline = 0.0
+        try:
+            replies = [answer(item, True) for item in items]
+        finally:
+            self._scan_deadline = None
         return _BATCH_OK + _array_header(len(replies)) + b"".join(replies)
 
     def rids_remembered_since(self, count: int) -> list[Any]:
@@ -294,6 +303,13 @@ class Handler:
         return True
 
     def _op_keys(self, args: list[Any], options: dict[str, Any]) -> list[Any]:
+        """One page of a scan, which stops after :data:`KEYS_SLICE_S` of scanning.
+
+        In a ``batch`` the slice is shared: it starts at the first ``keys``
+        element, and an element that comes after it has run out is answered
+        with its own cursor and no keys (a cursor 0 becomes this run's cursor
+        for the start), so a batch of scans cannot hold up the server either.
+        """
         pattern, cursor, count = args
         if not isinstance(pattern, str):
             raise _Refused(Status.BAD_REQUEST, "the pattern must be a string")
@@ -303,13 +319,24 @@ class Handler:
             raise _Refused(Status.BAD_REQUEST, "count must be a positive integer")
         if isinstance(cursor, bool) or not isinstance(cursor, int):
             raise _Refused(Status.BAD_REQUEST, "cursor must be an integer")
-        bucket = 0
+        position = 0
         if cursor != 0:
-            tag, bucket = divmod(cursor, BUCKETS)
-            if tag != self._scan_tag or bucket == 0:
+            tag, position = divmod(cursor, SCAN_POSITIONS)
+            if tag != self._scan_tag:
                 raise _Refused(Status.BAD_CURSOR, "unknown cursor (from another server run?); start again at 0")
-        next_bucket, keys = self.store.scan(bucket, pattern, min(count, self.limits.max_scan_count))
-        return [next_bucket and self._scan_tag * BUCKETS + next_bucket, keys]
+        now = time.perf_counter()
+        deadline = self._scan_deadline
+        if deadline is None:
+            deadline = now + KEYS_SLICE_S
+        elif not deadline:
+            deadline = self._scan_deadline = now + KEYS_SLICE_S
+        elif now >= deadline:
+            return [self._scan_tag * SCAN_POSITIONS + position, []]
+        try:
+            next_position, keys = self.store.scan(position, pattern, min(count, self.limits.max_scan_count), deadline)
+        except PatternTooComplex as exc:
+            raise _Refused(Status.TOO_LARGE, str(exc)) from None
+        return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
     def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
         return self.store.ttl(self._key(args[0]))

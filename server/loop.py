@@ -4,6 +4,8 @@ One ROUTER socket, which speaks to REQ clients exactly as a REP socket would
 (every request arrives as ``[identity..., b"", body]``), but lets the loop take
 every request that is ready at once: they are answered as one batch, so work
 that can be shared across requests (an fsync, say) is done once per batch.
+A batch ends after :data:`MAX_BATCH_S`, so the loop answers everyone, and
+notices a stop, often.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ log = logging.getLogger(__name__)
 MAX_BATCH_REQUESTS = 256
 
 #: How long the loop waits for a request before doing its periodic work, and
-#: so the longest a stop signal waits to be noticed.
+#: so the longest a stop signal waits to be noticed when idle.
 POLL_INTERVAL_S = 0.05
 
-#: How long close() waits for the last replies to leave.
-LINGER_MS = 500
+#: After this long, a batch takes no more requests and is answered. With
+#: each request's own work bounded (a ``keys`` page stops after
+#: ``KEYS_SLICE_S``), this bounds how long others and a stop signal wait.
+MAX_BATCH_S = 0.01
+
+#: How long a stopping server goes on answering requests that already arrived.
+STOP_DRAIN_S = 0.5
+
+#: How long close() waits for the last replies to leave. With STOP_DRAIN_S
+#: and MAX_BATCH_S, a stop signal is obeyed within a second.
+LINGER_MS = 250
 
 
 # Plain ints: pyzmq's enum flags cost a Python call per use on the hot path.
@@ -132,8 +143,11 @@ class Server:
                     next_tick = now + interval_s
                     for task in self.periodic:
                         task()
-            with contextlib.suppress(zmq.Again):  # what already arrived is answered, not dropped
-                self._answer_ready(_recv_message(socket, _NOBLOCK))
+            # What already arrived is answered, not dropped, for a moment.
+            stop_by = time.monotonic() + STOP_DRAIN_S
+            with contextlib.suppress(zmq.Again):
+                while time.monotonic() < stop_by:
+                    self._answer_ready(_recv_message(socket, _NOBLOCK))
         finally:
             socket.close()
             if self._own_context:
@@ -142,13 +156,14 @@ class Server:
     def _answer_ready(self, frames: list[bytes]) -> None:
         """Answer ``frames`` and every request already waiting behind it as one batch.
 
-        At most MAX_BATCH_REQUESTS are taken before the replies go out.
+        At most MAX_BATCH_REQUESTS are taken, for at most MAX_BATCH_S.
         """
         after_batch = self.after_batch
         started = time.perf_counter() if after_batch is not None else 0.0
         socket, handle = self.socket, self.handler.handle
         events = socket.getsockopt
         replies: list[list[bytes]] = []
+        stop_by = 0.0
         while True:
             if len(frames) == 3 and not frames[1]:  # a REQ peer: [identity, b"", body]
                 frames[2] = handle(frames[2])
@@ -165,7 +180,11 @@ class Server:
             # rest is drained until zmq.Again, one exception per batch rather
             # than one ZMQ_EVENTS call per request. (With a batch_linger the
             # zmq.Again path below decides whether to wait for more.)
-            if len(replies) == 1 and self.batch_linger is None and not events(_EVENTS) & _POLLIN:
+            if len(replies) == 1:
+                if self.batch_linger is None and not events(_EVENTS) & _POLLIN:
+                    break
+                stop_by = time.perf_counter() + MAX_BATCH_S
+            elif time.perf_counter() >= stop_by:
                 break
             try:
                 frames = _recv_message(socket, _NOBLOCK)
