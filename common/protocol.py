@@ -410,9 +410,23 @@ def encode_reply(status: int, payload: Any) -> bytes:
     return _pack([status, payload])
 
 
+#: A Packer keeps its buffer at the largest size it ever packed: after a
+#: reply larger than this, the shared one is replaced, so one large reply
+#: does not hold its size in memory for good.
+PACKER_KEEP_BYTES = 256 * 1024
+
+
 def ok(payload: Any) -> bytes:
     """A success reply."""
-    return _pack([0, payload])
+    reply = _pack([0, payload])
+    if len(reply) > PACKER_KEEP_BYTES:
+        _renew_packer()
+    return reply
+
+
+def _renew_packer() -> None:
+    global _pack
+    _pack = msgpack.Packer().pack
 
 
 def decode_reply(frame: bytes) -> tuple[int, Any]:

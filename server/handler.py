@@ -19,7 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from common import __version__
-from common.limits import KEYS_SLICE_S, Limits
+from common.limits import KEYS_SLICE_S, TRACKED_REPLY_BYTES, Limits
 from common.limits import utf8_over as _utf8_over
 from common.protocol import (
     OPS,
@@ -54,6 +54,18 @@ MAX_RID_CHARS = 128
 
 #: Longest TTL accepted: about 100 years.
 MAX_TTL_S = 100 * 365 * 24 * 3600.0
+
+#: Values of at most this many characters make replies below
+#: TRACKED_REPLY_BYTES whatever their UTF-8: they are never checked against
+#: the reply limits (ZeroMQ's high-water mark bounds them).
+_UNCHECKED_CHARS = TRACKED_REPLY_BYTES // 4 - 16
+
+#: The reply of a ``batch`` element left out because the batch's replies
+#: reached the reply limit: the element was not run.
+_NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
+
+#: A ``batch`` reply's bytes besides its elements' replies (status, array header).
+_BATCH_HEADER_BYTES = 8
 
 
 class _Refused(Exception):
@@ -104,6 +116,14 @@ class Handler:
         #: Extra sections for ``stats`` (persistence, memory policy...), each a
         #: callable returning a dict, keyed by section name.
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        #: Largest reply built: ``limits.max_reply_bytes``, or less under a
+        #: memory cap (see :meth:`cap_replies`).
+        self.max_reply_bytes = limits.max_reply_bytes
+        self._make_reply_room: Callable[[int], None] | None = None
+        # The reply limit for the request being answered, and within a batch
+        # the bytes of its replies so far (its elements share the limit).
+        self._reply_limit = self.max_reply_bytes
+        self._batch_bytes = 0
         # The perf_counter time a batch's keys pages must stop scanning at;
         # 0.0 in a batch before its first keys page, None outside batches.
         self._scan_deadline: float | None = None
@@ -118,6 +138,13 @@ class Handler:
         self._ops[op] = wrapper(self._ops[op])
         if op == "get":
             self._plain_get = False
+
+    def cap_replies(self, max_reply_bytes: int, make_room: Callable[[int], None]) -> None:
+        """Under a memory cap (server/memory.py): build no reply over
+        ``max_reply_bytes``, and none before ``make_room(bytes)`` made room for
+        it (it raises :data:`Refused` if it cannot)."""
+        self.max_reply_bytes = self._reply_limit = max(TRACKED_REPLY_BYTES, min(self.max_reply_bytes, max_reply_bytes))
+        self._make_reply_room = make_room
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
@@ -142,7 +169,10 @@ class Handler:
                 key = request[1]
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1
-                    return ok(self.store.get(key))
+                    value = self.store.get(key)
+                    if value is not None and len(value) > _UNCHECKED_CHARS:
+                        return self._large_get(value)
+                    return ok(value)
             if (type(request) is list and len(request) == 4 and request[0] == "set"
                     and type(request[3]) is dict and request[3].keys() == _RID_ONLY):
                 op, args, options = "set", request[1:3], request[3]
@@ -186,19 +216,65 @@ class Handler:
         """``[0, [reply, ...]]``: each item answered as if it came alone, in order.
 
         The item replies are already msgpack, so the batch reply is their
-        concatenation behind an array header, not a re-encoding.
+        concatenation behind an array header, not a re-encoding. They share
+        the reply limit: once they have used it up, the remaining items are
+        not run and each gets :data:`_NOT_RUN` (room for those is kept from
+        the start, so the whole reply stays within the limit).
         """
         if not isinstance(items, list):
             return self._error(Status.BAD_REQUEST, "batch takes an array of requests")
         if len(items) > self.limits.max_batch_keys:
             return self._error(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
+        limit = self._reply_limit - _BATCH_HEADER_BYTES - len(items) * len(_NOT_RUN)
+        if limit < TRACKED_REPLY_BYTES:
+            return self._error(Status.TOO_LARGE, f"a batch of {len(items)} requests could need a reply over "
+                               f"the reply limit of {self._reply_limit} bytes")
         answer = self._answer
-        self._scan_deadline = 0.0
+        replies: list[bytes] = []
+        append = replies.append
+        full = limit - TRACKED_REPLY_BYTES  # past it, not even a small reply is sure to fit
+        used = 0
+        self._reply_limit, self._scan_deadline = limit, 0.0
         try:
-            replies = [answer(item, True) for item in items]
+            for item in items:
+                if used > full:
+                    append(_NOT_RUN)
+                    continue
+                self._batch_bytes = used
+                reply = answer(item, True)
+                used += len(reply)
+                append(reply)
         finally:
-            self._scan_deadline = None
+            self._reply_limit, self._batch_bytes, self._scan_deadline = self.max_reply_bytes, 0, None
         return _BATCH_OK + _array_header(len(replies)) + b"".join(replies)
+
+    def _admit_reply(self, size: int) -> None:
+        """Refuse to build a reply of ``size`` bytes that the limits have no room for.
+
+        Called before a reply that may be large is built. Building it takes
+        twice its size for a moment (msgpack's buffer, then the reply), and
+        a batch's earlier replies are still held (and are copied once more
+        at its end), so under a memory cap room is made for twice both, by
+        evicting keys as a write would.
+
+        Raises:
+            Refused: ``TOO_LARGE`` over the reply limit; ``OUT_OF_MEMORY``
+                when the memory cap leaves no room for it now.
+        """
+        if size + self._batch_bytes > self._reply_limit:
+            within = " with the batch's replies before it" if self._batch_bytes else ""
+            raise _Refused(Status.TOO_LARGE, f"reply of {size} bytes{within} would be over the reply limit "
+                           f"of {self.max_reply_bytes} bytes")
+        if self._make_reply_room is not None:
+            self._make_reply_room(2 * (size + self._batch_bytes))
+
+    def _large_get(self, value: str) -> bytes:
+        """The reply to a ``get`` of a value too large to answer unchecked."""
+        try:
+            self._admit_reply(_text_bytes(value) + 8)
+        except _Refused as exc:
+            return self._error(exc.status, str(exc))
+        return ok(value)
 
     def rids_remembered_since(self, count: int) -> list[Any]:
         """The request ids remembered since ``remembered_count`` was ``count``,
@@ -268,7 +344,10 @@ class Handler:
         return "PONG"
 
     def _op_get(self, args: list[Any], options: dict[str, Any]) -> str | None:
-        return self.store.get(self._key(args[0]))
+        value = self.store.get(self._key(args[0]))
+        if value is not None and len(value) > _UNCHECKED_CHARS:
+            self._admit_reply(_text_bytes(value) + 8)
+        return value
 
     def _op_set(self, args: list[Any], options: dict[str, Any]) -> bool:
         key, value = self._key(args[0]), self._value(args[1])
@@ -289,7 +368,11 @@ class Handler:
     def _op_mget(self, args: list[Any], options: dict[str, Any]) -> list[str | None]:
         keys = [self._key(key) for key in self._batch(args[0], list)]
         get = self.store.get
-        return [get(key) for key in keys]
+        values = [get(key) for key in keys]
+        size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size + 3 * sum(len(v) for v in filter(None, values) if not v.isascii()))
+        return values
 
     def _op_mset(self, args: list[Any], options: dict[str, Any]) -> bool:
         pairs = self._batch(args[0], dict)
@@ -332,10 +415,15 @@ class Handler:
             deadline = self._scan_deadline = now + KEYS_SLICE_S
         elif now >= deadline:
             return [self._scan_tag * SCAN_POSITIONS + position, []]
+        room = self._reply_limit - self._batch_bytes
         try:
-            next_position, keys = self.store.scan(position, pattern, min(count, self.limits.max_scan_count), deadline)
+            next_position, keys = self.store.scan(position, pattern, min(count, self.limits.max_scan_count),
+                                                  deadline, room // 2)
         except PatternTooComplex as exc:
             raise _Refused(Status.TOO_LARGE, str(exc)) from None
+        size = 16 + 5 * len(keys) + sum(map(len, keys))
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size + 3 * sum(len(key) for key in keys if not key.isascii()))
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
     def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
@@ -369,6 +457,11 @@ class Handler:
         for name, section in self.stats_sections.items():
             stats[name] = section()
         return stats
+
+
+def _text_bytes(text: str) -> int:
+    """An upper bound of ``text``'s UTF-8 bytes, exact for ASCII, without encoding it."""
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _rss_bytes() -> int:
