@@ -20,6 +20,7 @@ the key, which costs its length per position: such parts are limited to
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from typing import Callable
 
@@ -147,7 +148,13 @@ def compile_glob(pattern: str) -> Matcher | None:
             f"'[...]', more than {MAX_PATTERN_SEARCH_CHARS}")
     if len(compiled) == 1:
         return _exact(compiled[0])
-    return functools.partial(_match, compiled[0], compiled[1:-1], compiled[-1])
+    head, middle, tail = compiled[0], compiled[1:-1], compiled[-1]
+    if not middle and head.literal is not None and tail.literal is not None:
+        if not tail.literal:  # "prefix*", the commonest: one C call per key
+            return operator.methodcaller("startswith", head.literal)
+        if not head.literal:
+            return operator.methodcaller("endswith", tail.literal)
+    return functools.partial(_match, head, middle, tail)
 
 
 def _exact(part: _Part) -> Matcher:

@@ -33,9 +33,11 @@ _BUCKET_BITS = BUCKETS.bit_length() - 1
 #: Scan positions: a cursor needs this many values (2**20).
 SCAN_POSITIONS = BUCKETS * SUB_BUCKETS
 
-#: A bucket with at most this many keys is scanned in one step; a larger one
-#: in sub-buckets, so that one step of a page costs at most about this many
-#: key matches (plus a pass over the bucket to sort its keys into sub-buckets).
+#: A bucket with at most this many keys is scanned in one step. A larger one
+#: is too if the pattern is ``*`` (nothing to match), or if the keys matched
+#: so far in the page say it fits in the time left; otherwise it is scanned
+#: in sub-buckets, so that the page can stop inside it (for the price of a
+#: pass sorting its keys into sub-buckets).
 WHOLE_BUCKET_KEYS = 16
 
 INT64_MIN = -(2**63)
@@ -113,7 +115,8 @@ class Store:
         examined, or ``time.perf_counter()`` reached ``deadline``, or the
         keys found take ``max_bytes`` (UTF-8); always at least one step.
         Returns ``(next_cursor, keys)``; ``next_cursor`` is 0 when the scan
-        is complete.
+        is complete. A step may overrun ``deadline`` by what a whole bucket
+        costs when the page's keys so far predicted it would not.
 
         Raises:
             PatternTooComplex: see :func:`server.glob_match.compile_glob`.
@@ -124,12 +127,14 @@ class Store:
         found: list[str] = []
         examined = found_bytes = 0
         clock = time.perf_counter
+        started = clock()
         position = cursor
         while position < SCAN_POSITIONS:
             bucket, sub = divmod(position, SUB_BUCKETS)
             entries = self._buckets[bucket]
             steps: Iterable[tuple[int, Iterable[str]]]
-            if sub == 0 and len(entries) <= WHOLE_BUCKET_KEYS:
+            if sub == 0 and (len(entries) <= WHOLE_BUCKET_KEYS or deadline is None or match is None or (
+                    examined and (clock() - started) / examined * len(entries) < deadline - clock())):
                 steps = ((-1, entries),)  # -1: the whole bucket
             else:
                 steps = _sub_buckets(entries, sub)
