@@ -48,11 +48,17 @@ MAX_PEER_OUTPUT_BYTES = 2 * MAX_REPLY_BYTES
 #: with the most is disconnected, until the total is back under.
 MAX_OUTPUT_BYTES = 8 * MAX_REPLY_BYTES
 
-#: Replies up to this size are not counted against the output budgets: they
-#: are copied into ZeroMQ, whose ZMQ_SNDHWM bounds them to
-#: MAX_QUEUED_MESSAGES per connection (8 MiB). Larger ones are sent without a
-#: copy and tracked until ZeroMQ has handed them to the kernel.
-TRACKED_REPLY_BYTES = 8 * 1024
+#: Replies up to this size are never checked against the reply limit, nor
+#: made room for under --max-memory: they cost little to build, and ZeroMQ's
+#: ZMQ_SNDHWM bounds those queued to MAX_QUEUED_MESSAGES per connection.
+SMALL_REPLY_BYTES = 8 * 1024
+
+#: Replies over this size are sent without a copy and counted against the
+#: output budgets until ZeroMQ has handed them to the kernel (a MessageTracker
+#: says when); smaller ones are copied, as pyzmq itself does below this size
+#: (zmq.COPY_THRESHOLD): tracking a reply costs more than copying one this
+#: small. With --max-memory, replies over SMALL_REPLY_BYTES are counted.
+TRACKED_REPLY_BYTES = 64 * 1024
 
 #: How long one ``keys`` page may scan before it returns its cursor, so that
 #: other clients are answered in between (Redis's SCAN stops on a count only).

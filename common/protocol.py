@@ -283,8 +283,8 @@ def _check_complete(frame: bytes, max_nesting: int = 1024) -> None:
     try:
         unpacker.skip()
     except msgpack.StackError:
-        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: nested deeper than {max_nesting}"
-                            ) from None
+        raise ProtocolError(Status.BAD_REQUEST, f"not a valid msgpack request: nested too deeply "
+                                                f"(over {max_nesting} levels)") from None
     except Exception as exc:
         raise _refusal(exc) from None
     if unpacker.tell() != size:
@@ -371,7 +371,7 @@ def _refusal(exc: Exception) -> ProtocolError:
     if isinstance(exc, msgpack.ExtraData):
         return ProtocolError(Status.BAD_REQUEST, "trailing bytes after the request")
     if isinstance(exc, msgpack.StackError):
-        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply")
+        return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: nested too deeply (over 1024 levels)")
     if isinstance(exc, msgpack.OutOfData):
         return ProtocolError(Status.BAD_REQUEST, "not a valid msgpack request: incomplete input")
     if "max_bin_len" in str(exc) or "max_ext_len" in str(exc):
@@ -410,21 +410,17 @@ def encode_reply(status: int, payload: Any) -> bytes:
     return _pack([status, payload])
 
 
-#: A Packer keeps its buffer at the largest size it ever packed: after a
-#: reply larger than this, the shared one is replaced, so one large reply
-#: does not hold its size in memory for good.
-PACKER_KEEP_BYTES = 256 * 1024
-
-
 def ok(payload: Any) -> bytes:
     """A success reply."""
-    reply = _pack([0, payload])
-    if len(reply) > PACKER_KEEP_BYTES:
-        _renew_packer()
-    return reply
+    return _pack([0, payload])
 
 
-def _renew_packer() -> None:
+def renew_packer() -> None:
+    """Replace the shared Packer, after it packed something large.
+
+    A Packer keeps its buffer at the largest size it ever packed, so one large
+    reply would otherwise hold its size in memory for good.
+    """
     global _pack
     _pack = msgpack.Packer().pack
 

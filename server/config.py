@@ -191,8 +191,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")
     budgets = config.limits
-    if budgets.max_reply_bytes < limits.TRACKED_REPLY_BYTES:
-        parser.error(f"max-reply-bytes must be at least {limits.TRACKED_REPLY_BYTES}, not {budgets.max_reply_bytes}")
+    if budgets.max_reply_bytes < limits.SMALL_REPLY_BYTES:
+        parser.error(f"max-reply-bytes must be at least {limits.SMALL_REPLY_BYTES}, not {budgets.max_reply_bytes}")
     if not budgets.max_reply_bytes <= budgets.max_peer_output_bytes <= budgets.max_output_bytes:
         parser.error("the output limits must grow: max-reply-bytes <= max-peer-output-bytes <= max-output-bytes "
                      f"(got {budgets.max_reply_bytes}, {budgets.max_peer_output_bytes}, {budgets.max_output_bytes})")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import msgpack
 
 from common import __version__
-from common.limits import KEYS_SLICE_S, TRACKED_REPLY_BYTES, Limits
+from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
 from common.limits import utf8_over as _utf8_over
 from common.protocol import (
     OPS,
@@ -30,6 +30,7 @@ from common.protocol import (
     check_request,
     encode_reply,
     ok,
+    renew_packer,
     unpack_request,
 )
 from server.glob_match import PatternTooComplex
@@ -56,9 +57,9 @@ MAX_RID_CHARS = 128
 MAX_TTL_S = 100 * 365 * 24 * 3600.0
 
 #: Values of at most this many characters make replies below
-#: TRACKED_REPLY_BYTES whatever their UTF-8: they are never checked against
+#: SMALL_REPLY_BYTES whatever their UTF-8: they are never checked against
 #: the reply limits (ZeroMQ's high-water mark bounds them).
-_UNCHECKED_CHARS = TRACKED_REPLY_BYTES // 4 - 16
+_UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
 
 #: The reply of a ``batch`` element left out because the batch's replies
 #: reached the reply limit: the element was not run.
@@ -66,6 +67,10 @@ _NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached 
 
 #: A ``batch`` reply's bytes besides its elements' replies (status, array header).
 _BATCH_HEADER_BYTES = 8
+
+#: After building a reply larger than this, the shared msgpack Packer is
+#: replaced (see :func:`common.protocol.renew_packer`).
+PACKER_KEEP_BYTES = 256 * 1024
 
 
 class _Refused(Exception):
@@ -124,6 +129,11 @@ class Handler:
         # the bytes of its replies so far (its elements share the limit).
         self._reply_limit = self.max_reply_bytes
         self._batch_bytes = 0
+        # True when a reply over PACKER_KEEP_BYTES was admitted and not built yet.
+        self._renew_packer = False
+        # Whether a lone get must be checked: only if a value can make a
+        # reply over the limit (or under a memory cap); in a batch, always.
+        self._check_gets = self.max_reply_bytes < limits.max_value_bytes + 16
         # The perf_counter time a batch's keys pages must stop scanning at;
         # 0.0 in a batch before its first keys page, None outside batches.
         self._scan_deadline: float | None = None
@@ -143,8 +153,9 @@ class Handler:
         """Under a memory cap (server/memory.py): build no reply over
         ``max_reply_bytes``, and none before ``make_room(bytes)`` made room for
         it (it raises :data:`Refused` if it cannot)."""
-        self.max_reply_bytes = self._reply_limit = max(TRACKED_REPLY_BYTES, min(self.max_reply_bytes, max_reply_bytes))
+        self.max_reply_bytes = self._reply_limit = max(SMALL_REPLY_BYTES, min(self.max_reply_bytes, max_reply_bytes))
         self._make_reply_room = make_room
+        self._check_gets = True
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
@@ -170,7 +181,7 @@ class Handler:
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1
                     value = self.store.get(key)
-                    if value is not None and len(value) > _UNCHECKED_CHARS:
+                    if (in_batch or self._check_gets) and value is not None and len(value) > _UNCHECKED_CHARS:
                         return self._large_get(value)
                     return ok(value)
             if (type(request) is list and len(request) == 4 and request[0] == "set"
@@ -198,6 +209,9 @@ class Handler:
                 return cached
         try:
             reply = ok(self._ops[op](args, options))
+            if self._renew_packer:
+                self._renew_packer = False
+                renew_packer()
         except _Refused as exc:
             return self._error(exc.status, str(exc))
         except NotAnInteger as exc:
@@ -226,13 +240,13 @@ class Handler:
         if len(items) > self.limits.max_batch_keys:
             return self._error(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
         limit = self._reply_limit - _BATCH_HEADER_BYTES - len(items) * len(_NOT_RUN)
-        if limit < TRACKED_REPLY_BYTES:
+        if limit < SMALL_REPLY_BYTES:
             return self._error(Status.TOO_LARGE, f"a batch of {len(items)} requests could need a reply over "
                                f"the reply limit of {self._reply_limit} bytes")
         answer = self._answer
         replies: list[bytes] = []
         append = replies.append
-        full = limit - TRACKED_REPLY_BYTES  # past it, not even a small reply is sure to fit
+        full = limit - SMALL_REPLY_BYTES  # past it, not even a small reply is sure to fit
         used = 0
         self._reply_limit, self._scan_deadline = limit, 0.0
         try:
@@ -267,6 +281,7 @@ class Handler:
                            f"of {self.max_reply_bytes} bytes")
         if self._make_reply_room is not None:
             self._make_reply_room(2 * (size + self._batch_bytes))
+        self._renew_packer = size > PACKER_KEEP_BYTES
 
     def _large_get(self, value: str) -> bytes:
         """The reply to a ``get`` of a value too large to answer unchecked."""
@@ -274,7 +289,11 @@ class Handler:
             self._admit_reply(_text_bytes(value) + 8)
         except _Refused as exc:
             return self._error(exc.status, str(exc))
-        return ok(value)
+        reply = ok(value)
+        if self._renew_packer:
+            self._renew_packer = False
+            renew_packer()
+        return reply
 
     def rids_remembered_since(self, count: int) -> list[Any]:
         """The request ids remembered since ``remembered_count`` was ``count``,
@@ -371,7 +390,7 @@ class Handler:
         values = [get(key) for key in keys]
         size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
         if size > _UNCHECKED_CHARS:
-            self._admit_reply(size + 3 * sum(len(v) for v in filter(None, values) if not v.isascii()))
+            self._admit_reply(size + sum(_text_bytes(v) - len(v) for v in filter(None, values) if not v.isascii()))
         return values
 
     def _op_mset(self, args: list[Any], options: dict[str, Any]) -> bool:
@@ -423,7 +442,7 @@ class Handler:
             raise _Refused(Status.TOO_LARGE, str(exc)) from None
         size = 16 + 5 * len(keys) + sum(map(len, keys))
         if size > _UNCHECKED_CHARS:
-            self._admit_reply(size + 3 * sum(len(key) for key in keys if not key.isascii()))
+            self._admit_reply(size + sum(_text_bytes(key) - len(key) for key in keys if not key.isascii()))
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
     def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
@@ -460,8 +479,8 @@ class Handler:
 
 
 def _text_bytes(text: str) -> int:
-    """An upper bound of ``text``'s UTF-8 bytes, exact for ASCII, without encoding it."""
-    return len(text) if text.isascii() else 4 * len(text)
+    """``text``'s UTF-8 bytes (encoded to count only if it is not ASCII)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _rss_bytes() -> int:

@@ -25,7 +25,7 @@ from common.address import endpoint
 from common.protocol import Status, encode_reply
 from server.config import ServerConfig
 from server.handler import Handler
-from server.output import OutputQueue, TrackedReply
+from server.output import LargeReply, OutputQueue
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ LINGER_MS = 250
 # Plain ints: pyzmq's enum flags cost a Python call per use on the hot path.
 _NOBLOCK, _SNDMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 _SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
-_TRACKED = limits.TRACKED_REPLY_BYTES
+_SMALL = limits.SMALL_REPLY_BYTES
 
 
 def _recv_message(socket: zmq.Socket, flags: int, last: list[zmq.Frame]) -> list[bytes]:
@@ -100,7 +100,7 @@ class Server:
         self.socket.setsockopt(zmq.SNDHWM, limits.MAX_QUEUED_MESSAGES)
         # A reply to a full or gone peer raises (and is counted) instead of vanishing.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.copy_threshold = _TRACKED  # counted replies go without a copy, tracked
+        self.socket.copy_threshold = 0  # a reply sent with copy=False is never copied: it is counted
         #: Large replies queued for peers, and the budgets they are held to.
         self.output = OutputQueue(config.limits.max_peer_output_bytes, config.limits.max_output_bytes)
         handler.stats_sections["output"] = self.output.stats
@@ -178,7 +178,7 @@ class Server:
         after_batch = self.after_batch
         started = time.perf_counter() if after_batch is not None else 0.0
         socket, handle, last, output = self.socket, self.handler.handle, self._last, self.output
-        events = socket.getsockopt
+        events, tracked_bytes = socket.getsockopt, output.tracked_bytes
         replies: list[list[Any]] = []
         stop_by = 0.0
         while True:
@@ -190,11 +190,12 @@ class Server:
                 frames = self._answer(frames, handle)
             replies.append(frames)
             body = frames[-1]
-            if len(body) > _TRACKED:
-                tracked = frames[-1] = TrackedReply(body, last[0])
-                output.pending_bytes += tracked.size
-                if output.pending_bytes >= self.handler.max_reply_bytes:
-                    break
+            if len(body) > _SMALL:
+                large = frames[-1] = LargeReply(body, last[0], len(body) > tracked_bytes)
+                if large.counted:
+                    output.pending_bytes += large.size
+                    if output.pending_bytes >= self.handler.max_reply_bytes:
+                        break
             if len(replies) >= MAX_BATCH_REQUESTS:
                 break
             # One ZMQ_EVENTS look after the first request: a lone request
@@ -232,7 +233,7 @@ class Server:
             try:
                 for frame in reply[:-1]:
                     send(frame, _SNDMORE_NOBLOCK)
-                if type(body) is TrackedReply:
+                if type(body) is LargeReply:
                     output.send(socket, reply[0], body)
                 else:
                     send(body, _NOBLOCK)

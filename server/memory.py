@@ -43,6 +43,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from common.protocol import Status
+from common.limits import SMALL_REPLY_BYTES
 from server.handler import Handler, Refused, _rss_bytes
 from server.output import OutputQueue
 from server.store import ENTRY_OVERHEAD_BYTES, Store
@@ -165,6 +166,7 @@ class MemoryGuard:
     def count_output(self, handler: Handler, output: OutputQueue) -> None:
         """Count ``output``'s replies against the limit, and fit the budgets and replies under it."""
         self._output = output
+        output.tracked_bytes = SMALL_REPLY_BYTES  # under a cap, every reply that may be large counts
         headroom = self.max_memory_bytes - self.baseline_bytes
         self.reply_reserve_bytes = headroom // REPLY_SHARE
         output.max_total_bytes = min(output.max_total_bytes, headroom // OUTPUT_SHARE)

@@ -4,16 +4,18 @@ ZeroMQ queues what the server sends to a peer until the kernel takes it,
 and a peer that does not read leaves it there: its TCP window closes, and
 ZMQ_SNDHWM (1000 messages) is the only bound, whatever their size. So, as
 Redis does with its client output buffer limits, replies over
-:data:`common.limits.TRACKED_REPLY_BYTES` are counted from the moment they
-are built until ZeroMQ has let go of them: they are sent without a copy and
-with a ``MessageTracker``, which says when libzmq released the buffer. A peer
+:data:`common.limits.TRACKED_REPLY_BYTES` (64 KiB; 8 KiB under a memory cap)
+are counted from the moment they are built until ZeroMQ has let go of them:
+they are sent without a copy and with a ``MessageTracker``, which says when
+libzmq released the buffer. A peer
 with more than ``max_peer_bytes`` queued, or the one with the most when all
 together hold more than ``max_total_bytes``, is disconnected: the server shuts
 down a duplicate of the connection's TCP descriptor (which the request came
 in on, ``ZMQ_SRCFD``), so libzmq drops the connection and everything queued
 for it. The peer's next request comes on a new connection, as after any
 disconnect. Smaller replies are copied into ZeroMQ and not counted: the
-high-water mark bounds them to 8 MiB per connection.
+high-water mark bounds them to 1000 per connection (64 MiB; 8 MiB under a
+memory cap). Tracking costs more per reply than copying a small one.
 
 The socket is a ROUTER with ``ZMQ_ROUTER_MANDATORY``: a reply to a peer whose
 queue is full, or that is gone, raises instead of vanishing, and is counted.
@@ -26,11 +28,12 @@ import logging
 import os
 import socket as sockets
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import zmq
 
+from common.limits import MAX_QUEUED_MESSAGES, TRACKED_REPLY_BYTES
 from server.auth import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -40,28 +43,35 @@ _NOBLOCK = int(zmq.NOBLOCK)
 #: SO_LINGER on, 0 seconds: closing the connection resets it.
 _RESET = struct.pack("ii", 1, 0)
 
+#: Disconnected peers remembered (their identities are never reused).
+_REMEMBERED_CUTS = 1024
 
-class TrackedReply:
-    """A reply big enough to be counted, and the request frame it answers (for its descriptor)."""
 
-    __slots__ = ("body", "size", "source")
+class LargeReply:
+    """A reply over SMALL_REPLY_BYTES, and the request frame it answers (it knows the connection).
 
-    def __init__(self, body: bytes, source: zmq.Frame) -> None:
+    ``counted`` when it is over the tracking threshold: then it is sent
+    without a copy and counted until libzmq releases it.
+    """
+
+    __slots__ = ("body", "size", "source", "counted")
+
+    def __init__(self, body: bytes, source: zmq.Frame, counted: bool) -> None:
         self.body = body
         self.size = len(body)  # as counted: persistence may still rewrite the body as an error
         self.source = source
+        self.counted = counted
 
 
 class _Peer:
     """One connection's queued replies: (tracker, bytes), oldest first."""
 
-    __slots__ = ("fd", "queue", "bytes", "cut")
+    __slots__ = ("fd", "queue", "bytes")
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
         self.queue: deque[tuple[zmq.MessageTracker, int]] = deque()
         self.bytes = 0
-        self.cut = False
 
 
 class OutputQueue:
@@ -76,6 +86,8 @@ class OutputQueue:
     def __init__(self, max_peer_bytes: int, max_total_bytes: int) -> None:
         self.max_peer_bytes = max_peer_bytes
         self.max_total_bytes = max_total_bytes
+        #: Replies over this size are counted (see LargeReply).
+        self.tracked_bytes = TRACKED_REPLY_BYTES
         #: Counted replies built for the batch being answered, not yet sent.
         self.pending_bytes = 0
         #: Counted replies sent, not yet released by libzmq.
@@ -84,6 +96,11 @@ class OutputQueue:
         self.dropped_replies = 0
         self.unreachable_replies = 0
         self._peers: dict[bytes, _Peer] = {}
+        #: True while some peer has counted replies queued (then :meth:`reap` has work).
+        self.busy = False
+        # Peers disconnected lately: libzmq may refuse replies to one for a
+        # while before it notices, and that is not a second disconnection.
+        self._cut: OrderedDict[bytes, None] = OrderedDict()
         self._log = RateLimitedLog(log, what="disconnections")
 
     @property
@@ -91,26 +108,32 @@ class OutputQueue:
         """Counted reply bytes the process holds now: built or queued."""
         return self.pending_bytes + self.queued_bytes
 
-    @property
-    def busy(self) -> bool:
-        """True while some peer has counted replies queued (see :meth:`reap`)."""
-        return bool(self._peers)
 
-    def send(self, socket: zmq.Socket, identity: bytes, reply: TrackedReply) -> None:
-        """Send the last frame of a reply whose envelope went out already, and count it."""
+    def send(self, socket: zmq.Socket, identity: bytes, reply: LargeReply) -> None:
+        """Send the last frame of a reply whose envelope went out already; count it if it is to be."""
+        if not reply.counted:
+            socket.send(reply.body, _NOBLOCK)
+            return
         size = reply.size
         self.pending_bytes -= size
         peer = self._peers.get(identity)
         if peer is None:
             peer = self._peers[identity] = _Peer(_dup_source(reply.source))
+            self.busy = True
         tracker = socket.send(reply.body, _NOBLOCK, copy=False, track=True)
         peer.queue.append((tracker, size))
         peer.bytes += size
         self.queued_bytes += size
 
     def refused(self, identity: bytes, reply: Any, exc: zmq.ZMQError) -> None:
-        """ZeroMQ would not take a reply: the peer's queue is full, or the peer is gone."""
-        if isinstance(reply, TrackedReply):
+        """ZeroMQ would not take a reply: the peer's queue is full, or the peer is gone.
+
+        A peer whose queue of 1000 replies is full does not read: it is
+        disconnected if the reply is large enough to know its connection,
+        rather than left to find a gap in its replies; a small one is dropped.
+        """
+        large = isinstance(reply, LargeReply)
+        if large and reply.counted:
             self.pending_bytes -= reply.size
         if exc.errno == errno.EHOSTUNREACH:
             self.unreachable_replies += 1
@@ -118,9 +141,15 @@ class OutputQueue:
         if exc.errno != errno.EAGAIN:
             raise exc
         self.dropped_replies += 1
+        if identity in self._cut:
+            return
         peer = self._peers.get(identity)
-        if peer is not None and not peer.cut:
-            self._disconnect(peer, f"its queue is full ({peer.bytes} bytes counted)")
+        if peer is None and large:
+            peer = self._peers[identity] = _Peer(_dup_source(reply.source))  # forgotten at the next reap
+            self.busy = True
+        if peer is not None:
+            self._disconnect(identity, peer, f"its queue of {MAX_QUEUED_MESSAGES} replies is full "
+                                             f"({peer.bytes} bytes counted)")
 
     def reap(self) -> None:
         """Forget replies libzmq has released; disconnect peers over the budgets."""
@@ -133,21 +162,26 @@ class OutputQueue:
             if not queue:
                 self._close(peer)
                 del self._peers[identity]
-            elif not peer.cut:
+                self.busy = bool(self._peers)
+            elif identity not in self._cut:
                 if peer.bytes > self.max_peer_bytes:
-                    self._disconnect(peer, f"{peer.bytes} bytes queued, over the per-peer output "
-                                           f"budget of {self.max_peer_bytes}")
+                    self._disconnect(identity, peer, f"{peer.bytes} bytes queued, over the per-peer output "
+                                                     f"budget of {self.max_peer_bytes}")
                 else:
                     total += peer.bytes
         while total > self.max_total_bytes:
-            largest = max((p for p in self._peers.values() if not p.cut), key=lambda p: p.bytes)
+            identity, largest = max(((i, p) for i, p in self._peers.items() if i not in self._cut),
+                                    key=lambda item: item[1].bytes)
             total -= largest.bytes
-            self._disconnect(largest, f"{largest.bytes} bytes queued, the most while all peers' "
-                                      f"{total + largest.bytes} are over the output budget of {self.max_total_bytes}")
+            self._disconnect(identity, largest, f"{largest.bytes} bytes queued, the most while all peers' "
+                                                f"{total + largest.bytes} are over the output budget of "
+                                                f"{self.max_total_bytes}")
 
-    def _disconnect(self, peer: _Peer, why: str) -> None:
+    def _disconnect(self, identity: bytes, peer: _Peer, why: str) -> None:
         """Drop what is queued for ``peer`` and its connection (libzmq does both on a shutdown)."""
-        peer.cut = True
+        self._cut[identity] = None
+        if len(self._cut) > _REMEMBERED_CUTS:
+            self._cut.popitem(last=False)
         self.disconnected_peers += 1
         if peer.fd is None:
             self._log.warning("cannot disconnect a peer that does not read its replies (%s): "
@@ -177,6 +211,7 @@ class OutputQueue:
         for peer in self._peers.values():
             self._close(peer)
         self._peers.clear()
+        self.busy = False
 
     def stats(self) -> dict[str, Any]:
         """The ``output`` section of ``stats``."""

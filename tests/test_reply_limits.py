@@ -24,7 +24,8 @@ def limited() -> Handler:
     for i in range(10):
         handler.store.set(f"v{i}", "x" * (20 * KIB))
     handler.store.set("huge", "x" * (100 * KIB))
-    handler.store.set("accents", "é" * (20 * KIB))  # 40 KB of UTF-8, counted as up to 80
+    handler.store.set("accents", "é" * (20 * KIB))  # 40 KiB of UTF-8
+    handler.store.set("more accents", "é" * (40 * KIB))  # 80 KiB of UTF-8
     return handler
 
 
@@ -34,7 +35,8 @@ def test_a_reply_over_the_limit_is_refused_and_one_under_it_is_answered(limited)
     assert call(limited, "get", "v0") == (0, "x" * (20 * KIB))
     assert call(limited, "mget", ["v0", "v1", "v2"])[0] == Status.OK
     assert call(limited, "mget", ["v0", "v1", "v2", "v3"])[0] == Status.TOO_LARGE
-    assert call(limited, "get", "accents")[0] == Status.TOO_LARGE  # non-ASCII counts 4 bytes a character
+    assert call(limited, "get", "accents")[0] == Status.OK  # counted as the UTF-8 it is sent as
+    assert call(limited, "get", "more accents")[0] == Status.TOO_LARGE
 
 
 def test_a_keys_page_stops_before_its_reply_is_over_the_limit(limited):
@@ -47,7 +49,7 @@ def test_a_keys_page_stops_before_its_reply_is_over_the_limit(limited):
         found += page
         if cursor == 0:
             break
-    assert len(found) == len(set(found)) == 200 + 12
+    assert len(found) == len(set(found)) == 200 + 13
 
 
 def test_a_batch_shares_the_limit_and_what_no_longer_fits_is_not_run(limited):
