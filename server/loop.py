@@ -55,7 +55,7 @@ _SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _SMALL = limits.SMALL_REPLY_BYTES
 
 
-def _recv_message(socket: zmq.Socket, flags: int, last: list[zmq.Frame]) -> list[bytes]:
+def _recv_message(socket: zmq.Socket, flags: int, last: list[zmq.Frame | None]) -> list[bytes]:
     """One whole message; its last frame is left in ``last[0]`` (it knows the
     connection). Cheaper than recv_multipart: a frame's ``more`` flag comes
     with it, where recv_multipart asks ZMQ_RCVMORE per frame."""
@@ -104,7 +104,7 @@ class Server:
         #: Large replies queued for peers, and the budgets they are held to.
         self.output = OutputQueue(config.limits.max_peer_output_bytes, config.limits.max_output_bytes)
         handler.stats_sections["output"] = self.output.stats
-        self._last: list[zmq.Frame] = [zmq.Frame()]
+        self._last: list[zmq.Frame | None] = [None]
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None
@@ -239,6 +239,7 @@ class Server:
                     send(body, _NOBLOCK)
             except zmq.ZMQError as exc:  # the peer's queue is full, or it is gone
                 output.refused(reply[0], body, exc)
+        last[0] = None  # the last request's frame may be large: let it go
         if output.busy:
             output.reap()
 

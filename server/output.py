@@ -7,13 +7,12 @@ Redis does with its client output buffer limits, replies over
 :data:`common.limits.TRACKED_REPLY_BYTES` (64 KiB; 8 KiB under a memory cap)
 are counted from the moment they are built until ZeroMQ has let go of them:
 they are sent without a copy and with a ``MessageTracker``, which says when
-libzmq released the buffer. A peer
-with more than ``max_peer_bytes`` queued, or the one with the most when all
-together hold more than ``max_total_bytes``, is disconnected: the server shuts
-down a duplicate of the connection's TCP descriptor (which the request came
-in on, ``ZMQ_SRCFD``), so libzmq drops the connection and everything queued
-for it. The peer's next request comes on a new connection, as after any
-disconnect. Smaller replies are copied into ZeroMQ and not counted: the
+libzmq released the buffer. A peer with more than ``max_peer_bytes`` queued,
+or the one with the most when all together hold more than
+``max_total_bytes``, is disconnected: the server resets a duplicate of the
+connection's TCP descriptor (the one the request came in on, ``ZMQ_SRCFD``),
+so libzmq drops the connection and everything queued for it. The peer's
+next request comes on a new connection, as after any disconnect. Smaller replies are copied into ZeroMQ and not counted: the
 high-water mark bounds them to 1000 per connection (64 MiB; 8 MiB under a
 memory cap). Tracking costs more per reply than copying a small one.
 
@@ -48,18 +47,19 @@ _REMEMBERED_CUTS = 1024
 
 
 class LargeReply:
-    """A reply over SMALL_REPLY_BYTES, and the request frame it answers (it knows the connection).
+    """A reply over SMALL_REPLY_BYTES, and the connection it goes to.
 
     ``counted`` when it is over the tracking threshold: then it is sent
     without a copy and counted until libzmq releases it.
     """
 
-    __slots__ = ("body", "size", "source", "counted")
+    __slots__ = ("body", "size", "fd", "counted")
 
     def __init__(self, body: bytes, source: zmq.Frame, counted: bool) -> None:
         self.body = body
         self.size = len(body)  # as counted: persistence may still rewrite the body as an error
-        self.source = source
+        #: The TCP descriptor the request came in on (the frame is not kept: it may be large).
+        self.fd = _source_fd(source)
         self.counted = counted
 
 
@@ -108,7 +108,6 @@ class OutputQueue:
         """Counted reply bytes the process holds now: built or queued."""
         return self.pending_bytes + self.queued_bytes
 
-
     def send(self, socket: zmq.Socket, identity: bytes, reply: LargeReply) -> None:
         """Send the last frame of a reply whose envelope went out already; count it if it is to be."""
         if not reply.counted:
@@ -118,7 +117,7 @@ class OutputQueue:
         self.pending_bytes -= size
         peer = self._peers.get(identity)
         if peer is None:
-            peer = self._peers[identity] = _Peer(_dup_source(reply.source))
+            peer = self._peers[identity] = _Peer(_dup(reply.fd))
             self.busy = True
         tracker = socket.send(reply.body, _NOBLOCK, copy=False, track=True)
         peer.queue.append((tracker, size))
@@ -145,7 +144,7 @@ class OutputQueue:
             return
         peer = self._peers.get(identity)
         if peer is None and large:
-            peer = self._peers[identity] = _Peer(_dup_source(reply.source))  # forgotten at the next reap
+            peer = self._peers[identity] = _Peer(_dup(reply.fd))  # forgotten at the next reap
             self.busy = True
         if peer is not None:
             self._disconnect(identity, peer, f"its queue of {MAX_QUEUED_MESSAGES} replies is full "
@@ -226,14 +225,21 @@ class OutputQueue:
         }
 
 
-def _dup_source(frame: zmq.Frame) -> int | None:
-    """A duplicate of the TCP descriptor ``frame`` came in on, or None.
+def _source_fd(frame: zmq.Frame) -> int:
+    """The TCP descriptor ``frame`` came in on, or -1."""
+    try:
+        return frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return -1
 
-    Duplicated when the peer's first counted reply is sent, so the number
-    cannot be reused for another connection while it is held.
+
+def _dup(fd: int) -> int | None:
+    """A duplicate of ``fd``, or None.
+
+    Taken in the batch that answers the peer's request, and held, so that the
+    number cannot be reused for another connection before it is used.
     """
     try:
-        fd = frame.get(zmq.SRCFD)
         return os.dup(fd) if fd >= 0 else None
-    except (zmq.ZMQError, OSError):
+    except OSError:
         return None
