@@ -42,11 +42,11 @@ POLL_INTERVAL_S = 0.05
 MAX_BATCH_S = 0.01
 
 #: How long a stopping server goes on answering requests that already arrived.
-STOP_DRAIN_S = 0.5
+STOP_DRAIN_S = 0.6
 
 #: How long close() waits for the last replies to leave. With STOP_DRAIN_S
 #: and MAX_BATCH_S, a stop signal is obeyed within a second.
-LINGER_MS = 250
+LINGER_MS = 200
 
 
 # Plain ints: pyzmq's enum flags cost a Python call per use on the hot path.
