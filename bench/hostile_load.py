@@ -17,6 +17,8 @@ given) on loopback:
   ``batch``) while another pings in lockstep, in its own process: the longest
   ping, the scan's time, and whether every matching key came exactly once;
   then SIGTERM in the middle of a scan, and the time until the server exits;
+* decoder and handler without a socket: CPU time per ``unpack_request`` of
+  small and large frames, and per ``Handler.handle`` of a get and a set;
 * lockstep ``get``: one client's round trips against each tree's server in
   turn (32-byte, 16 KiB and 256 KiB values), the median of each round's p50,
   and the median ratio to this tree's in the same round.
@@ -25,6 +27,7 @@ given) on loopback:
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import signal
 import statistics
@@ -297,12 +300,67 @@ def _cpu_s(pid: int) -> float:
         return int(schedstat.read().split()[0]) / 1e9
 
 
+#: Run in a subprocess given the trees' paths: imports each tree's decoder and
+#: handler (clearing the modules in between, so both stay usable side by
+#: side), then times them in turns; prints CPU µs per call.
+_DECODE_CODE = r"""
+import importlib, json, statistics, sys, time
+import msgpack
+trees = sys.argv[1:]
+loaded = []
+for tree in trees:
+    for module in [m for m in sys.modules if m.split(".")[0] in ("common", "server")]:
+        del sys.modules[module]
+    sys.path.insert(0, tree)
+    protocol = importlib.import_module("common.protocol")
+    handler_module, store_module = importlib.import_module("server.handler"), importlib.import_module("server.store")
+    sys.path.pop(0)
+    handler = handler_module.Handler(store_module.Store())
+    for i in range(1000):
+        handler.store.set(f"key:{i:012d}", "x" * 32)
+    loaded.append((protocol.unpack_request, handler.handle))
+requests = {
+    "decode get": ["get", "key:000000000001"],
+    "decode set, 32 B, rid": ["set", "key:000000000001", "x" * 32, {"rid": "9f3a5c0e1b2d4f68:1"}],
+    "decode mget, 100 keys": ["mget", [f"key:{i:012d}" for i in range(100)]],
+    "decode mget, 10,000 keys": ["mget", [f"key:{i:012d}" for i in range(10_000)]],
+    "decode mset, 10,000 pairs": ["mset", {f"key:{i:012d}": "v" * 100 for i in range(10_000)}],
+    "decode batch of 256 sets": ["batch", [["set", f"k{i}", "v" * 100, {"rid": f"r:{i}"}] for i in range(256)]],
+    "decode set, 1 MB": ["set", "k", "x" * 1_000_000],
+}
+gets = [msgpack.packb(["get", f"key:{i % 1000:012d}"]) for i in range(20_000)]
+sets = [msgpack.packb(["set", f"key:{i % 1000:012d}", "y" * 32, {"rid": f"r:{i}"}]) for i in range(20_000)]
+out = [dict() for _ in trees]
+for name, request in list(requests.items()) + [("handle get", gets), ("handle set", sets)]:
+    handled = name.startswith("handle")
+    frames = request if handled else [msgpack.packb(request)] * max(20, 200_000 // len(msgpack.packb(request)))
+    runs = [[] for _ in trees]
+    for turn in range(15):
+        for index in (range(len(trees)) if turn % 2 else reversed(range(len(trees)))):
+            call = loaded[index][1 if handled else 0]
+            began = time.process_time()
+            for frame in frames:
+                call(frame)
+            runs[index].append((time.process_time() - began) / len(frames) * 1e6)
+    for index in range(len(trees)):
+        out[index][name] = statistics.median(runs[index])
+print(json.dumps(out))
+"""
+
+
+def decode_costs(trees: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """CPU µs per decode and per handled get/set, the trees' code taking turns in one process."""
+    result = subprocess.run([sys.executable, "-c", _DECODE_CODE, *map(str, trees.values())], capture_output=True,
+                            text=True, timeout=1200, check=True)
+    return dict(zip(trees, json.loads(result.stdout)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, help="a checkout to measure side by side (e.g. git worktree of main)")
     parser.add_argument("--rounds", type=int, default=30, help="lockstep rounds per tree (default 30)")
     parser.add_argument("--requests", type=int, default=2_000, help="gets per lockstep round (default 2000)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "keys", "sigterm", "lockstep"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "keys", "sigterm", "lockstep", "decode"])
     args = parser.parse_args()
     trees = {"this tree": ROOT, **({"before": args.before.resolve()} if args.before else {})}
     if "memory" not in args.skip:
@@ -333,6 +391,13 @@ def main() -> None:
             r = sigterm_during_scan(tree, KEY_PATTERNS["issue's pattern"])
             seconds = r["sigterm_to_exit_s"]
             print(f"| {name} | {r['exit_code']} | {seconds if isinstance(seconds, str) else f'{seconds:.3f}'} |")
+    if "decode" not in args.skip:
+        costs = decode_costs(trees)
+        print("\nDecoder and handler, no socket: CPU µs per call, median of 15 runs, the trees' code "
+              "taking turns in one process\n")
+        print("| call | " + " | ".join(trees) + " |\n| --- |" + " ---: |" * len(trees))
+        for key in next(iter(costs.values())):
+            print(f"| {key} | " + " | ".join(f"{costs[name][key]:.2f}" for name in trees) + " |")
     if "lockstep" not in args.skip:
         for value_bytes in (32, 16 * 1024, 256 * 1024):
             result = lockstep_get(trees, value_bytes, args.rounds, args.requests)
