@@ -5,7 +5,8 @@ server reserve megabytes or gigabytes. The server must answer each with an
 error in well under 100 ms, and its peak resident memory (VmHWM, which also
 catches short-lived allocations) must grow by less than 10 MB over all of them.
 Dense frames, which hold every element they claim but each in a byte or
-two, may cost the decoder at most 4 times their size plus 8 MiB.
+two, may cost the decoder at most 4 times their size plus 8 MiB (besides
+the characters of their strings, which these frames hardly have).
 """
 
 from __future__ import annotations
