@@ -34,6 +34,42 @@ MAX_PATTERN_BYTES = 1024
 #: replies to a peer that does not read them are dropped (it times out).
 MAX_QUEUED_MESSAGES = 1000
 
+#: Largest reply the server builds: a request whose reply (a ``batch``'s
+#: replies together) would be larger is refused before the reply is built.
+#: As large as the largest request, so what a client may send it can read back.
+MAX_REPLY_BYTES = MAX_MESSAGE_BYTES
+
+#: Reply bytes one connection may have queued, not yet taken by the kernel
+#: (Redis's client-output-buffer-limit); past it the server drops them and
+#: disconnects the peer. Two largest replies.
+MAX_PEER_OUTPUT_BYTES = 2 * MAX_REPLY_BYTES
+
+#: Reply bytes all connections together may have queued; past it the peer
+#: with the most is disconnected, until the total is back under.
+MAX_OUTPUT_BYTES = 8 * MAX_REPLY_BYTES
+
+#: Replies up to this size are never checked against the reply limit, nor
+#: made room for under --max-memory: they cost little to build, and ZeroMQ's
+#: ZMQ_SNDHWM bounds those queued to MAX_QUEUED_MESSAGES per connection.
+SMALL_REPLY_BYTES = 8 * 1024
+
+#: Replies over this size are sent without a copy and counted against the
+#: output budgets until ZeroMQ has handed them to the kernel (a MessageTracker
+#: says when); smaller ones are copied, as pyzmq itself does below this size
+#: (zmq.COPY_THRESHOLD): tracking a reply costs more than copying one this
+#: small. With --max-memory, replies over SMALL_REPLY_BYTES are counted.
+TRACKED_REPLY_BYTES = 64 * 1024
+
+#: How long one ``keys`` page may scan before it returns its cursor, so that
+#: other clients are answered in between (Redis's SCAN stops on a count only).
+KEYS_SLICE_S = 0.005
+
+#: Most characters a ``keys`` pattern may hold in its parts between two ``*``
+#: that contain ``?`` or ``[...]``: those parts are searched position by
+#: position, so they bound the matching time per key (the rest of a pattern
+#: is matched in time linear in the key's length).
+MAX_PATTERN_SEARCH_CHARS = 32
+
 
 def utf8_over(text: str, limit: int) -> bool:
     """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""
@@ -52,3 +88,6 @@ class Limits:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_scan_count: int = MAX_SCAN_COUNT
     max_pattern_bytes: int = MAX_PATTERN_BYTES
+    max_reply_bytes: int = MAX_REPLY_BYTES
+    max_peer_output_bytes: int = MAX_PEER_OUTPUT_BYTES
+    max_output_bytes: int = MAX_OUTPUT_BYTES

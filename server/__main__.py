@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             persistence.close()
 
     try:
-        cap_memory(server.handler, config.max_memory_bytes, config.eviction)
+        cap_memory(server.handler, config.max_memory_bytes, config.eviction, server.output)
         zap = secure(server, config, context)
     except ValueError as exc:
         log.error("%s", exc)

@@ -67,12 +67,14 @@ class RateLimitedLog:
     """Logs at most ``burst`` messages per ``window_s``; counts the rest.
 
     When a window with suppressed messages ends, the next message says how
-    many were left out.
+    many ``what`` were left out.
     """
 
     def __init__(self, logger: logging.Logger, burst: int = REFUSAL_LOG_BURST,
-                 window_s: float = REFUSAL_LOG_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
+                 window_s: float = REFUSAL_LOG_WINDOW_S, clock: Callable[[], float] = time.monotonic,
+                 what: str = "refusals") -> None:
         self._logger, self._burst, self._window_s, self._clock = logger, burst, window_s, clock
+        self._what = what
         self._window_start = -window_s
         self._logged = 0
         self.suppressed = 0
@@ -81,7 +83,7 @@ class RateLimitedLog:
         now = self._clock()
         if now - self._window_start >= self._window_s:
             if self.suppressed:
-                self._logger.warning("%d more refusals were not logged", self.suppressed)
+                self._logger.warning("%d more %s were not logged", self.suppressed, self._what)
             self._window_start, self._logged, self.suppressed = now, 0, 0
         if self._logged < self._burst:
             self._logged += 1

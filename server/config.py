@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
         "cap on a keys request's page size hint", type=int, metavar="N")
     add("--max-pattern-bytes", "MEMLOOKUP_MAX_PATTERN_BYTES", limits.MAX_PATTERN_BYTES,
         "longest keys glob pattern in UTF-8 bytes", type=int, metavar="N")
+    add("--max-reply-bytes", "MEMLOOKUP_MAX_REPLY_BYTES", limits.MAX_REPLY_BYTES,
+        "largest reply (a batch's replies together); a request needing a larger one is refused "
+        "before it is built (at least 8192)", type=int, metavar="N")
+    add("--max-peer-output-bytes", "MEMLOOKUP_MAX_PEER_OUTPUT_BYTES", limits.MAX_PEER_OUTPUT_BYTES,
+        "reply bytes queued for one client that does not read them before it is disconnected "
+        "(replies up to 8 KiB are not counted)", type=int, metavar="N")
+    add("--max-output-bytes", "MEMLOOKUP_MAX_OUTPUT_BYTES", limits.MAX_OUTPUT_BYTES,
+        "reply bytes queued for all clients together; past it the one with the most is disconnected",
+        type=int, metavar="N")
     add("--curve-secret-key", "MEMLOOKUP_CURVE_SECRET_KEY", None,
         "encrypt every connection with CurveZMQ using this key pair (a NAME.key_secret file "
         "from memlookup-keygen)", metavar="FILE")
@@ -166,6 +175,9 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
                 max_message_bytes=int(args.max_message_bytes),
                 max_scan_count=int(args.max_scan_count),
                 max_pattern_bytes=int(args.max_pattern_bytes),
+                max_reply_bytes=int(args.max_reply_bytes),
+                max_peer_output_bytes=int(args.max_peer_output_bytes),
+                max_output_bytes=int(args.max_output_bytes),
             ),
             curve_secret_key=args.curve_secret_key,
             authorized_keys=args.authorized_keys,
@@ -201,4 +213,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
     for name, value in vars(config.limits).items():
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")
+    budgets = config.limits
+    if budgets.max_reply_bytes < limits.SMALL_REPLY_BYTES:
+        parser.error(f"max-reply-bytes must be at least {limits.SMALL_REPLY_BYTES}, not {budgets.max_reply_bytes}")
+    if not budgets.max_reply_bytes <= budgets.max_peer_output_bytes <= budgets.max_output_bytes:
+        parser.error("the output limits must grow: max-reply-bytes <= max-peer-output-bytes <= max-output-bytes "
+                     f"(got {budgets.max_reply_bytes}, {budgets.max_peer_output_bytes}, {budgets.max_output_bytes})")
     return config

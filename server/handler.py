@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 import msgpack
 
 from common import __version__
-from common.limits import Limits
+from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
 from common.limits import utf8_over as _utf8_over
 from common.protocol import (
     OPS,
@@ -30,9 +30,11 @@ from common.protocol import (
     check_request,
     encode_reply,
     ok,
+    renew_packer,
     unpack_request,
 )
-from server.store import BUCKETS, NotAnInteger, Store
+from server.glob_match import PatternTooComplex
+from server.store import SCAN_POSITIONS, NotAnInteger, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,22 @@ MAX_RID_CHARS = 128
 
 #: Longest TTL accepted: about 100 years.
 MAX_TTL_S = 100 * 365 * 24 * 3600.0
+
+#: Values of at most this many characters make replies below
+#: SMALL_REPLY_BYTES whatever their UTF-8: they are never checked against
+#: the reply limits (ZeroMQ's high-water mark bounds them).
+_UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
+
+#: The reply of a ``batch`` element left out because the batch's replies
+#: reached the reply limit: the element was not run.
+_NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
+
+#: A ``batch`` reply's bytes besides its elements' replies (status, array header).
+_BATCH_HEADER_BYTES = 8
+
+#: After building a reply larger than this, the shared msgpack Packer is
+#: replaced (see :func:`common.protocol.renew_packer`).
+PACKER_KEEP_BYTES = 256 * 1024
 
 
 class _Refused(Exception):
@@ -92,8 +110,9 @@ class Handler:
         #: Replies remembered so far (see :meth:`rids_remembered_since`).
         self.remembered_count = 0
         # Cursors carry a tag of this run, so one from another run is refused
-        # instead of silently resuming at the wrong place.
-        self._scan_tag = random.randrange(1, 2**20)
+        # instead of silently resuming at the wrong place; tag and scan
+        # position fit in 32 bits.
+        self._scan_tag = random.randrange(1, 2**32 // SCAN_POSITIONS)
         self.op_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
         self._ops: dict[str, Callable[[list[Any], dict[str, Any]], Any]] = {
@@ -103,6 +122,22 @@ class Handler:
         #: Extra sections for ``stats`` (persistence, memory policy...), each a
         #: callable returning a dict, keyed by section name.
         self.stats_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        #: Largest reply built: ``limits.max_reply_bytes``, or less under a
+        #: memory cap (see :meth:`cap_replies`).
+        self.max_reply_bytes = limits.max_reply_bytes
+        self._make_reply_room: Callable[[int], None] | None = None
+        # The reply limit for the request being answered, and within a batch
+        # the bytes of its replies so far (its elements share the limit).
+        self._reply_limit = self.max_reply_bytes
+        self._batch_bytes = 0
+        # True when a reply over PACKER_KEEP_BYTES was admitted and not built yet.
+        self._renew_packer = False
+        # Whether a lone get must be checked: only if a value can make a
+        # reply over the limit (or under a memory cap); in a batch, always.
+        self._check_gets = self.max_reply_bytes < limits.max_value_bytes + 16
+        # The perf_counter time a batch's keys pages must stop scanning at;
+        # 0.0 in a batch before its first keys page, None outside batches.
+        self._scan_deadline: float | None = None
 
     def wrap_op(self, op: str, wrapper: Callable[[Callable[[list[Any], dict[str, Any]], Any]],
                                                   Callable[[list[Any], dict[str, Any]], Any]]) -> None:
@@ -114,6 +149,14 @@ class Handler:
         self._ops[op] = wrapper(self._ops[op])
         if op == "get":
             self._plain_get = False
+
+    def cap_replies(self, max_reply_bytes: int, make_room: Callable[[int], None]) -> None:
+        """Under a memory cap (server/memory.py): build no reply over
+        ``max_reply_bytes``, and none before ``make_room(bytes)`` made room for
+        it (it raises :data:`Refused` if it cannot)."""
+        self.max_reply_bytes = self._reply_limit = max(SMALL_REPLY_BYTES, min(self.max_reply_bytes, max_reply_bytes))
+        self._make_reply_room = make_room
+        self._check_gets = True
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame; never raises."""
@@ -138,7 +181,10 @@ class Handler:
                 key = request[1]
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1
-                    return ok(self.store.get(key))
+                    value = self.store.get(key)
+                    if (in_batch or self._check_gets) and value is not None and len(value) > _UNCHECKED_CHARS:
+                        return self._large_get(value)
+                    return ok(value)
             if (type(request) is list and len(request) == 4 and request[0] == "set"
                     and type(request[3]) is dict and request[3].keys() == _RID_ONLY):
                 op, args, options = "set", request[1:3], request[3]
@@ -164,6 +210,9 @@ class Handler:
                 return cached
         try:
             reply = ok(self._ops[op](args, options))
+            if self._renew_packer:
+                self._renew_packer = False
+                renew_packer()
         except _Refused as exc:
             return self._error(exc.status, str(exc))
         except NotAnInteger as exc:
@@ -182,15 +231,70 @@ class Handler:
         """``[0, [reply, ...]]``: each item answered as if it came alone, in order.
 
         The item replies are already msgpack, so the batch reply is their
-        concatenation behind an array header, not a re-encoding.
+        concatenation behind an array header, not a re-encoding. They share
+        the reply limit: once they have used it up, the remaining items are
+        not run and each gets :data:`_NOT_RUN` (room for those is kept from
+        the start, so the whole reply stays within the limit).
         """
         if not isinstance(items, list):
             return self._error(Status.BAD_REQUEST, "batch takes an array of requests")
         if len(items) > self.limits.max_batch_keys:
             return self._error(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
+        limit = self._reply_limit - _BATCH_HEADER_BYTES - len(items) * len(_NOT_RUN)
+        if limit < SMALL_REPLY_BYTES:
+            return self._error(Status.TOO_LARGE, f"a batch of {len(items)} requests could need a reply over "
+                               f"the reply limit of {self._reply_limit} bytes")
         answer = self._answer
-        replies = [answer(item, True) for item in items]
+        replies: list[bytes] = []
+        append = replies.append
+        full = limit - SMALL_REPLY_BYTES  # past it, not even a small reply is sure to fit
+        used = 0
+        self._reply_limit, self._scan_deadline = limit, 0.0
+        try:
+            for item in items:
+                if used > full:
+                    append(_NOT_RUN)
+                    continue
+                self._batch_bytes = used
+                reply = answer(item, True)
+                used += len(reply)
+                append(reply)
+        finally:
+            self._reply_limit, self._batch_bytes, self._scan_deadline = self.max_reply_bytes, 0, None
         return _BATCH_OK + _array_header(len(replies)) + b"".join(replies)
+
+    def _admit_reply(self, size: int) -> None:
+        """Refuse to build a reply of ``size`` bytes that the limits have no room for.
+
+        Called before a reply that may be large is built. Building it takes
+        twice its size for a moment (msgpack's buffer, then the reply), and
+        a batch's earlier replies are still held (and are copied once more
+        at its end), so under a memory cap room is made for twice both, by
+        evicting keys as a write would.
+
+        Raises:
+            Refused: ``TOO_LARGE`` over the reply limit; ``OUT_OF_MEMORY``
+                when the memory cap leaves no room for it now.
+        """
+        if size + self._batch_bytes > self._reply_limit:
+            within = " with the batch's replies before it" if self._batch_bytes else ""
+            raise _Refused(Status.TOO_LARGE, f"reply of {size} bytes{within} would be over the reply limit "
+                           f"of {self.max_reply_bytes} bytes")
+        if self._make_reply_room is not None:
+            self._make_reply_room(2 * (size + self._batch_bytes))
+        self._renew_packer = size > PACKER_KEEP_BYTES
+
+    def _large_get(self, value: str) -> bytes:
+        """The reply to a ``get`` of a value too large to answer unchecked."""
+        try:
+            self._admit_reply(_text_bytes(value) + 8)
+        except _Refused as exc:
+            return self._error(exc.status, str(exc))
+        reply = ok(value)
+        if self._renew_packer:
+            self._renew_packer = False
+            renew_packer()
+        return reply
 
     def replies_remembered_since(self, count: int) -> list[tuple[tuple[str, str], bytes]]:
         """The ``((op, rid), reply)`` pairs remembered since ``remembered_count``
@@ -283,7 +387,10 @@ class Handler:
         return "PONG"
 
     def _op_get(self, args: list[Any], options: dict[str, Any]) -> str | None:
-        return self.store.get(self._key(args[0]))
+        value = self.store.get(self._key(args[0]))
+        if value is not None and len(value) > _UNCHECKED_CHARS:
+            self._admit_reply(_text_bytes(value) + 8)
+        return value
 
     def _op_set(self, args: list[Any], options: dict[str, Any]) -> bool:
         key, value = self._key(args[0]), self._value(args[1])
@@ -304,7 +411,11 @@ class Handler:
     def _op_mget(self, args: list[Any], options: dict[str, Any]) -> list[str | None]:
         keys = [self._key(key) for key in self._batch(args[0], list)]
         get = self.store.get
-        return [get(key) for key in keys]
+        values = [get(key) for key in keys]
+        size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size + sum(_text_bytes(v) - len(v) for v in filter(None, values) if not v.isascii()))
+        return values
 
     def _op_mset(self, args: list[Any], options: dict[str, Any]) -> bool:
         pairs = self._batch(args[0], dict)
@@ -318,6 +429,13 @@ class Handler:
         return True
 
     def _op_keys(self, args: list[Any], options: dict[str, Any]) -> list[Any]:
+        """One page of a scan, which stops after :data:`KEYS_SLICE_S` of scanning.
+
+        In a ``batch`` the slice is shared: it starts at the first ``keys``
+        element, and an element that comes after it has run out is answered
+        with its own cursor and no keys (a cursor 0 becomes this run's cursor
+        for the start), so a batch of scans cannot hold up the server either.
+        """
         pattern, cursor, count = args
         if not isinstance(pattern, str):
             raise _Refused(Status.BAD_REQUEST, "the pattern must be a string")
@@ -327,13 +445,29 @@ class Handler:
             raise _Refused(Status.BAD_REQUEST, "count must be a positive integer")
         if isinstance(cursor, bool) or not isinstance(cursor, int):
             raise _Refused(Status.BAD_REQUEST, "cursor must be an integer")
-        bucket = 0
+        position = 0
         if cursor != 0:
-            tag, bucket = divmod(cursor, BUCKETS)
-            if tag != self._scan_tag or bucket == 0:
+            tag, position = divmod(cursor, SCAN_POSITIONS)
+            if tag != self._scan_tag:
                 raise _Refused(Status.BAD_CURSOR, "unknown cursor (from another server run?); start again at 0")
-        next_bucket, keys = self.store.scan(bucket, pattern, min(count, self.limits.max_scan_count))
-        return [next_bucket and self._scan_tag * BUCKETS + next_bucket, keys]
+        now = time.perf_counter()
+        deadline = self._scan_deadline
+        if deadline is None:
+            deadline = now + KEYS_SLICE_S
+        elif not deadline:
+            deadline = self._scan_deadline = now + KEYS_SLICE_S
+        elif now >= deadline:
+            return [self._scan_tag * SCAN_POSITIONS + position, []]
+        room = self._reply_limit - self._batch_bytes
+        try:
+            next_position, keys = self.store.scan(position, pattern, min(count, self.limits.max_scan_count),
+                                                  deadline, room // 2)
+        except PatternTooComplex as exc:
+            raise _Refused(Status.TOO_LARGE, str(exc)) from None
+        size = 16 + 5 * len(keys) + sum(map(len, keys))
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size + sum(_text_bytes(key) - len(key) for key in keys if not key.isascii()))
+        return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
     def _op_ttl(self, args: list[Any], options: dict[str, Any]) -> float:
         return self.store.ttl(self._key(args[0]))
@@ -366,6 +500,11 @@ class Handler:
         for name, section in self.stats_sections.items():
             stats[name] = section()
         return stats
+
+
+def _text_bytes(text: str) -> int:
+    """``text``'s UTF-8 bytes (encoded to count only if it is not ASCII)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _rss_bytes() -> int:

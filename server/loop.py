@@ -4,6 +4,9 @@ One ROUTER socket, which speaks to REQ clients exactly as a REP socket would
 (every request arrives as ``[identity..., b"", body]``), but lets the loop take
 every request that is ready at once: they are answered as one batch, so work
 that can be shared across requests (an fsync, say) is done once per batch.
+A batch ends after :data:`MAX_BATCH_S` or once its large replies reach the
+reply limit, so the loop answers everyone, and notices a stop, often. Large
+replies are counted until they leave (server/output.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -22,6 +25,7 @@ from common.address import endpoint
 from common.protocol import Status, encode_reply
 from server.config import ServerConfig
 from server.handler import Handler
+from server.output import LargeReply, OutputQueue
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +33,38 @@ log = logging.getLogger(__name__)
 MAX_BATCH_REQUESTS = 256
 
 #: How long the loop waits for a request before doing its periodic work, and
-#: so the longest a stop signal waits to be noticed.
+#: so the longest a stop signal waits to be noticed when idle.
 POLL_INTERVAL_S = 0.05
 
-#: How long close() waits for the last replies to leave.
-LINGER_MS = 500
+#: After this long, a batch takes no more requests and is answered. With
+#: each request's own work bounded (a ``keys`` page stops after
+#: ``KEYS_SLICE_S``), this bounds how long others and a stop signal wait.
+MAX_BATCH_S = 0.01
+
+#: How long a stopping server goes on answering requests that already arrived.
+STOP_DRAIN_S = 0.6
+
+#: How long close() waits for the last replies to leave. With STOP_DRAIN_S
+#: and MAX_BATCH_S, a stop signal is obeyed within a second.
+LINGER_MS = 200
 
 
 # Plain ints: pyzmq's enum flags cost a Python call per use on the hot path.
 _NOBLOCK, _SNDMORE, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
+_SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
+_SMALL = limits.SMALL_REPLY_BYTES
 
 
-def _recv_message(socket: zmq.Socket, flags: int) -> list[bytes]:
-    """One whole message. Cheaper than recv_multipart: a frame's ``more``
-    flag comes with it, where recv_multipart asks ZMQ_RCVMORE per frame."""
+def _recv_message(socket: zmq.Socket, flags: int, last: list[zmq.Frame | None]) -> list[bytes]:
+    """One whole message; its last frame is left in ``last[0]`` (it knows the
+    connection). Cheaper than recv_multipart: a frame's ``more`` flag comes
+    with it, where recv_multipart asks ZMQ_RCVMORE per frame."""
     frames = []
     while True:
         frame = socket.recv(flags, copy=False)
         frames.append(frame.bytes)
         if not frame.more:
+            last[0] = frame
             return frames
 
 
@@ -81,6 +98,13 @@ class Server:
         # Bounded queues per peer: a flood waits in TCP buffers, not in our memory.
         self.socket.setsockopt(zmq.RCVHWM, limits.MAX_QUEUED_MESSAGES)
         self.socket.setsockopt(zmq.SNDHWM, limits.MAX_QUEUED_MESSAGES)
+        # A reply to a full or gone peer raises (and is counted) instead of vanishing.
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.copy_threshold = 0  # a reply sent with copy=False is never copied: it is counted
+        #: Large replies queued for peers, and the budgets they are held to.
+        self.output = OutputQueue(config.limits.max_peer_output_bytes, config.limits.max_output_bytes)
+        handler.stats_sections["output"] = self.output.stats
+        self._last: list[zmq.Frame | None] = [None]
         #: Called with the batch's request count after it was handled and
         #: before its replies go out (persistence makes writes durable here).
         self.before_reply: Callable[[int], None] | None = None
@@ -112,7 +136,7 @@ class Server:
 
     def serve_forever(self) -> None:
         """Answer requests until :meth:`stop`; then close the socket."""
-        socket = self.socket
+        socket, last, output = self.socket, self._last, self.output
         # Wait in a blocking receive with a timeout rather than in a poll:
         # measured, a poll before each receive costs more per request than
         # the receive itself. zmq.Again means a quiet interval passed.
@@ -122,19 +146,25 @@ class Server:
         try:
             while not self._stop.is_set():
                 try:
-                    first = _recv_message(socket, 0)
+                    first = _recv_message(socket, 0, last)
                 except zmq.Again:
                     first = None
                 if first is not None:
                     self._answer_ready(first)
+                if output.busy:
+                    output.reap()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + interval_s
                     for task in self.periodic:
                         task()
-            with contextlib.suppress(zmq.Again):  # what already arrived is answered, not dropped
-                self._answer_ready(_recv_message(socket, _NOBLOCK))
+            # What already arrived is answered, not dropped, for a moment.
+            stop_by = time.monotonic() + STOP_DRAIN_S
+            with contextlib.suppress(zmq.Again):
+                while time.monotonic() < stop_by:
+                    self._answer_ready(_recv_message(socket, _NOBLOCK, last))
         finally:
+            output.close()
             socket.close()
             if self._own_context:
                 self._context.term()
@@ -142,22 +172,30 @@ class Server:
     def _answer_ready(self, frames: list[bytes]) -> None:
         """Answer ``frames`` and every request already waiting behind it as one batch.
 
-        At most MAX_BATCH_REQUESTS are taken before the replies go out.
+        At most MAX_BATCH_REQUESTS are taken, for at most MAX_BATCH_S, and
+        none once the batch's counted replies reach the reply limit.
         """
         after_batch = self.after_batch
         started = time.perf_counter() if after_batch is not None else 0.0
-        socket, handle = self.socket, self.handler.handle
-        events = socket.getsockopt
-        replies: list[list[bytes]] = []
+        socket, handle, last, output = self.socket, self.handler.handle, self._last, self.output
+        events, tracked_bytes = socket.getsockopt, output.tracked_bytes
+        replies: list[list[Any]] = []
+        stop_by = 0.0
         while True:
             if len(frames) == 3 and not frames[1]:  # a REQ peer: [identity, b"", body]
                 frames[2] = handle(frames[2])
-                replies.append(frames)
             elif len(frames) == 2 and frames[1]:  # a DEALER without envelope: [identity, body]
                 frames[1] = handle(frames[1])
-                replies.append(frames)
             else:
-                replies.append(self._answer(frames, handle))
+                frames = self._answer(frames, handle)
+            replies.append(frames)
+            body = frames[-1]
+            if len(body) > _SMALL:
+                large = frames[-1] = LargeReply(body, last[0], len(body) > tracked_bytes)
+                if large.counted:
+                    output.pending_bytes += large.size
+                    if output.pending_bytes >= self.handler.max_reply_bytes:
+                        break
             if len(replies) >= MAX_BATCH_REQUESTS:
                 break
             # One ZMQ_EVENTS look after the first request: a lone request
@@ -165,10 +203,14 @@ class Server:
             # rest is drained until zmq.Again, one exception per batch rather
             # than one ZMQ_EVENTS call per request. (With a batch_linger the
             # zmq.Again path below decides whether to wait for more.)
-            if len(replies) == 1 and self.batch_linger is None and not events(_EVENTS) & _POLLIN:
+            if len(replies) == 1:
+                if self.batch_linger is None and not events(_EVENTS) & _POLLIN:
+                    break
+                stop_by = time.perf_counter() + MAX_BATCH_S
+            elif time.perf_counter() >= stop_by:
                 break
             try:
-                frames = _recv_message(socket, _NOBLOCK)
+                frames = _recv_message(socket, _NOBLOCK, last)
             except zmq.Again:
                 if self.batch_linger is None:
                     break
@@ -178,7 +220,7 @@ class Server:
                 # More writers came: take the request that woke us (its own
                 # frames, not the last request's), so it shares this batch's fsync.
                 try:
-                    frames = _recv_message(socket, _NOBLOCK)
+                    frames = _recv_message(socket, _NOBLOCK, last)
                 except zmq.Again:
                     break
         if self.before_reply is not None:
@@ -187,9 +229,19 @@ class Server:
             after_batch(len(replies), time.perf_counter() - started)
         send = socket.send
         for reply in replies:
-            for frame in reply[:-1]:
-                send(frame, _SNDMORE)
-            send(reply[-1])
+            body = reply[-1]
+            try:
+                for frame in reply[:-1]:
+                    send(frame, _SNDMORE_NOBLOCK)
+                if type(body) is LargeReply:
+                    output.send(socket, reply[0], body)
+                else:
+                    send(body, _NOBLOCK)
+            except zmq.ZMQError as exc:  # the peer's queue is full, or it is gone
+                output.refused(reply[0], body, exc)
+        last[0] = None  # the last request's frame may be large: let it go
+        if output.busy:
+            output.reap()
 
     @staticmethod
     def _answer(frames: list[bytes], handle: Callable[[bytes], bytes]) -> list[bytes]:

@@ -20,6 +20,15 @@ that it fits; if it does not, the eviction policy decides:
     keys with a TTL are removed, nearest deadline first; with none left,
     writes are refused as under ``noeviction``.
 
+Replies the server holds for clients count too (server/output.py). Of the
+headroom (the limit minus what the empty server uses) writes leave an eighth
+free, so that a full table can still be read: the largest reply is half of
+that (building a reply takes twice its size for a moment), and so is what one
+peer may have queued; all peers together may have a quarter of the headroom
+queued. Before a large reply is built, room is made for twice its size as
+for a write (evicting under an evicting policy); if there is none it is
+refused (``OUT_OF_MEMORY``).
+
 Nothing here runs unless ``--max-memory`` is set: the guard wraps the
 handler's write (and, for LRU, read) operations only then.
 """
@@ -34,7 +43,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from common.protocol import Status
+from common.limits import SMALL_REPLY_BYTES
 from server.handler import Handler, Refused, _rss_bytes
+from server.output import OutputQueue
 from server.store import ENTRY_OVERHEAD_BYTES, Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +69,12 @@ KEY_SLACK_BYTES = 192
 INCR_BYTES = 128
 
 POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
+
+#: Under a cap, writes leave 1/REPLY_SHARE of the headroom free for replies;
+#: half of it is the largest reply and one peer's output budget. All peers'
+#: queued replies may take at most 1/OUTPUT_SHARE of the headroom.
+REPLY_SHARE = 8
+OUTPUT_SHARE = 4
 
 #: glibc's mmap threshold, pinned: see :func:`pin_malloc_thresholds`.
 MALLOC_THRESHOLD_BYTES = 128 * 1024
@@ -127,11 +144,15 @@ class MemoryGuard:
         self.baseline_bytes = baseline_bytes
         self.evicted_keys = 0
         self.refused_writes = 0
+        self.refused_replies = 0
         self._recency: OrderedDict[str, None] | None = OrderedDict() if policy == "allkeys-lru" else None
         #: What a new key costs besides its strings, as :attr:`used_bytes` counts it.
         self._key_extra_bytes = ENTRY_OVERHEAD_BYTES + KEY_SLACK_BYTES + (
             LRU_ENTRY_BYTES if self._recency is not None else 0)
         self._scan_cursor = 0
+        self._output: OutputQueue | None = None
+        #: Bytes writes leave free for replies (see :meth:`count_output`).
+        self.reply_reserve_bytes = 0
 
     # -- accounting --------------------------------------------------------
 
@@ -139,27 +160,51 @@ class MemoryGuard:
     def used_bytes(self) -> int:
         """The process's estimated memory use, as the limit counts it."""
         tracked = len(self._recency) * LRU_ENTRY_BYTES if self._recency is not None else 0
-        return self.baseline_bytes + self.store.memory_bytes + len(self.store) * KEY_SLACK_BYTES + tracked
+        output = self._output.held_bytes if self._output is not None else 0
+        return self.baseline_bytes + self.store.memory_bytes + len(self.store) * KEY_SLACK_BYTES + tracked + output
+
+    def count_output(self, handler: Handler, output: OutputQueue) -> None:
+        """Count ``output``'s replies against the limit, and fit the budgets and replies under it."""
+        self._output = output
+        output.tracked_bytes = SMALL_REPLY_BYTES  # under a cap, every reply that may be large counts
+        headroom = self.max_memory_bytes - self.baseline_bytes
+        self.reply_reserve_bytes = headroom // REPLY_SHARE
+        output.max_total_bytes = min(output.max_total_bytes, headroom // OUTPUT_SHARE)
+        output.max_peer_bytes = min(output.max_peer_bytes, self.reply_reserve_bytes // 2)
+        handler.cap_replies(output.max_peer_bytes, self.make_reply_room)
 
     def make_room(self, incoming_bytes: int) -> None:
-        """Evict until ``incoming_bytes`` more fit under the limit.
+        """Evict until ``incoming_bytes`` more fit under the limit, with the reply reserve free.
 
         Raises:
             Refused: ``OUT_OF_MEMORY`` when the policy forbids evicting, or
                 nothing is left to evict.
         """
-        if self.used_bytes + incoming_bytes <= self.max_memory_bytes:
-            return
-        # A write that could not fit even in an empty table must not empty it first.
+        if not self._room_for(incoming_bytes + self.reply_reserve_bytes):
+            self.refused_writes += 1
+            raise Refused(Status.OUT_OF_MEMORY, f"out of memory: the server is at its limit of "
+                                                f"{self.max_memory_bytes} bytes (eviction policy {self.policy})")
+
+    def make_reply_room(self, reply_bytes: int) -> None:
+        """Evict, as for a write, until building a reply of ``reply_bytes`` fits.
+
+        Raises:
+            Refused: ``OUT_OF_MEMORY``, as :meth:`make_room`.
+        """
+        if not self._room_for(reply_bytes):
+            self.refused_replies += 1
+            raise Refused(Status.OUT_OF_MEMORY, f"out of memory: no room for a reply of {reply_bytes // 2} "
+                                                f"bytes under the limit of {self.max_memory_bytes} bytes "
+                                                f"(eviction policy {self.policy})")
+
+    def _room_for(self, incoming_bytes: int) -> bool:
+        """Evict until ``incoming_bytes`` more fit; False if they cannot."""
+        # What could not fit even in an empty table must not empty it first.
         fits_at_all = self.baseline_bytes + incoming_bytes <= self.max_memory_bytes
         while self.used_bytes + incoming_bytes > self.max_memory_bytes:
             if not fits_at_all or not self._evict_one():
-                self.refused_writes += 1
-                raise Refused(
-                    Status.OUT_OF_MEMORY,
-                    f"out of memory: the server is at its limit of {self.max_memory_bytes} bytes "
-                    f"(eviction policy {self.policy})",
-                )
+                return False
+        return True
 
     def _evict_one(self) -> bool:
         store = self.store
@@ -288,14 +333,17 @@ class MemoryGuard:
             "eviction": self.policy,
             "evicted_keys": self.evicted_keys,
             "refused_writes": self.refused_writes,
+            "refused_replies": self.refused_replies,
         }
 
 
-def cap_memory(handler: Handler, max_memory_bytes: int, policy: str) -> MemoryGuard | None:
+def cap_memory(handler: Handler, max_memory_bytes: int, policy: str,
+               output: OutputQueue | None = None) -> MemoryGuard | None:
     """Install a :class:`MemoryGuard` on ``handler`` when a limit is set (0: none).
 
     Call after the table is loaded: what it holds then is data, the rest of
-    the process's memory is the baseline.
+    the process's memory is the baseline. ``output``, the server's queued
+    replies, then counts against the limit too.
 
     Raises:
         ValueError: the limit is below what the server uses with an empty table.
@@ -307,5 +355,7 @@ def cap_memory(handler: Handler, max_memory_bytes: int, policy: str) -> MemoryGu
         raise ValueError(f"--max-memory {max_memory_bytes} is below what the server needs empty "
                          f"({guard.baseline_bytes} bytes)")
     guard.install(handler)
+    if output is not None:
+        guard.count_output(handler, output)
     log.info("memory limit %d bytes, eviction %s", max_memory_bytes, policy)
     return guard

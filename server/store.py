@@ -1,10 +1,11 @@
 """The in-memory table: string keys to string values, with expiry.
 
 Keys live in a fixed number of buckets chosen by ``hash(key)``. That costs one
-list index per operation and buys a ``keys`` scan whose cursor is a bucket
-number: a key present for the whole scan is returned exactly once, no matter
-how the table changes between pages, and no page needs a sorted copy of the
-table.
+list index per operation and buys a ``keys`` scan whose cursor is a position
+fixed by the hash: a key present for the whole scan is returned exactly once,
+no matter how the table changes between pages, and no page needs a sorted
+copy of the table. A position is a bucket and a sub-bucket (the next bits of
+the hash), so that a page can end inside a large bucket.
 
 Deadlines are wall-clock seconds (``time.time``) so that they keep their
 meaning across a restart. A key past its deadline is gone: every read checks,
@@ -13,16 +14,31 @@ and :meth:`Store.sweep` removes expired keys nobody asks for.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
-import re
 import sys
 import time
 from typing import Callable, Iterable, Iterator
 
-#: Number of hash buckets; a power of two. Also the number of scan steps.
+from server.glob_match import compile_glob
+
+#: Number of hash buckets; a power of two.
 BUCKETS = 4096
 _MASK = BUCKETS - 1
+
+#: Sub-buckets a scan splits a large bucket into, by the hash bits above the
+#: bucket's; a power of two. A scan position is ``bucket * SUB_BUCKETS + sub``.
+SUB_BUCKETS = 256
+_BUCKET_BITS = BUCKETS.bit_length() - 1
+
+#: Scan positions: a cursor needs this many values (2**20).
+SCAN_POSITIONS = BUCKETS * SUB_BUCKETS
+
+#: A bucket with at most this many keys is scanned in one step. A larger one
+#: is too if the pattern is ``*`` (nothing to match), or if the keys matched
+#: so far in the page say it fits in the time left; otherwise it is scanned
+#: in sub-buckets, so that the page can stop inside it (for the price of a
+#: pass sorting its keys into sub-buckets).
+WHOLE_BUCKET_KEYS = 16
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -90,29 +106,55 @@ class Store:
         """The wall-clock second ``key`` expires at, or None."""
         return self._deadlines.get(key)
 
-    def scan(self, cursor: int, pattern: str, count: int) -> tuple[int, list[str]]:
+    def scan(self, cursor: int, pattern: str, count: int, deadline: float | None = None,
+             max_bytes: int | None = None) -> tuple[int, list[str]]:
         """One page of the live keys matching the glob ``pattern``.
 
-        Starts at bucket ``cursor`` and takes whole buckets until at least
-        ``count`` keys were examined. Returns ``(next_cursor, keys)``;
-        ``next_cursor`` is 0 when the scan is complete.
+        Starts at scan position ``cursor`` and takes steps (a whole bucket,
+        or one sub-bucket of a large one) until at least ``count`` keys were
+        examined, or ``time.perf_counter()`` reached ``deadline``, or the
+        keys found take ``max_bytes`` (UTF-8); always at least one step.
+        Returns ``(next_cursor, keys)``; ``next_cursor`` is 0 when the scan
+        is complete. A step may overrun ``deadline`` by what a whole bucket
+        costs when the page's keys so far predicted it would not.
+
+        Raises:
+            PatternTooComplex: see :func:`server.glob_match.compile_glob`.
         """
-        match = None if pattern == "*" else re.compile(fnmatch.translate(pattern)).match
+        match = compile_glob(pattern)
         now = self._clock()
+        deadlines = self._deadlines
         found: list[str] = []
-        examined = 0
-        bucket = cursor
-        while bucket < BUCKETS and examined < count:
+        examined = found_bytes = 0
+        clock = time.perf_counter
+        started = clock()
+        position = cursor
+        while position < SCAN_POSITIONS:
+            bucket, sub = divmod(position, SUB_BUCKETS)
             entries = self._buckets[bucket]
-            examined += len(entries)
-            for key in entries:
-                if match is not None and match(key) is None:
-                    continue
-                deadline = self._deadlines.get(key)
-                if deadline is None or deadline > now:
-                    found.append(key)
-            bucket += 1
-        return (0 if bucket >= BUCKETS else bucket), found
+            steps: Iterable[tuple[int, Iterable[str]]]
+            if sub == 0 and (len(entries) <= WHOLE_BUCKET_KEYS or deadline is None or match is None or (
+                    examined and (clock() - started) / examined * len(entries) < deadline - clock())):
+                steps = ((-1, entries),)  # -1: the whole bucket
+            else:
+                steps = _sub_buckets(entries, sub)
+            position = (bucket + 1) * SUB_BUCKETS
+            for step_sub, keys in steps:
+                examined += len(keys)  # type: ignore[arg-type]
+                for key in keys:
+                    if match is not None and not match(key):
+                        continue
+                    deadline_s = deadlines.get(key) if deadlines else None
+                    if deadline_s is None or deadline_s > now:
+                        found.append(key)
+                        if max_bytes is not None:
+                            found_bytes += len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))
+                if (examined >= count or (deadline is not None and clock() >= deadline)
+                        or (max_bytes is not None and found_bytes >= max_bytes)):
+                    if 0 <= step_sub < SUB_BUCKETS - 1:
+                        position = bucket * SUB_BUCKETS + step_sub + 1
+                    return (0 if position >= SCAN_POSITIONS else position), found
+        return 0, found
 
     def items(self) -> Iterator[tuple[str, str, float | None]]:
         """Every live ``(key, value, deadline)``, for snapshots and rebalancing."""
@@ -278,6 +320,17 @@ class Store:
         self._count -= 1
         self.memory_bytes -= _size(key, value)
         self._deadlines.pop(key, None)
+
+
+def _sub_buckets(entries: dict[str, str], first: int) -> list[tuple[int, list[str]]]:
+    """The keys of a bucket by sub-bucket, from sub-bucket ``first`` on, in order."""
+    subs: dict[int, list[str]] = {}
+    mask = SUB_BUCKETS - 1
+    for key in entries:
+        sub = (hash(key) >> _BUCKET_BITS) & mask
+        if sub >= first:
+            subs.setdefault(sub, []).append(key)
+    return sorted(subs.items())
 
 
 def _is_decimal(text: str) -> bool:

@@ -11,6 +11,7 @@ from client import Client
 from common.errors import InvalidRequestError
 from common.limits import Limits
 from common.protocol import Status
+from tests.servers import run_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,3 +70,22 @@ def test_every_limit_is_documented_with_its_default():
         assert flag in security, field.name
     for setting in ("--max-memory", "--eviction", "1000 each way", "--curve-secret-key", "--allow"):
         assert setting in security
+
+
+def test_the_reply_limit_comes_from_its_environment_variable_and_refuses_large_replies(start_server):
+    server = start_server(env={"MEMLOOKUP_MAX_REPLY_BYTES": "100000"})
+    with Client(server.node, timeout_s=5) as table:
+        assert table.stats()["limits"]["max_reply_bytes"] == 100_000
+        table.set("v", "x" * 60_000)
+        assert table.get("v") == "x" * 60_000
+        _too_large(lambda: table.mget(["v", "v"]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-reply-bytes", "4096"], "max-reply-bytes must be at least 8192"),
+    (["--max-reply-bytes", "300000000"], "the output limits must grow"),
+    (["--max-peer-output-bytes", "1000000000"], "the output limits must grow"),
+])
+def test_output_limits_that_cannot_work_are_a_usage_error(args, message):
+    result = run_server(*args)
+    assert result.returncode == 2 and message in result.stderr

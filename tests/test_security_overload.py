@@ -1,8 +1,9 @@
 """Overload: far more clients than the server can serve, and a peer that never reads.
 
 The server's memory must stay bounded (per-peer queues are capped by the
-high-water marks; nothing else queues), and every client must get either an
-answer or a clean :class:`NodeUnavailableError` within its timeout.
+high-water marks and the output budgets; a peer whose queue fills up is
+disconnected), and every client must get either an answer or a clean
+:class:`NodeUnavailableError` within its timeout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections import Counter
 
 import pytest
+import zmq
 
 from client import Client, NodeUnavailableError
 from common.protocol import encode_request
@@ -81,15 +83,25 @@ def test_a_peer_that_never_reads_its_replies_cannot_grow_the_server(server):
     before_kib = read_status_kib(pid, "VmHWM")
     flood = RawPeer(server.node, rcvhwm=10)
     request = encode_request("get", "big")
-    for _ in range(30_000):  # 300 MB of replies if the server queued them all
-        flood.send(request)
+    sent, stuck_since = 0, None
+    while sent < 30_000:  # 300 MB of replies if the server queued them all
+        try:
+            flood.socket.send_multipart([b"", request], zmq.NOBLOCK)
+            sent, stuck_since = sent + 1, None
+        except zmq.Again:  # its own queue is full: wait for it to drain, unless it no longer does
+            stuck_since = stuck_since or time.monotonic()
+            if time.monotonic() - stuck_since > 2:
+                break
+            time.sleep(0.01)
     with Client(server.node, timeout_s=5) as table:
         for _ in range(20):
             assert table.ping()
             time.sleep(0.05)
+        output = table.stats()["output"]
     growth = (read_status_kib(pid, "VmHWM") - before_kib) * 1024
-    print(f"flood: peak RSS growth {growth / MB:.1f} MB")
+    print(f"flood: {sent} requests sent, peak RSS growth {growth / MB:.1f} MB, {output}")
     flood.close()
     assert growth < 50 * MB, f"peak RSS grew {growth / MB:.0f} MB"
+    assert output["disconnected_peers"] == 1 and output["queued_bytes"] == 0
     with Client(server.node, timeout_s=5) as table:
         assert table.get("big") == "y" * 10_000
