@@ -228,8 +228,12 @@ class Server:
         if after_batch is not None:  # before the replies: a client that has its answer sees it counted
             after_batch(len(replies), time.perf_counter() - started)
         send = socket.send
+        muted = output.muted if output.has_muted else None
         for reply in replies:
             body = reply[-1]
+            if muted is not None and muted(reply[0]):
+                output.dropped_replies += 1
+                continue
             try:
                 for frame in reply[:-1]:
                     send(frame, _SNDMORE_NOBLOCK)

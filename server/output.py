@@ -98,8 +98,9 @@ class OutputQueue:
         self._peers: dict[bytes, _Peer] = {}
         #: True while some peer has counted replies queued (then :meth:`reap` has work).
         self.busy = False
-        # Peers disconnected lately: libzmq may refuse replies to one for a
-        # while before it notices, and that is not a second disconnection.
+        # Peers disconnected or muted lately: they get no more replies (a
+        # ROUTER never reuses an identity), and libzmq refusing replies to a
+        # disconnected one for a while is not a second disconnection.
         self._cut: OrderedDict[bytes, None] = OrderedDict()
         self._log = RateLimitedLog(log, what="disconnections")
 
@@ -128,8 +129,11 @@ class OutputQueue:
         """ZeroMQ would not take a reply: the peer's queue is full, or the peer is gone.
 
         A peer whose queue of 1000 replies is full does not read: it is
-        disconnected if the reply is large enough to know its connection,
-        rather than left to find a gap in its replies; a small one is dropped.
+        disconnected if the reply is large enough to know its connection.
+        Either way it gets no reply on that connection from now on
+        (:meth:`muted`): one missing in the middle of its replies would make
+        a pipelining client take the next reply for the missing one's. It
+        times out and resends on a new connection.
         """
         large = isinstance(reply, LargeReply)
         if large and reply.counted:
@@ -149,6 +153,16 @@ class OutputQueue:
         if peer is not None:
             self._disconnect(identity, peer, f"its queue of {MAX_QUEUED_MESSAGES} replies is full "
                                              f"({peer.bytes} bytes counted)")
+        else:
+            self._mute(identity)
+
+    @property
+    def has_muted(self) -> bool:
+        return bool(self._cut)
+
+    def muted(self, identity: bytes) -> bool:
+        """True for a peer that gets no more replies: disconnected, or one of its replies was dropped."""
+        return identity in self._cut
 
     def reap(self) -> None:
         """Forget replies libzmq has released; disconnect peers over the budgets."""
@@ -176,11 +190,14 @@ class OutputQueue:
                                                 f"{total + largest.bytes} are over the output budget of "
                                                 f"{self.max_total_bytes}")
 
-    def _disconnect(self, identity: bytes, peer: _Peer, why: str) -> None:
-        """Drop what is queued for ``peer`` and its connection (libzmq does both on a shutdown)."""
+    def _mute(self, identity: bytes) -> None:
         self._cut[identity] = None
         if len(self._cut) > _REMEMBERED_CUTS:
             self._cut.popitem(last=False)
+
+    def _disconnect(self, identity: bytes, peer: _Peer, why: str) -> None:
+        """Drop what is queued for ``peer`` and its connection (libzmq does both on a shutdown)."""
+        self._mute(identity)
         self.disconnected_peers += 1
         if peer.fd is None:
             self._log.warning("cannot disconnect a peer that does not read its replies (%s): "

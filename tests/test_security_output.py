@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import time
 
+import msgpack
+import zmq
+
 import pytest
 
 from client import Client
@@ -114,3 +117,35 @@ def test_a_10_mb_frame_of_empty_arrays_is_refused_within_the_cap(capped):
     assert _answers_ping(capped)
     with Client(capped.node, timeout_s=5) as table:
         assert table.get("big") == "x" * MIB
+
+
+def test_a_peer_whose_queue_overflows_never_gets_replies_out_of_order(start_server):
+    """Replies to a peer that does not read, once its queue is full, are never
+    sent past a dropped one: what it reads later is its first replies in order,
+    and nothing after a gap (a pipelining client matches replies by order)."""
+    server = start_server()
+    count = 60_000
+    with Client(server.node, timeout_s=5.0, retries=0) as setup:
+        for start in range(0, count, 10_000):
+            setup.mset({f"k{i}": f"v{i}" for i in range(start, start + 10_000, 2)})
+    context = zmq.Context()
+    peer = context.socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.setsockopt(zmq.RCVHWM, 10)
+    peer.setsockopt(zmq.RCVBUF, 4096)
+    peer.setsockopt(zmq.SNDHWM, 0)
+    try:
+        peer.connect(f"tcp://{server.node}")
+        for i in range(count):
+            peer.send(encode_request("get", f"k{i - i % 2}"))
+        time.sleep(2.0)  # the server answers all it can meanwhile; its queue for us fills
+        replies = []
+        while peer.poll(1000):
+            replies.append(msgpack.unpackb(peer.recv(), raw=False))
+        with Client(server.node, timeout_s=5.0, retries=0) as other:
+            stats = other.stats()
+    finally:
+        peer.close(linger=0)
+        context.term()
+    assert stats["output"]["dropped_replies"] > 0, "the test never filled the peer's queue"
+    assert replies == [[0, f"v{i - i % 2}"] for i in range(len(replies))]
