@@ -21,10 +21,9 @@ import msgpack
 from common import __version__
 from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
 from common.limits import utf8_over as _utf8_over
+from common.ops import OPS, WRITE_OPS
 from common.protocol import (
-    OPS,
     PROTOCOL_VERSION,
-    WRITE_OPS,
     ProtocolError,
     Status,
     check_request,
