@@ -156,6 +156,12 @@ class OutputQueue:
         else:
             self._mute(identity)
 
+    def drop(self, reply: Any) -> None:
+        """A reply to a muted peer is not sent; one that was counted no longer is."""
+        self.dropped_replies += 1
+        if isinstance(reply, LargeReply) and reply.counted:
+            self.pending_bytes -= reply.size
+
     @property
     def has_muted(self) -> bool:
         return bool(self._cut)
