@@ -7,9 +7,11 @@ changes the store, how a cluster client routes it, and how people see it
 protocol reference). From this table:
 
 * the request decoder checks arity and option names (:mod:`common.protocol`);
-* the server's handler checks every argument by its kind and dispatches to
-  its ``op_<name>`` function (:mod:`server.handler`), and the memory guard
-  knows which arguments the table will store;
+* the server's handler checks every argument by its kind and each option by
+  its kind, and dispatches to its ``op_<name>`` function
+  (:mod:`server.handler`); the memory guard counts the arguments the table
+  will store (``stored``) before a write, and the LRU policy notes the keys
+  an op names (:mod:`server.memory`, :mod:`server.eviction`);
 * the clients build requests and parse replies (:mod:`client.commands`),
   pipelines queue them, ``ClusterClient`` routes them by :class:`Route`;
 * the CLI builds each COMMAND's parser from the row and calls the row's

@@ -12,6 +12,7 @@ from prometheus_client.registry import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from client import Client, InvalidRequestError, NotAnIntegerError
+from common.limits import MAX_PEER_OUTPUT_BYTES
 from server.handler import Handler
 from server.metrics import BatchLatency, MetricsCollector
 from server.store import Store
@@ -62,6 +63,11 @@ def test_scrape_counts_operations_errors_keys_and_latency(start_server):
     assert found[("memlookup_request_duration_seconds_count", ())] == 7
     assert found[("memlookup_request_duration_seconds_bucket", (("le", "+Inf"),))] == 7
     assert found[("memlookup_batches_total", ())] >= 1
+    # Every extra section of stats, as gauges: the output budgets among them.
+    assert found[("memlookup_output_max_peer_output_bytes", ())] == MAX_PEER_OUTPUT_BYTES
+    assert found[("memlookup_output_disconnected_peers", ())] == 0
+    assert found[("memlookup_persistence_enabled", ())] == 0
+    assert found[("memlookup_auth_accepted_connections", ())] >= 1
 
 
 def test_metrics_are_off_by_default_and_a_bad_port_is_refused(start_server):
@@ -77,8 +83,7 @@ def run_cli_server(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_persistence_section_is_exported_when_present():
-    handler = Handler(Store())
-    handler.stats_sections["persistence"] = lambda: {"lag_s": 0.25, "enabled": True, "mode": "always"}
+    handler = Handler(Store(), sections={"persistence": lambda: {"lag_s": 0.25, "enabled": True, "mode": "always"}})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(handler, BatchLatency()))
     found = samples(generate_latest(registry).decode())

@@ -23,7 +23,7 @@ import zmq
 
 from client import Client
 from common.protocol import encode_batch, encode_request
-from server.handler import RECENT_REPLIES
+from server.replies import RECENT_REPLIES
 from server.records import frame
 from tests.servers import ServerProcess
 from tests.test_retry import DropFirstReplyProxy
