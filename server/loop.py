@@ -232,7 +232,7 @@ class Server:
         for reply in replies:
             body = reply[-1]
             if muted is not None and muted(reply[0]):
-                output.dropped_replies += 1
+                output.drop(body)
                 continue
             try:
                 for frame in reply[:-1]:

@@ -160,6 +160,12 @@ class OutputQueue:
     def has_muted(self) -> bool:
         return bool(self._cut)
 
+    def drop(self, reply: Any) -> None:
+        """Drop a reply to a muted peer without sending it (its count, if counted, is given back)."""
+        if isinstance(reply, LargeReply) and reply.counted:
+            self.pending_bytes -= reply.size
+        self.dropped_replies += 1
+
     def muted(self, identity: bytes) -> bool:
         """True for a peer that gets no more replies: disconnected, or one of its replies was dropped."""
         return identity in self._cut
