@@ -27,17 +27,23 @@ from common.errors import (
     TransportError,
 )
 
-if TYPE_CHECKING:  # for type checkers the class itself; at run time __getattr__ imports it
+if TYPE_CHECKING:  # for type checkers the classes themselves; at run time __getattr__ imports them
     from client.cluster import ClusterClient
+    from client.pipeline import Pipeline, Stream
 
 
 def __getattr__(name: str) -> object:
-    # ClusterClient (and its hashing and thread-pool imports) loads on first use,
-    # so a single-node program or command does not pay for it.
+    # Loaded on first use, so that a single-node program or command does not
+    # pay for the cluster's hashing and threads. (Imports
+    # written out: an installed copy rewrites them to memlookup.client.)
     if name == "ClusterClient":
         from client.cluster import ClusterClient
 
         return ClusterClient
+    if name in ("Pipeline", "Stream"):
+        from client import pipeline
+
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'client' has no attribute {name!r}")
 
 
@@ -51,6 +57,8 @@ __all__ = [
     "NotAnIntegerError",
     "OutOfMemoryError",
     "PersistenceError",
+    "Pipeline",
     "ServerError",
+    "Stream",
     "TransportError",
 ]

@@ -17,6 +17,7 @@ backslashes pay for :func:`shlex.split`.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shlex
 import stat
@@ -76,18 +77,17 @@ class BulkLoader:
 
     Args:
         client: the node's client (its timeout and retries apply).
-        stream: the pipeline connection to send on, with the window of
-            requests in flight (``client._stream(window)``).
         command_parsers: the CLI's per-command parsers, by command name.
         batch_keys: most pairs per ``mset``.
+        window: most requests in flight.
     """
 
     def __init__(
         self,
         client: Client,
-        stream: Any,
         command_parsers: dict[str, argparse.ArgumentParser],
         batch_keys: int = DEFAULT_BATCH_KEYS,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.client = client
         self.parsers = command_parsers
@@ -96,8 +96,10 @@ class BulkLoader:
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
-        self.pipeline = client.pipeline(per_message=1)  # queues and encodes; its own batches: mset
-        self._stream = stream
+        #: Sends each command at once (its own batches: mset); results come back in order,
+        #: each to the callback queued with its command.
+        self.stream = client.stream(self._on_result, window=window, per_message=1)
+        self._callbacks: collections.deque[Callable[[Any], None]] = collections.deque()
         self._pairs: dict[str, str] = {}
         self._pairs_first_line = 0  # line number of the batch's first pair
         self._pairs_lines = 0  # lines in the batch (a key set twice counts twice)
@@ -171,20 +173,21 @@ class BulkLoader:
             return
         pairs, first, count = self._pairs, self._pairs_first_line, self._pairs_lines
         self._pairs, self._pairs_lines = {}, 0
-        frame = self.client._encode("mset", (pairs,), None, True)
-        self._stream.submit(frame, self._batch_reply(first, count))
+        self.stream.mset(pairs)
+        self._callbacks.append(self._batch_result(first, count))
 
-    def _batch_reply(self, first_line: int, count: int) -> Callable[[bytes], None]:
-        def on_reply(frame: bytes) -> None:
-            try:
-                self.client._payload(frame)
-            except MemlookupError as exc:  # the whole batch refused (memory, persistence)
+    def _on_result(self, result: Any) -> None:
+        self._callbacks.popleft()(result)
+
+    def _batch_result(self, first_line: int, count: int) -> Callable[[Any], None]:
+        def on_result(result: Any) -> None:
+            if isinstance(result, MemlookupError):  # the whole batch refused (memory, persistence)
                 self.summary.errors += count
-                self.summary.error_lines.append((first_line, f"{exc} ({count} set lines from here refused)"))
+                self.summary.error_lines.append((first_line, f"{result} ({count} set lines from here refused)"))
                 return
             self.summary.sent += count
 
-        return on_reply
+        return on_result
 
     def _queue_command(self, line_number: int, name: str, words: list[str]) -> None:
         parser = self.parsers.get(name)
@@ -193,7 +196,7 @@ class BulkLoader:
         if name in ("keys", "stats"):
             raise _LineError(f"{name} is not available with --pipe")
         args = parser.parse_args(words)
-        p = self.pipeline
+        p = self.stream
         if name == "set":
             if args.value == "-":
                 raise _LineError("set needs a VALUE with --pipe (standard input is the command stream)")
@@ -214,28 +217,21 @@ class BulkLoader:
             p.ping()
         else:  # get, exists, ttl: answered and counted, not printed
             getattr(p, name)(args.key)
-        self._send_queued(line_number)
+        self._callbacks.append(self._line_result(line_number))
 
-    def _send_queued(self, line_number: int) -> None:
-        for frame, decode in self.pipeline._queued:
-            self._stream.submit(frame, self._single_reply(line_number, decode))
-        self.pipeline._queued.clear()
-
-    def _single_reply(self, line_number: int, decode: Callable[[bytes], Any]) -> Callable[[bytes], None]:
-        def on_reply(frame: bytes) -> None:
-            try:
-                decode(frame)
-            except MemlookupError as exc:
-                self.summary.error(line_number, str(exc))
+    def _line_result(self, line_number: int) -> Callable[[Any], None]:
+        def on_result(result: Any) -> None:
+            if isinstance(result, MemlookupError):
+                self.summary.error(line_number, str(result))
                 return
             self.summary.sent += 1
 
-        return on_reply
+        return on_result
 
     def finish(self) -> Summary:
         """Send what is still batched and wait for every reply."""
         self._flush_pairs()
-        self._stream.drain()
+        self.stream.drain()
         return self.summary
 
 
@@ -254,8 +250,8 @@ def run(
     """
     bar = _progress_bar(source) if progress else None
     line_number = done_bytes = 0
-    with client._stream(window) as stream:
-        loader = BulkLoader(client, stream, command_parsers, batch_keys)
+    loader = BulkLoader(client, command_parsers, batch_keys, window)
+    with loader.stream:
         while True:
             lines = source.readlines(READ_BYTES)
             if not lines:

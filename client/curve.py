@@ -10,15 +10,14 @@ times out, reads it: a failed handshake becomes an
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 if TYPE_CHECKING:
     from common.keys import KeySource
 
-_HANDSHAKE_FAILURES = {
+_HANDSHAKE_FAILURES: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused our client key",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the CURVE handshake failed (wrong server key, or the server is not using CURVE)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the CURVE handshake failed (wrong server key?)",
@@ -35,7 +34,7 @@ class CurveKeys:
     client_secret: bytes
 
     @classmethod
-    def load(cls, server_key: "KeySource", client_key: "KeySource | None" = None) -> "CurveKeys":
+    def load(cls, server_key: KeySource, client_key: KeySource | None = None) -> CurveKeys:
         """Keys from ``server_key`` (a ``.key`` file or Z85 text) and ``client_key``
         (a ``.key_secret`` file); without one, an ephemeral pair is made (the
         link is encrypted, but a server with authorized keys will refuse it).
@@ -58,7 +57,7 @@ class CurveKeys:
         return cls(server_public, client_public, client_secret)
 
     @classmethod
-    def from_options(cls, server_key: "KeySource | None", client_key: "KeySource | None") -> "CurveKeys | None":
+    def from_options(cls, server_key: KeySource | None, client_key: KeySource | None) -> CurveKeys | None:
         """None when neither key is given; see :meth:`load`."""
         if server_key is None and client_key is None:
             return None
@@ -66,8 +65,9 @@ class CurveKeys:
             raise ValueError("a client key needs the server's public key too (server_key / --server-key)")
         return cls.load(server_key, client_key)
 
-    def apply(self, socket: zmq.Socket) -> zmq.Socket:
-        """Set the keys on ``socket`` (before connect); returns its monitor socket."""
+    def apply(self, socket: zmq.Socket[Any]) -> zmq.Socket[Any]:
+        """Set the keys on ``socket`` (before connect); returns its monitor socket
+        (an asyncio one for an asyncio socket)."""
         socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, self.client_public)
         socket.setsockopt(zmq.CURVE_SECRETKEY, self.client_secret)
@@ -76,14 +76,20 @@ class CurveKeys:
         return monitor
 
 
-def handshake_failure(monitor: zmq.Socket) -> str | None:
-    """Why the handshake failed, if the monitor saw it fail and never succeed."""
+def handshake_failure(monitor: zmq.Socket[Any]) -> str | None:
+    """Why the handshake failed, if the monitor saw it fail and never succeed.
+
+    Reads what the monitor has queued without waiting; an asyncio monitor is
+    read through a blocking view of the same socket.
+    """
     from zmq.utils.monitor import parse_monitor_message  # imports asyncio: keep it off the CLI's start
 
+    if type(monitor) is not zmq.Socket:
+        monitor = zmq.Socket.shadow(monitor.underlying)
     failure = None
     while monitor.poll(0):
         try:
-            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"]
+            event = int(parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))["event"])
         except (zmq.ZMQError, ValueError, KeyError):
             break
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:

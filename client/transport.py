@@ -5,8 +5,14 @@ timeout. On timeout close the socket with LINGER 0, open a new one and resend.
 After the last retry give up with :class:`NodeUnavailableError`. A reply that
 arrives late goes to the closed socket and is dropped by ZeroMQ, so it can
 never be taken for the answer to a later request. A wait cut short by any
-other exception (Ctrl-C) also discards the socket, which would otherwise be
-stuck waiting for that reply.
+other exception (Ctrl-C; in asyncio, a cancelled task) also discards the
+socket, which would otherwise be stuck waiting for that reply.
+
+:class:`Connection` is what every transport shares -- opening a socket (its
+options, CurveZMQ keys and handshake monitor), discarding it, and turning
+failures into errors; :class:`Transport` is the blocking loop on top of it.
+:mod:`client.async_transport` has the same loop awaiting, for
+:class:`client.AsyncClient`, and :mod:`client.pipeline` the streaming one.
 
 A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
 lends transports to the threads that share a client. Any ``zmq`` exception
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import zmq
 
@@ -29,20 +35,20 @@ from common.errors import AuthenticationError, NodeUnavailableError, TransportEr
 if TYPE_CHECKING:
     from client.curve import CurveKeys
 
+#: The socket class a connection opens: blocking, or asyncio's.
+S = TypeVar("S", bound="zmq.Socket[Any]")
 
-class Transport:
-    """A lockstep socket to one endpoint, reopened after every timeout.
 
-    Not for two threads at once, nor for a child after ``fork()``: clients
-    take one from a :class:`client.pool.Pool` for each call.
+class Connection(Generic[S]):
+    """One socket to one endpoint at a time, reopened after a failure.
 
     Args:
         endpoint: ``tcp://host:port``.
         timeout_s: how long to wait for each attempt's reply.
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (the process-wide
-            ``zmq.Context.instance()`` by default, looked up at each open, so
-            a terminated one is replaced).
+            ``instance()`` by default, looked up at each open, so a
+            terminated one is replaced).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
     """
@@ -56,11 +62,11 @@ class Transport:
         endpoint: str,
         timeout_s: float,
         retries: int,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         label: str = "",
-        curve: "CurveKeys | None" = None,
+        curve: CurveKeys | None = None,
     ) -> None:
-        if timeout_s <= 0:
+        if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
@@ -69,18 +75,21 @@ class Transport:
         self.retries = retries
         self.label = label or endpoint
         self._context = context
-        self._socket: zmq.Socket | None = None
+        self._socket: S | None = None
         self.curve = curve
-        self._monitor: zmq.Socket | None = None
+        self._monitor: zmq.Socket[Any] | None = None
 
-    def _open(self) -> zmq.Socket:
-        socket = (self._context or zmq.Context.instance()).socket(self.socket_type)
+    def _new_socket(self) -> S:
+        """A socket of ``socket_type`` in this connection's context."""
+        raise NotImplementedError
+
+    def _open(self) -> S:
+        socket = self._new_socket()
         try:
             socket.setsockopt(zmq.LINGER, 0)
             for option, value in self.socket_options:
                 socket.setsockopt(option, value)
-            # A blocking recv with a timeout: one call per reply, no poll set;
-            # zmq.Again means the attempt timed out.
+            # A receive with a timeout: zmq.Again means the attempt timed out.
             socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
             if self.endpoint.startswith("tcp://["):
                 socket.setsockopt(zmq.IPV6, 1)
@@ -115,6 +124,44 @@ class Transport:
             reason = f"ZeroMQ error: {exc}"
         return TransportError(f"{self.label}: {reason}", errno)
 
+    def _timed_out(self, started: float) -> None:
+        """After an attempt timed out: raise AuthenticationError if the CURVE
+        handshake failed (retrying would not help); discard the socket."""
+        if self._monitor is not None:
+            from client.curve import handshake_failure
+
+            failure = handshake_failure(self._monitor)
+            if failure is not None:
+                self._discard()
+                waited = time.monotonic() - started
+                raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
+        self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
+
+    def _gave_up(self, attempts: int, started: float, detail: str = "") -> NodeUnavailableError:
+        waited = time.monotonic() - started
+        return NodeUnavailableError(
+            f"no reply from {self.label} within {waited:.1f} s "
+            f"({attempts} attempt{'s' if attempts != 1 else ''} of {self.timeout_s:g} s){detail}",
+            node=self.label,
+            waited_s=waited,
+        )
+
+    def close(self) -> None:
+        self._discard()
+
+
+class Transport(Connection["zmq.Socket[bytes]"]):
+    """A lockstep REQ socket to one endpoint, reopened after every timeout.
+
+    Not for two threads at once, nor for a child after ``fork()``: clients
+    take one from a :class:`client.pool.Pool` for each call. Arguments as
+    :class:`Connection`.
+    """
+
+    def _new_socket(self) -> zmq.Socket[bytes]:
+        context: zmq.Context[zmq.Socket[bytes]] = self._context or zmq.Context.instance()
+        return context.socket(self.socket_type)
+
     def request(self, frame: bytes, retry: bool = True) -> bytes:
         """Send ``frame`` and return the reply frame.
 
@@ -123,6 +170,7 @@ class Transport:
 
         Raises:
             NodeUnavailableError: no reply after every attempt.
+            AuthenticationError: the CURVE handshake failed.
             TransportError: ZeroMQ itself failed (a terminated context...).
         """
         try:
@@ -138,32 +186,11 @@ class Transport:
         for _ in range(attempts):
             socket = self._socket or self._open()
             try:
-                socket.send(frame, copy=copy)
+                socket.send(frame, 0, copy)
                 return socket.recv()
             except zmq.Again:  # RCVTIMEO passed
-                if self._monitor is not None:
-                    self._check_handshake(started)  # a refused key: say so, do not retry
-                self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
+                self._timed_out(started)
             except BaseException:
                 self._discard()  # an interrupted wait: never reuse a socket owed a reply
                 raise
-        waited = time.monotonic() - started
-        raise NodeUnavailableError(
-            f"no reply from {self.label} within {waited:.1f} s "
-            f"({attempts} attempt{'s' if attempts != 1 else ''} of {self.timeout_s:g} s)",
-            node=self.label,
-            waited_s=waited,
-        )
-
-    def _check_handshake(self, started: float) -> None:
-        from client.curve import handshake_failure
-
-        assert self._monitor is not None
-        failure = handshake_failure(self._monitor)
-        if failure is not None:
-            self._discard()
-            waited = time.monotonic() - started
-            raise AuthenticationError(f"{self.label}: {failure}", node=self.label, waited_s=waited)
-
-    def close(self) -> None:
-        self._discard()
+        raise self._gave_up(attempts, started)

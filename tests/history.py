@@ -54,6 +54,7 @@ import msgpack
 import zmq
 
 from client import Client, ClusterClient
+from client.requests import result as reply_result
 from common.errors import MemlookupError, NodeUnavailableError
 from common.protocol import encode_batch, encode_request
 
@@ -451,7 +452,7 @@ class _BatchSender:
             return
         for (op, args), item in zip(commands, items, strict=True):
             try:
-                result = Client._result(item[0], item[1])
+                result = reply_result(item[0], item[1])
             except MemlookupError as exc:
                 worker.record(op, args, start, end, *_failure(exc))
                 continue

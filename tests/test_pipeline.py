@@ -6,10 +6,13 @@ from client import Client, InvalidRequestError, NodeUnavailableError, NotAnInteg
 
 
 def test_results_come_back_in_order_for_every_command(client):
+    """Each result is what the Client method returns (mset None, ping True, scan a tuple)."""
     with client.pipeline() as p:
         p.set("a", "1").incr("n").get("a").mset({"x": "1", "y": "2"}).mget(["x", "y", "z"])
-        p.exists("a").ttl("a").cas("a", "1", "2").delete("x").ping()
-    assert p.results == [True, 1, "1", True, ["1", "2", None], True, -1, True, True, "PONG"]
+        p.exists("a").ttl("a").cas("a", "1", "2").delete("x").ping().scan(0, "y", 10).stats()
+    *results, stats = p.results
+    assert results == [True, 1, "1", None, ["1", "2", None], True, -1, True, True, True, (0, ["y"])]
+    assert stats["keys"] == 3
     assert client.get("a") == "2"
 
 
@@ -107,6 +110,7 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(start_server, tm
     import signal
 
     from client.pipeline import StreamTransport
+    from client.requests import payload
     from common.protocol import encode_request
 
     args = ("--data-dir", str(tmp_path))
@@ -117,7 +121,7 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(start_server, tm
     got: dict[str, str] = {}
 
     def keep(key):
-        return lambda frame: got.setdefault(key, Client._payload(frame))
+        return lambda frame: got.setdefault(key, payload(frame))
 
     try:
         stream.submit(encode_request("ping"), keep("ping"))  # connected, handshake done
