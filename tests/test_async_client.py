@@ -19,7 +19,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from client import AsyncClient, MemlookupError, NodeUnavailableError, TransportError
+from client import AsyncClient, Client, MemlookupError, NodeUnavailableError, TransportError
 from common.protocol import Status, encode_reply
 from tests.servers import ROOT, ServerProcess
 
@@ -193,3 +193,12 @@ def test_importing_the_library_does_not_import_asyncio() -> None:
     code = ("import sys, client, client.cli; assert 'asyncio' not in sys.modules; "
             "from client import AsyncClient, AsyncClusterClient; assert 'asyncio' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_readme_asyncio_example_runs_as_written(server: ServerProcess) -> None:
+    readme = (ROOT / "README.md").read_text()
+    example = next(block for block in readme.split("```python\n")[1:] if "AsyncClient(" in block).split("```")[0]
+    example = example.replace("127.0.0.1:7400", server.node).replace("from memlookup.client", "from client")
+    exec(compile(example, "README.md", "exec"), {})
+    with Client(server.node, timeout_s=2) as table:
+        assert table.mget(["norway", "visits"]) == ["oslo", "10"]

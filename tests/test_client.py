@@ -183,3 +183,11 @@ def test_limits_are_the_servers(start_server: Callable[..., ServerProcess], make
         with pytest.raises(InvalidRequestError, match=r"longer than 10 bytes|size limit"):
             table.set("k", "x" * 11)
         assert table.get("k") == "x" * 10
+
+
+@pytest.mark.parametrize("options", [{"timeout_s": 0}, {"timeout_s": -1.0}, {"retries": -1}])
+def test_a_bad_timeout_or_retry_count_is_refused_when_the_client_is_made(
+        make_client: Callable[..., Any], options: dict[str, float],
+) -> None:
+    with pytest.raises(ValueError, match=r"timeout_s|retries"):
+        make_client("127.0.0.1:1", **options)
