@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from client import Client
 from client.pool import Pool
-from client.requests import Request
+from client.requests import Command
 from tests.servers import ServerProcess
 
 T = TypeVar("T")
@@ -43,8 +43,8 @@ class _Unshared(Client):
         super().__init__(*args, **kwargs)
         self._single = self._new_transport()
 
-    def _send(self, request: Request[T]) -> T:
-        return request.command.parse(self._single.request(self._rids.frame(request)))
+    def _call(self, command: Command[T], frame: bytes) -> T:
+        return command.parse(self._single.request(frame))
 
     def close(self) -> None:
         self._single.close()

@@ -144,18 +144,21 @@ class Client(NodeSettings["zmq.Context[zmq.Socket[bytes]]"], MappingSugar):
     # -- sending -----------------------------------------------------------------
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> T:
-        return self._send(command.request(args, options))
+        return self._call(command, command.frame(args, options, self._rids))
 
     def _send(self, request: Request[T]) -> T:
-        """Send one checked request in lockstep (Lazy Pirate); its result."""
-        frame = self._rids.frame(request)
+        """Send a request checked already (a cluster's); its result."""
+        return self._call(request.command, self._rids.frame(request))
+
+    def _call(self, command: Command[T], frame: bytes) -> T:
+        """Send ``frame`` in lockstep (Lazy Pirate) on a connection of the pool; ``command``'s result."""
         transports = self._transports
         lease = transports.take()
         try:
             reply = lease[1].request(frame)
         finally:
             transports.give(lease)
-        return request.command.parse(reply)
+        return command.parse(reply)
 
     def _new_transport(self) -> Transport:
         return Transport(self.endpoint, self._timeout_s, self._retries, self._context_here(), label=self.node,

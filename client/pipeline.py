@@ -320,7 +320,7 @@ class QueuedCommands(PipelineCommands):
         self.results: list[Any] = []
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> Self:
-        self._queued.append((self._rids.frame(command.request(args, options)), command))
+        self._queued.append((command.frame(args, options, self._rids), command))
         return self
 
     def __len__(self) -> int:
@@ -465,7 +465,7 @@ class Stream(PipelineCommands):
         return self._transport
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> Self:
-        frame = self._client._rids.frame(command.request(args, options))
+        frame = command.frame(args, options, self._client._rids)
         for message in self._outbox.add(frame, command):
             self._connection().submit(*message)
         return self

@@ -164,7 +164,7 @@ class Command(Generic[T]):
             the key is not on that node (a cluster client then asks the next owner).
     """
 
-    __slots__ = ("_checks", "_convert", "_option_kinds", "_params", "missing", "name", "op", "writes")
+    __slots__ = ("_checks", "_convert", "_option_kinds", "_text_only", "missing", "name", "op", "writes")
 
     def __init__(self, op: Op, convert: Callable[[Any], T] | None = None, missing: Any = NO_MISS) -> None:
         self.op = op
@@ -172,35 +172,60 @@ class Command(Generic[T]):
         self.writes = op.writes
         self.missing = missing
         self._convert = convert
-        self._params = tuple((param.name, _CHECKS[param.kind]) for param in op.params)
+        self._checks = tuple((param.name, _CHECKS[param.kind]) for param in op.params)
+        #: Every argument a str (get, set, del...): checked by one loop, the common case.
+        self._text_only = all(check is _text for _, check in self._checks)
         self._option_kinds = {option.name: option for option in op.options}
 
-    def request(self, args: tuple[Any, ...], options: Mapping[str, Any]) -> Request[T]:
-        """A checked request for ``args`` (in the op's order) and ``options`` (by name).
-
-        Options left at their defaults (None, False) are not sent.
+    def check(self, args: tuple[Any, ...], options: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any] | None]:
+        """``args`` (in the op's order) as they go on the wire, and the options map
+        (None when empty: options left at their defaults, None or False, are not sent).
 
         Raises:
             InvalidRequestError: an argument of the wrong type, a bad TTL,
                 options that exclude each other.
         """
-        if len(args) != len(self._params):
-            raise TypeError(f"{self.name} takes {len(self._params)} arguments, got {len(args)}")
-        checked = [check(name, value) for (name, check), value in zip(self._params, args, strict=True)]
-        wire: dict[str, Any] | None = None
+        checks = self._checks
+        if len(args) != len(checks):
+            raise TypeError(f"{self.name} takes {len(checks)} arguments, got {len(args)}")
+        checked = list(args)
+        if self._text_only:
+            for value in args:
+                if type(value) is not str:  # a str subclass, or a mistake: the full checks say which
+                    checked = [check(name, value) for (name, check), value in zip(checks, args, strict=True)]
+                    break
+        else:
+            checked = [check(name, value) for (name, check), value in zip(checks, args, strict=True)]
         if options:
-            for name, value in options.items():
-                option = self._option_kinds.get(name)
-                if option is None:
-                    raise TypeError(f"{self.name} has no option {name!r}")
-                if value is None or value is False:
-                    continue
-                if wire is None:
-                    wire = {}
-                wire[name] = _ttl(value) if option.kind == "ttl" else True
-                if option.excludes and options.get(option.excludes):
-                    raise InvalidRequestError(f"{name} and {option.excludes} exclude each other")
-        return Request(self, checked, wire)
+            for value in options.values():
+                if value is not None and value is not False:
+                    return checked, self._wire_options(options)
+        return checked, None
+
+    def _wire_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        wire: dict[str, Any] = {}
+        for name, value in options.items():
+            option = self._option_kinds.get(name)
+            if option is None:
+                raise TypeError(f"{self.name} has no option {name!r}")
+            if value is None or value is False:
+                continue
+            wire[name] = _ttl(value) if option.kind == "ttl" else True
+            if option.excludes and options.get(option.excludes):
+                raise InvalidRequestError(f"{name} and {option.excludes} exclude each other")
+        return wire
+
+    def request(self, args: tuple[Any, ...], options: Mapping[str, Any]) -> Request[T]:
+        """A checked request (see :meth:`check`), for a client that routes it before it frames it."""
+        return Request(self, *self.check(args, options))
+
+    def frame(self, args: tuple[Any, ...], options: Mapping[str, Any], rids: RequestIds) -> bytes:
+        """The checked request's frame (see :meth:`check`), with a request id from ``rids`` if it writes."""
+        checked, wire = self.check(args, options)
+        if self.writes:
+            rid = rids.next()
+            wire = {**wire, "rid": rid} if wire else {"rid": rid}
+        return encode_request(self.name, *checked, options=wire)
 
     def value(self, status: int, body: Any) -> T:
         """What the method returns for a reply's ``status`` and payload; a refusal raised."""
@@ -210,9 +235,11 @@ class Command(Generic[T]):
 
     def parse(self, frame: bytes) -> T:
         """What the method returns for a reply frame; a refusal raised (see :func:`result`)."""
-        if self._convert is None:
-            return cast(T, payload(frame))
-        return self._convert(payload(frame))
+        try:
+            status, body = decode_reply(frame)
+        except ProtocolError as exc:
+            raise ServerError(str(exc), Status.INTERNAL) from None
+        return self.value(status, body) if status or self._convert is not None else cast(T, body)
 
     def __repr__(self) -> str:
         return f"Command({self.name!r})"
