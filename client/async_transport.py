@@ -1,4 +1,4 @@
-"""The transports of :mod:`client.transport` and :mod:`client.pipeline`, awaiting (``zmq.asyncio``).
+"""The transports of :mod:`client.transport` and :mod:`client.stream_transport`, awaiting (``zmq.asyncio``).
 
 The same Lazy Pirate rules, step for step: each attempt waits ``timeout_s``
 (the socket's receive timeout, which ``zmq.asyncio`` turns into ``zmq.Again``
@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from client.pipeline import OnReply, StreamState
+from client.stream_transport import OnReply, StreamState
 from client.transport import Connection
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -70,7 +70,7 @@ class AsyncTransport(Connection[zmq.asyncio.Socket]):
 
 
 class AsyncStreamTransport(StreamState[zmq.asyncio.Socket]):
-    """:class:`client.pipeline.StreamTransport`, awaited: a DEALER keeping up to ``window`` requests in flight."""
+    """:class:`client.stream_transport.StreamTransport`, awaited: a DEALER with up to ``window`` requests in flight."""
 
     def _new_socket(self) -> zmq.asyncio.Socket:
         return _asyncio_socket(self)

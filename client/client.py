@@ -16,7 +16,8 @@ from client.transport import Transport
 from common.address import DEFAULT_PORT
 
 if TYPE_CHECKING:
-    from client.pipeline import Pipeline, Stream, StreamTransport
+    from client.pipeline import Pipeline, Stream
+    from client.stream_transport import StreamTransport
     from common.keys import KeySource
 
 T = TypeVar("T")
@@ -170,7 +171,7 @@ class Client(NodeSettings["zmq.Context[zmq.Socket[bytes]]"], MappingSugar):
         lent for one round (or one stream)."""
         pool = self._stream_pools.get(window_messages)
         if pool is None:
-            from client.pipeline import StreamTransport
+            from client.stream_transport import StreamTransport
 
             def new_stream() -> StreamTransport:
                 return StreamTransport(self.endpoint, self._timeout_s, self._retries, window_messages,

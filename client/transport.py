@@ -12,7 +12,7 @@ socket, which would otherwise be stuck waiting for that reply.
 options, CurveZMQ keys and handshake monitor), discarding it, and turning
 failures into errors; :class:`Transport` is the blocking loop on top of it.
 :mod:`client.async_transport` has the same loop awaiting, for
-:class:`client.AsyncClient`, and :mod:`client.pipeline` the streaming one.
+:class:`client.AsyncClient`, and :mod:`client.stream_transport` the streaming one.
 
 A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
 lends transports to the threads that share a client. Any ``zmq`` exception

@@ -363,7 +363,7 @@ class _BatchSender:
     """A raw DEALER that sends ``batch`` messages, REQ envelope and all, up to two in flight.
 
     Replies on one connection come in request order, so the oldest batch
-    owns the next reply: the socket never reconnects (see client/pipeline.py
+    owns the next reply: the socket never reconnects (see client/stream_transport.py
     for why), so it stays one connection. On a timeout, or a send finding the
     connection gone, it does what the library does: a new socket, every
     unanswered batch again with the same request ids; after ``retries``

@@ -126,7 +126,7 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(
     restart (a DEALER left to reconnect by itself sends what was queued meanwhile)."""
     import signal
 
-    from client import async_transport, pipeline
+    from client import async_transport, stream_transport
     from client.requests import payload
     from common.protocol import encode_request
 
@@ -134,7 +134,7 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(
     server = start_server(*args)
     with Client(server.node, timeout_s=5) as table:
         table.mset({"a": "A", "b": "B"})
-    transport = getattr(pipeline, kind, None) or getattr(async_transport, kind)
+    transport = getattr(stream_transport, kind, None) or getattr(async_transport, kind)
     stream = transport(f"tcp://{server.node}", timeout_s=1, retries=2, window=8)
     step = runner.run if kind.startswith("Async") else (lambda done: done)  # the async one's calls, awaited
     got: dict[str, str] = {}
@@ -161,7 +161,7 @@ def test_after_a_restart_no_request_gets_a_later_requests_reply(
 
 def test_the_window_stays_at_half_the_servers_reply_queue(client: Any) -> None:
     from client.async_transport import AsyncStreamTransport
-    from client.pipeline import MAX_WINDOW_MESSAGES, StreamTransport
+    from client.stream_transport import MAX_WINDOW_MESSAGES, StreamTransport
 
     p = client.pipeline(window=100_000, per_message=1)
     for _ in range(1500):
