@@ -185,22 +185,26 @@ class Command(Generic[T]):
             InvalidRequestError: an argument of the wrong type, a bad TTL,
                 options that exclude each other.
         """
+        return list(self._checked(args)), self._options(options)
+
+    def _checked(self, args: tuple[Any, ...]) -> tuple[Any, ...] | list[Any]:
         checks = self._checks
         if len(args) != len(checks):
             raise TypeError(f"{self.name} takes {len(checks)} arguments, got {len(args)}")
-        checked = list(args)
         if self._text_only:
             for value in args:
                 if type(value) is not str:  # a str subclass, or a mistake: the full checks say which
-                    checked = [check(name, value) for (name, check), value in zip(checks, args, strict=True)]
                     break
-        else:
-            checked = [check(name, value) for (name, check), value in zip(checks, args, strict=True)]
+            else:
+                return args
+        return [check(name, value) for (name, check), value in zip(checks, args, strict=True)]
+
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any] | None:
         if options:
             for value in options.values():
                 if value is not None and value is not False:
-                    return checked, self._wire_options(options)
-        return checked, None
+                    return self._wire_options(options)
+        return None
 
     def _wire_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         wire: dict[str, Any] = {}
@@ -221,7 +225,7 @@ class Command(Generic[T]):
 
     def frame(self, args: tuple[Any, ...], options: Mapping[str, Any], rids: RequestIds) -> bytes:
         """The checked request's frame (see :meth:`check`), with a request id from ``rids`` if it writes."""
-        checked, wire = self.check(args, options)
+        checked, wire = self._checked(args), self._options(options)
         if self.writes:
             rid = rids.next()
             wire = {**wire, "rid": rid} if wire else {"rid": rid}
