@@ -17,7 +17,9 @@ Every tree's Client in one process, alternating; the minimum of 15 runs of
 50,000 calls each.
 
 Throughput: ``--callers`` asyncio tasks sharing one ``AsyncClient``, and as
-many threads sharing one ``Client``, each sending ``get`` in lockstep.
+many threads sharing one ``Client``, each sending ``get`` in lockstep; and
+a ``Pipeline`` and an ``AsyncPipeline`` of 20,000 ``get``s (window 256), one
+command a message and 16.
 """
 
 from __future__ import annotations
@@ -147,6 +149,47 @@ print(json.dumps(best))
 '''
 
 
+_PIPELINED = r'''
+import asyncio, json, sys, time
+from client import AsyncClient, Client
+node = sys.argv[1]
+
+def rate(run):
+    rates = []
+    for _ in range(3):
+        started = time.perf_counter()
+        run()
+        rates.append(20_000 / (time.perf_counter() - started))
+    return sorted(rates)[1]
+
+found = {}
+with Client(node, timeout_s=5, retries=0) as table:
+    for per_message in (1, 16):
+        def run():
+            pipeline = table.pipeline(window=256, per_message=per_message)
+            for _ in range(20_000):
+                pipeline.get("key")
+            pipeline.execute()
+        found[f"Pipeline, {per_message} a message"] = rate(run)
+
+async def main():
+    async with AsyncClient(node, timeout_s=5, retries=0) as table:
+        for per_message in (1, 16):
+            rates = []
+            for _ in range(3):
+                started = time.perf_counter()  # queueing included, as for the Pipeline
+                pipeline = table.pipeline(window=256, per_message=per_message)
+                for _ in range(20_000):
+                    pipeline.get("key")
+                await pipeline.execute()
+                rates.append(20_000 / (time.perf_counter() - started))
+            found[f"AsyncPipeline, {per_message} a message"] = sorted(rates)[1]
+
+asyncio.run(main())
+print(json.dumps(found))
+'''
+
+
 def _percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -205,6 +248,14 @@ def throughput(node: str, callers: int, per_caller: int, runs: int = 3) -> None:
         print(f"  {name:24s} {statistics.median(rates):9.0f} requests/s")
 
 
+def pipelined(node: str) -> None:
+    found = json.loads(subprocess.run([sys.executable, "-c", _PIPELINED, node], cwd=ROOT, check=True,
+                                      capture_output=True, text=True).stdout)
+    print("a pipeline of 20,000 gets, window 256, median of 3 runs:")
+    for name, rate in found.items():
+        print(f"  {name:32s} {rate:9.0f} requests/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", metavar="REV", help="also time the Client of this git revision")
@@ -223,6 +274,7 @@ def main() -> None:
             latency(server.node, trees, args.requests, args.blocks)
             in_process({name: kind_tree for name, kind_tree in trees.items() if kind_tree[0] == "sync"})
         throughput(server.node, args.callers, args.per_caller)
+        pipelined(server.node)
     finally:
         server.kill()
 
