@@ -89,9 +89,9 @@ MODES = {
     "pause": Mode(fault="pause", workload=FAULTY),
     "pause-fsync-always": Mode(("--fsync", "always"), data_dir=True, fault="pause", workload=FAULTY),
     # Without del: see the module docstring.
-    "cluster": Mode(nodes=3, workload={"kinds": ("cluster", "cluster", "own"), "deletes": False}),
+    "cluster": Mode(nodes=3, workload={"kinds": ("cluster", "cluster", "own", "async"), "deletes": False}),
     "cluster-pause": Mode(nodes=3, fault="pause", strict=False,
-                          workload={"kinds": ("cluster", "cluster", "own"), "timeout_s": 0.25, "retries": 0,
+                          workload={"kinds": ("cluster", "cluster", "own", "async"), "timeout_s": 0.25, "retries": 0,
                                     "duration_s": 3.0}),
 }
 

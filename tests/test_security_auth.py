@@ -1,4 +1,8 @@
-"""CurveZMQ: a listed client key gets in; every other client fails within its timeout."""
+"""CurveZMQ: a listed client key gets in; every other client fails within its timeout.
+
+The tests that take ``make_client`` run with a ``Client`` and with an
+``AsyncClient`` (tests/conftest.py): both tell a refused key from silence.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ def _fails_within(call, retries: int) -> tuple[BaseException, float]:
     return caught.value, time.monotonic() - started
 
 
-def test_a_listed_client_key_works_and_is_encrypted(curve_server, keys):
-    with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
+def test_a_listed_client_key_works_and_is_encrypted(curve_server, keys, make_client):
+    with make_client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
         assert table.set("norway", "oslo")
         assert table.get("norway") == "oslo"
         assert table.stats()["auth"]["curve"] is True
@@ -57,11 +61,11 @@ def test_keys_from_the_environment(curve_server, keys):
     assert run_cli(curve_server.node, "get", "k", env=env).stdout == "v\n"
 
 
-def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(curve_server, keys):
+def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(curve_server, keys, make_client):
     alice = Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"])
     alice.set("shared", "before")
-    mallory = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
-                     server_key=keys["server"], client_key=keys["mallory"])
+    mallory = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
+                          server_key=keys["server"], client_key=keys["mallory"])
     error, waited = _fails_within(lambda: mallory.get("shared"), retries=2)
     assert isinstance(error, AuthenticationError)
     assert "refused our client key" in str(error)
@@ -75,8 +79,8 @@ def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(cur
     alice.close(), mallory.close()
 
 
-def test_no_client_key_is_refused(curve_server, keys):
-    anonymous = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=1, server_key=keys["server"])
+def test_no_client_key_is_refused(curve_server, keys, make_client):
+    anonymous = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=1, server_key=keys["server"])
     error, waited = _fails_within(lambda: anonymous.ping(), retries=1)
     assert isinstance(error, AuthenticationError)
     assert waited < TIMEOUT_S * 2 + 0.5
@@ -93,9 +97,9 @@ def test_a_plaintext_client_gets_no_reply_and_the_server_logs_it(curve_server, k
     plain.close()
 
 
-def test_the_wrong_server_key_is_an_authentication_error(curve_server, keys):
-    impostor = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
-                      server_key=keys["mallory_public"], client_key=keys["alice"])
+def test_the_wrong_server_key_is_an_authentication_error(curve_server, keys, make_client):
+    impostor = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
+                           server_key=keys["mallory_public"], client_key=keys["alice"])
     error, waited = _fails_within(lambda: impostor.ping(), retries=2)
     assert isinstance(error, AuthenticationError)
     assert waited < TIMEOUT_S * 3
