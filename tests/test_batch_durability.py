@@ -22,6 +22,8 @@ def test_a_failed_durable_batch_is_resent_whole(tmp_path, monkeypatch):
     persistence.open()
     server = Server(ServerConfig(port=0), Handler(store))
     persistence.attach(server)
+    before_reply = server.before_reply
+    assert before_reply is not None  # attach installed the journal's hook
     frame = encode_batch([encode_request("set", "a", "1", options={"rid": "c:1"}),
                           encode_request("set", "b", "2", options={"rid": "c:2"})])
     try:
@@ -30,13 +32,13 @@ def test_a_failed_durable_batch_is_resent_whole(tmp_path, monkeypatch):
 
         monkeypatch.setattr(os, "fdatasync", failing)
         reply = server.handler.handle(frame)
-        server.before_reply(1)
+        before_reply(1)
         assert msgpack.unpackb(bytes(reply))[0] == 7  # PERSISTENCE, for the whole batch
         assert store.get("a") is None and store.get("b") is None
         monkeypatch.undo()
         persistence.broken = ""  # the disk is back (as after a restart)
         reply = server.handler.handle(frame)  # the client's resend: the same rids
-        server.before_reply(1)
+        before_reply(1)
         assert msgpack.unpackb(bytes(reply)) == [0, [[0, True], [0, True]]]
         assert (store.get("a"), store.get("b")) == ("1", "2")
     finally:

@@ -55,7 +55,7 @@ class Recorder(Commands):
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> T:
         self.sent.append(command.request(args, options))
-        return None  # type: ignore[return-value]
+        return None  # type: ignore[return-value]  # nothing is sent, so there is no result
 
 
 @pytest.mark.parametrize("client_class", CLIENT_CLASSES, ids=lambda c: c.__name__)
