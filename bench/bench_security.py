@@ -72,16 +72,18 @@ def socket_rates() -> dict[str, float]:
     keys = Path(tempfile.mkdtemp())
     server_public, server_secret = create_key_pair(keys, "server")
     _, client_secret = create_key_pair(keys / "clients", "bench")
-    servers = {
-        "plain": (ServerProcess([]), {}),
+    # Each server, and the (server_key, client_key) its client needs.
+    servers: dict[str, tuple[ServerProcess, tuple[str | None, str | None]]] = {
+        "plain": (ServerProcess([]), (None, None)),
         "allkeys-lru": (ServerProcess(["--max-memory", "1gb",
-                                       "--eviction", "allkeys-lru"]), {}),
+                                       "--eviction", "allkeys-lru"]), (None, None)),
         "curve": (ServerProcess(["--curve-secret-key", str(server_secret),
                                  "--authorized-keys", str(keys / "clients")]),
-                  {"server_key": str(server_public), "client_key": str(client_secret)}),
+                  (str(server_public), str(client_secret))),
     }
     rates: dict[str, list[float]] = {name: [] for name in servers}
-    clients = {name: Client(server.node, timeout_s=5, **kw) for name, (server, kw) in servers.items()}
+    clients = {name: Client(server.node, timeout_s=5, server_key=server_key, client_key=client_key)
+               for name, (server, (server_key, client_key)) in servers.items()}
     try:
         for client in clients.values():
             client.set("k", "v" * 100)

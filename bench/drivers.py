@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any
 
 #: Operations the load generator knows; ``mget``/``mset`` take ``batch`` keys.
 OPS = ("get", "set", "mget", "mset", "incr", "del", "exists", "ping")
@@ -40,8 +42,18 @@ def apply(target: Any, op: str, keys: list[str], value: str) -> Any:
     return target.ping()
 
 
-class _Driver:
+class _Driver(ABC):
     client: Any
+
+    def call(self, op: str, keys: list[str], value: str) -> Any:
+        """Send one request and wait for its reply."""
+        return apply(self.client, op, keys, value)
+
+    @abstractmethod
+    def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
+                      on_done: Callable[[], None], per_message: int = 1) -> int:
+        """Keep ``depth`` requests in flight, appending each one's latency to
+        ``latencies`` and calling ``on_done`` after each; returns how many were refused."""
 
     def prefill(self, keys: list[str], value: str, batch: int = 1000) -> None:
         """Store every key, ``batch`` at a time (untimed)."""
@@ -58,59 +70,31 @@ class MemlookupDriver(_Driver):
 
         self.client = Client(node, timeout_s=timeout_s, retries=0)
 
-    def call(self, op: str, keys: list[str], value: str) -> Any:
-        return apply(self.client, op, keys, value)
-
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
                       on_done: Callable[[], None], per_message: int = 1) -> int:
         """Keep ``depth`` requests in flight, ``per_message`` to a message; returns how many were refused.
 
-        Frames are built through the client's own pipeline (so writes carry
-        request ids as usual). Replies come back in order, so one queue of
-        send times matches them. A single reply's status is its second byte
-        (``[status, payload]`` packs as 0x92, status); a batch reply is decoded.
+        Through the client's :class:`client.pipeline.Stream`, as a program
+        streaming commands would (writes carry request ids as usual). Results
+        come back in order, so one queue of send times matches them.
         """
-        import msgpack
+        from common.errors import MemlookupError
 
-        from common.protocol import encode_batch
-
-        pipeline = self.client.pipeline(window=depth, per_message=per_message)
-        queued = pipeline._queued
         perf = time.perf_counter
         sent_at: collections.deque[float] = collections.deque()
         errors = 0
 
-        def on_reply(reply: bytes) -> None:
+        def on_result(result: Any) -> None:
             nonlocal errors
             latencies.append(perf() - sent_at.popleft())
-            if reply[1] != 0:
+            if isinstance(result, MemlookupError):
                 errors += 1
             on_done()
 
-        def on_batch_reply(reply: bytes) -> None:
-            nonlocal errors
-            status, items = msgpack.unpackb(reply)
-            now = perf()
-            for item in items:
-                latencies.append(now - sent_at.popleft())
-                errors += status != 0 or item[0] != 0
-                on_done()
-
-        with self.client._stream(pipeline._window_messages) as stream:
-            chunk: list[bytes] = []
+        with self.client.stream(on_result, window=depth, per_message=per_message) as stream:
             for op, keys, value in requests:
-                apply(pipeline, op, keys, value)
-                chunk.append(queued.pop()[0])
                 sent_at.append(perf())
-                if len(chunk) >= per_message:
-                    if per_message == 1:
-                        stream.submit(chunk[0], on_reply)
-                    else:
-                        stream.submit(encode_batch(chunk), on_batch_reply)
-                    chunk = []
-            if chunk:
-                stream.submit(encode_batch(chunk), on_batch_reply)
-            stream.drain()
+                apply(stream, op, keys, value)
         return errors
 
 
@@ -121,9 +105,6 @@ class RedisDriver(_Driver):
         host, _, port = node.rpartition(":")
         self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379),
                                   socket_timeout=timeout_s, decode_responses=True)
-
-    def call(self, op: str, keys: list[str], value: str) -> Any:
-        return apply(self.client, op, keys, value)
 
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
                       on_done: Callable[[], None], per_message: int = 1) -> int:
@@ -158,5 +139,5 @@ class RedisDriver(_Driver):
         return errors
 
 
-
-DRIVERS = {"memlookup": MemlookupDriver, "redis": RedisDriver}
+#: Driver of each ``--target``, made with (node, timeout_s).
+DRIVERS: dict[str, Callable[[str, float], _Driver]] = {"memlookup": MemlookupDriver, "redis": RedisDriver}

@@ -24,13 +24,16 @@ import sys
 import threading
 import time
 import timeit
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from client import Client
 from client.pool import Pool
+from client.requests import Command
 from tests.servers import ServerProcess
+
+T = TypeVar("T")
 
 
 class _Unshared(Client):
@@ -40,8 +43,8 @@ class _Unshared(Client):
         super().__init__(*args, **kwargs)
         self._single = self._new_transport()
 
-    def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> Any:
-        return self._payload(self._single.request(self._encode(op, args, options, write)))
+    def _call(self, command: Command[T], frame: bytes) -> T:
+        return command.parse(self._single.request(frame))
 
     def close(self) -> None:
         self._single.close()

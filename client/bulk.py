@@ -20,13 +20,14 @@ backslashes pay for :func:`shlex.split`.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import shlex
 import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from client.cli_parser import UsageError, call_arguments, command_parsers, suggestion
 from client.client import Client
@@ -51,8 +52,8 @@ _NEEDS_SHLEX = ('"', "'", "\\")
 #: and ``rebalance`` are reports, and ``--pipe`` prints only errors.
 NOT_IN_PIPE = frozenset({"keys", "stats", "rebalance"})
 
-#: What :meth:`_Sender.send` hands each command's callback: its result, or
-#: the :class:`MemlookupError` the server's refusal stands for.
+#: What the stream hands each command's callback: its result, or the
+#: :class:`MemlookupError` the server's refusal stands for.
 OnResult = Callable[[Any], None]
 
 
@@ -74,50 +75,11 @@ class Summary:
 class LineParser(argparse.ArgumentParser):
     """An argparse parser that raises :class:`UsageError` instead of exiting."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-    def exit(self, status: int = 0, message: str | None = None) -> Any:
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise UsageError(message or "not a command")
-
-
-class _Sender:
-    """Sends the commands queued on a pipeline at once, each reply to its own callback.
-
-    The one place bulk loading reaches into the client's private parts, until
-    :class:`client.pipeline.Pipeline` can do this publicly: commands are
-    queued on :attr:`commands` with the pipeline's public methods
-    (``set``, ``mset``, ...), then :meth:`send` sends them on ``stream``
-    without waiting for their replies (up to its window in flight), and
-    :meth:`wait` waits for the rest.
-    """
-
-    def __init__(self, client: Client, stream: Any) -> None:
-        #: Queue commands here; one request per message (``mset`` is the batching).
-        self.commands = client.pipeline(per_message=1)
-        self._stream = stream
-
-    def send(self, on_result: OnResult) -> None:
-        """Send every queued command; ``on_result`` gets each one's result (or error), in order."""
-        pipeline = self.commands
-        for frame, decode in pipeline._queued:
-            self._stream.submit(frame, _decoded(decode, on_result))
-        pipeline._queued.clear()
-
-    def wait(self) -> None:
-        """Wait for the reply of every command sent."""
-        self._stream.drain()
-
-
-def _decoded(decode: Callable[[bytes], Any], on_result: OnResult) -> Callable[[bytes], None]:
-    def on_reply(frame: bytes) -> None:
-        try:
-            result = decode(frame)
-        except MemlookupError as exc:
-            result = exc
-        on_result(result)
-
-    return on_reply
 
 
 def _no_stdin(op: Op) -> Callable[[bool], str]:
@@ -132,16 +94,15 @@ class BulkLoader:
 
     Args:
         client: the node's client (its timeout and retries apply).
-        stream: the pipeline connection to send on, with the window of
-            requests in flight (``client._stream(window)``).
         batch_keys: most pairs per ``mset``.
+        window: most requests in flight.
     """
 
     def __init__(
         self,
         client: Client,
-        stream: Any,
         batch_keys: int = DEFAULT_BATCH_KEYS,
+        window: int = DEFAULT_WINDOW,
     ) -> None:
         self.parsers = command_parsers(LineParser)
         self.summary = Summary()
@@ -149,7 +110,10 @@ class BulkLoader:
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
-        self._sender = _Sender(client, stream)
+        #: Sends each command at once (its own batches: mset); results come back in order,
+        #: each to the callback queued with its command.
+        self.stream = client.stream(self._on_result, window=window, per_message=1)
+        self._callbacks: collections.deque[OnResult] = collections.deque()
         self._pairs: dict[str, str] = {}
         self._pairs_first_line = 0  # line number of the batch's first pair
         self._pairs_lines = 0  # lines in the batch (a key set twice counts twice)
@@ -223,8 +187,11 @@ class BulkLoader:
             return
         pairs, first, count = self._pairs, self._pairs_first_line, self._pairs_lines
         self._pairs, self._pairs_lines = {}, 0
-        self._sender.commands.mset(pairs)
-        self._sender.send(self._batch_result(first, count))
+        self.stream.mset(pairs)
+        self._callbacks.append(self._batch_result(first, count))
+
+    def _on_result(self, result: Any) -> None:
+        self._callbacks.popleft()(result)
 
     def _batch_result(self, first_line: int, count: int) -> OnResult:
         def on_result(result: Any) -> None:
@@ -245,8 +212,8 @@ class BulkLoader:
             raise UsageError(f"{name} is not available with --pipe")
         op = OPS[name]
         kwargs = call_arguments(op, parser.parse_args(words), _no_stdin(op))
-        getattr(self._sender.commands, op.method)(**kwargs)  # answered and counted, not printed
-        self._sender.send(self._line_result(line_number))
+        getattr(self.stream, op.method)(**kwargs)  # answered and counted, not printed
+        self._callbacks.append(self._line_result(line_number))
 
     def _line_result(self, line_number: int) -> OnResult:
         def on_result(result: Any) -> None:
@@ -260,7 +227,7 @@ class BulkLoader:
     def finish(self) -> Summary:
         """Send what is still batched and wait for every reply."""
         self._flush_pairs()
-        self._sender.wait()
+        self.stream.drain()
         return self.summary
 
 
@@ -278,8 +245,8 @@ def run(
     """
     bar = _progress_bar(source) if progress else None
     line_number = done_bytes = 0
-    with client._stream(window) as stream:
-        loader = BulkLoader(client, stream, batch_keys)
+    loader = BulkLoader(client, batch_keys, window)
+    with loader.stream:
         while True:
             lines = source.readlines(READ_BYTES)
             if not lines:

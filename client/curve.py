@@ -7,7 +7,7 @@ A refused key, or a wrong server key, is told apart from a dead node by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -55,7 +55,7 @@ class CurveKeys:
             raise ValueError("a client key needs the server's public key too (server_key / --server-key)")
         return cls.load(server_key, client_key)
 
-    def apply(self, socket: zmq.Socket[bytes]) -> None:
+    def apply(self, socket: zmq.Socket[Any]) -> None:
         """Set the keys on ``socket`` (before connect)."""
         socket.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, self.client_public)

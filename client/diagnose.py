@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import zmq
 
@@ -76,10 +77,15 @@ class ConnectionWatch:
         secured: the socket uses CURVE (changes what a refusal means).
     """
 
-    def __init__(self, socket: zmq.Socket[bytes], timeout_s: float, label: str, endpoint: str,
+    def __init__(self, socket: zmq.Socket[Any], timeout_s: float, label: str, endpoint: str,
                  secured: bool) -> None:
-        self._monitor: zmq.Socket[bytes] | None = socket.get_monitor_socket(_EVENTS)
-        self._monitor.setsockopt(zmq.LINGER, 0)
+        monitor: zmq.Socket[Any] = socket.get_monitor_socket(_EVENTS)
+        monitor.setsockopt(zmq.LINGER, 0)
+        self._monitor: zmq.Socket[Any] | None = monitor
+        # An asyncio socket's monitor is an asyncio socket too: read it through
+        # a blocking view of the same libzmq socket (never closed itself).
+        self._events: zmq.Socket[bytes] = (monitor if type(monitor) is zmq.Socket
+                                           else zmq.Socket.shadow(monitor.underlying))
         self._timeout_s = timeout_s
         self._label, self._endpoint, self._secured = label, endpoint, secured
         self.state = _CONNECTING
@@ -114,11 +120,20 @@ class ConnectionWatch:
             elif time.monotonic() >= deadline:
                 raise zmq.Again()
 
+    def settle(self, fail_if_refused: bool) -> None:
+        """Take in what the monitor saw so far, without waiting (after a wait timed out).
+
+        Raises:
+            AuthenticationError, NotListeningError: as :meth:`receive`.
+        """
+        if self._monitor is not None:
+            self._read_events(fail_if_refused)
+
     def _read_events(self, fail_if_refused: bool) -> None:
         assert self._monitor is not None
         while True:
             try:
-                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+                frames = self._events.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if len(frames) != 2 or len(frames[0]) != 6:
@@ -172,11 +187,12 @@ class ConnectionWatch:
 
 
 def unavailable(label: str, waited_s: float, attempts: int, timeout_s: float,
-                watch: ConnectionWatch | None) -> NodeUnavailableError:
+                watch: ConnectionWatch | None, detail: str = "") -> NodeUnavailableError:
     """The error for a request that got no reply after ``attempts``, saying what
-    the last attempt's connection did; :class:`NotListeningError` if it was refused."""
+    the last attempt's connection did; :class:`NotListeningError` if it was refused.
+    ``detail`` follows the count of attempts (what a stream left unanswered)."""
     message = (f"no reply from {label} within {waited_s:.1f} s "
-               f"({attempts} attempt{'s' if attempts != 1 else ''} of {timeout_s:g} s)")
+               f"({attempts} attempt{'s' if attempts != 1 else ''} of {timeout_s:g} s){detail}")
     if watch is not None and watch.state == _REFUSED:
         refused = watch.not_listening()
         return NotListeningError(f"{refused} ({message})", node=label, waited_s=waited_s)

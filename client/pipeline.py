@@ -1,181 +1,169 @@
-"""Many requests in flight on one connection: the pipeline API and its transport.
+"""Many commands in flight on one connection: pipelines and streams.
 
 A lockstep client waits one round trip per request. A pipeline sends up to
 ``window`` requests before it waits for the first reply, so the round trips
-overlap and the server answers them in batches.
+overlap and the server answers them in batches. Two ways to use it:
 
-Wire: a DEALER socket sends each request as one frame, with no envelope, and
-gets each reply as one frame. Replies on one connection arrive in the order
-the requests were sent -- ZeroMQ keeps a connection's order and the server
-answers one connection's requests in order -- so the oldest unanswered
-request owns the next reply. (One frame, not an envelope of several: measured,
-every frame costs the server a socket call each way.)
+* :class:`Pipeline` (``client.pipeline()``): queue commands, then
+  :meth:`~Pipeline.execute` sends them all and returns their results.
+* :class:`Stream` (``client.stream(on_result)``): each command is sent as it
+  is given (once the window has room), and each result is handed to a
+  callback, in order -- for input too long to queue whole (``memlookup
+  --pipe``, the bulk loader; the benchmark's pipelined load).
 
-One connection, though: the socket is told never to reconnect. A DEALER that
-reconnects by itself after its connection drops (a server killed and
-restarted) loses the requests that were in the old connection but sends the
-ones queued since, and their replies would be taken for the lost requests'
-(the history checker caught it: a ``get`` answered with another key's
-value). Without reconnection nothing more is answered on that socket: a send
-finds it disconnected, or the wait times out, and every unanswered request is
-resent on a new one. For the same reason at most ``MAX_WINDOW_MESSAGES``
-messages are in flight: the server queues 1,000 replies per connection at most
-and would drop the rest.
-(Tagging each request with an envelope frame the server echoes would also
-work, but measured with ``python -m bench -P 64``, it costs the server 7 us
-more per message, +57 % at one request a message and +13 % at 16.)
-
-Retries: when no reply arrives within ``timeout_s``, the socket is closed (a
-late reply dies with it), a new one is opened and every unanswered request is
-sent again, in order, up to ``retries`` times in a row. Writes carry request
-ids, and the server answers a resent write it already applied with its first
-reply instead of applying it again -- as long as it still remembers it (the
-server keeps the last 10,000 write replies across all clients, so keep the
-window well below that). Reads are simply asked again.
+Commands are packed ``per_message`` to a ``batch`` message (one alone goes as
+itself), and a batch reply is spread over its commands (:class:`Outbox`, no
+I/O). The connection, its window, retries and why it never reconnects by
+itself: :mod:`client.stream_transport`.
 """
-
 from __future__ import annotations
 
-import collections
-import time
-from typing import Any, Callable, Deque, Iterator, Mapping
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import zmq
-
-from client.transport import Transport
-from common.errors import MemlookupError, NodeUnavailableError, ServerError, TransportError
-from common.limits import MAX_QUEUED_MESSAGES
+from client.commands_pipeline import PipelineCommands
+from client.requests import Command, RequestIds, payload
+from client.stream_transport import MAX_WINDOW_MESSAGES, OnReply, StreamTransport
+from common.errors import MemlookupError, ServerError
 from common.protocol import Status, encode_batch
 
-from client.client import Client
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-#: Commands a pipeline keeps in flight by default.
-DEFAULT_WINDOW = 256
+    from client.client import Client
 
-#: Commands packed into one ``batch`` message by default: the server pays
-#: its per-message socket cost once for all of them.
-DEFAULT_PER_MESSAGE = 16
+T = TypeVar("T")
 
 #: Most bytes of requests packed into one message: large values go alone,
 #: so a batch never nears the server's message size limit.
 PACK_BYTES = 1 << 20
 
-#: Most messages in flight on one connection: half the replies the server
-#: queues per connection (more could be dropped, and the order broken; ZeroMQ's
-#: high-water marks are approximate, hence the half).
-MAX_WINDOW_MESSAGES = MAX_QUEUED_MESSAGES // 2
-
-_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's enum costs a Python call per use
-
-#: Called with each reply frame, in the order the requests were submitted.
-OnReply = Callable[[bytes], None]
+#: Called with each command's result, or the MemlookupError its reply stands for.
+OnResult = Callable[[Any], object]
 
 
-class StreamTransport(Transport):
-    """A DEALER socket that keeps up to ``window`` requests in flight.
+# -- packing commands into messages, and replies back into results (no I/O) ---------------
 
-    :meth:`submit` sends at once while fewer than ``window`` requests are
-    unanswered (at most :data:`MAX_WINDOW_MESSAGES`), otherwise it first
-    waits for the oldest reply; :meth:`drain` waits for all. Every reply is
-    handed to the callback given with its request, in submission order. One
-    thread at a time, as a :class:`Transport`: a Client lends one to each
-    :meth:`Pipeline.execute`. ``timeout_s`` is how long to wait for the next
-    reply before resending; ``retries`` how many times in a row to reopen
-    and resend before giving up. Other arguments as :class:`Transport`.
+
+class Outbox:
+    """Packs request frames into messages and spreads each reply over its commands.
+
+    A message holds at most ``per_message`` commands and :data:`PACK_BYTES`
+    of them (a larger one goes alone); one command goes as itself, more as a
+    ``batch``. Each command's result -- what the client method returns -- or
+    the :class:`MemlookupError` its reply stands for goes to ``on_result``,
+    in the order the commands were added.
     """
 
-    socket_type = zmq.DEALER
-    # Never let ZeroMQ drop or block a send: the window bounds the queue.
-    # Never reconnect: see the module docstring.
-    socket_options = ((zmq.SNDHWM, 0), (zmq.RECONNECT_IVL, -1))
+    def __init__(self, per_message: int, on_result: OnResult) -> None:
+        self._per_message = per_message
+        self._on_result = on_result
+        self._frames: list[bytes] = []
+        self._commands: list[Command[Any]] = []
+        self._size = 0
 
-    def __init__(
-        self,
-        endpoint: str,
-        timeout_s: float,
-        retries: int,
-        window: int = DEFAULT_WINDOW,
-        context: zmq.Context | None = None,
-        label: str = "",
-        curve: Any = None,
-    ) -> None:
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        super().__init__(endpoint, timeout_s, retries, context, label, curve)
-        self.window = min(window, MAX_WINDOW_MESSAGES)
-        #: Unanswered requests, oldest first: (frame, on_reply).
-        self._in_flight: Deque[tuple[bytes, OnReply]] = collections.deque()
+    def add(self, frame: bytes, command: Command[Any]) -> list[tuple[bytes, OnReply]]:
+        """Add a command's frame; the messages now ready to send, with their reply handlers."""
+        ready = []
+        if self._frames and self._size + len(frame) > PACK_BYTES:
+            ready.append(self._take())
+        self._frames.append(frame)
+        self._commands.append(command)
+        self._size += len(frame)
+        if len(self._frames) >= self._per_message:
+            ready.append(self._take())
+        return ready
 
-    @staticmethod
-    def _send(socket: zmq.Socket, frame: bytes) -> bool:
-        """False when the socket has lost its connection (it would block: it never reconnects)."""
-        try:
-            socket.send(frame, _NOBLOCK, copy=len(frame) < 65536)
-        except zmq.Again:
-            return False
-        return True
+    def flush(self) -> tuple[bytes, OnReply] | None:
+        """The message being filled, to be sent now (None if it is empty)."""
+        return self._take() if self._frames else None
 
-    def submit(self, frame: bytes, on_reply: OnReply) -> None:
-        """Send ``frame``; ``on_reply`` gets its reply frame later (during a
-        later ``submit`` or ``drain``)."""
-        try:
-            while len(self._in_flight) >= self.window:
-                self._receive_one()
-            self._in_flight.append((frame, on_reply))
-            if not self._send(self._socket or self._open(), frame):
-                self._resend_all()  # the connection dropped: what it carried may be lost too
-        except zmq.ZMQBaseError as exc:
-            raise self._failed(exc) from exc
+    def _take(self) -> tuple[bytes, OnReply]:
+        frames, commands = self._frames, self._commands
+        self._frames, self._commands, self._size = [], [], 0
+        if len(frames) == 1:
+            return frames[0], self._one(commands[0])
+        return encode_batch(frames), self._batch(commands)
 
-    def drain(self) -> None:
-        """Wait until every submitted request has been answered."""
-        try:
-            while self._in_flight:
-                self._receive_one()
-        except zmq.ZMQBaseError as exc:
-            raise self._failed(exc) from exc
+    def _one(self, command: Command[Any]) -> OnReply:
+        on_result = self._on_result
 
-    def _failed(self, exc: zmq.ZMQBaseError) -> TransportError:
-        self._in_flight.clear()  # unanswered, and never will be on a new socket
-        return super()._failed(exc)
-
-    def _receive_one(self) -> None:
-        failures = 0
-        started = time.monotonic()
-        while True:
-            socket = self._socket or self._open()
+        def on_reply(frame: bytes) -> None:
             try:
-                reply = socket.recv()
-            except zmq.Again:
-                failures += 1
-                if failures > self.retries:
-                    break
-                self._resend_all()
-                continue
-            self._in_flight.popleft()[1](reply)
-            return
-        self._discard()
-        lost = len(self._in_flight)
-        self._in_flight.clear()
-        waited = time.monotonic() - started
-        raise NodeUnavailableError(
-            f"no reply from {self.label} within {waited:.1f} s "
-            f"({failures} attempts of {self.timeout_s:g} s); {lost} pipelined requests "
-            "unanswered: their writes may or may not have been applied",
-            node=self.label,
-            waited_s=waited,
-        )
+                value = command.parse(frame)
+            except MemlookupError as exc:
+                value = exc
+            on_result(value)
 
-    def _resend_all(self) -> None:
-        """Lazy Pirate for a stream: a new socket, every unanswered request again."""
-        self._discard()
-        socket = self._open()
-        for frame, _ in self._in_flight:
-            if not self._send(socket, frame):
-                return  # not connected yet after all: the wait times out and comes back here
+        return on_reply
+
+    def _batch(self, commands: list[Command[Any]]) -> OnReply:
+        on_result = self._on_result
+
+        def on_reply(frame: bytes) -> None:
+            try:
+                items = payload(frame)
+                if not isinstance(items, list) or len(items) != len(commands):
+                    raise ServerError(f"batch reply with {len(items) if isinstance(items, list) else 'no'} items "
+                                      f"for {len(commands)} requests", Status.INTERNAL)
+            except MemlookupError as exc:  # the whole batch was refused
+                for _ in commands:
+                    on_result(exc)
+                return
+            for command, item in zip(commands, items, strict=True):
+                try:
+                    value = command.value(item[0], item[1])
+                except MemlookupError as exc:
+                    value = exc
+                except (TypeError, IndexError, KeyError):
+                    value = ServerError(f"garbled item in a batch reply: {item!r:.64}", Status.INTERNAL)
+                on_result(value)
+
+        return on_reply
 
 
-class Pipeline:
+# -- the two faces ---------------------------------------------------------------------
+
+
+class QueuedCommands(PipelineCommands):
+    """Commands queued as frames (checked, writes given their request ids) for a pipeline to send.
+
+    What :class:`Pipeline` and :class:`client.AsyncPipeline` share; they differ
+    only in how :meth:`execute` waits.
+    """
+
+    def __init__(self, rids: RequestIds, window_messages: int, per_message: int) -> None:
+        self._rids = rids
+        self._window_messages = window_messages
+        self._per_message = per_message
+        self._queued: list[tuple[bytes, Command[Any]]] = []
+        #: The results of the last ``execute`` (or of the ``with`` block).
+        self.results: list[Any] = []
+
+    def _execute(self, command: Command[T], *args: Any, **options: Any) -> Self:
+        self._queued.append((command.frame(args, options, self._rids), command))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def _take(self) -> tuple[list[tuple[bytes, Command[Any]]], list[Any], Outbox]:
+        """The queued commands (the queue is emptied), the list their results go to, and their outbox."""
+        queued, self._queued = self._queued, []
+        results: list[Any] = []
+        return queued, results, Outbox(self._per_message, results.append)
+
+    def _finish(self, results: list[Any], raise_on_error: bool) -> list[Any]:
+        self.results = results
+        if raise_on_error:
+            for result in results:
+                if isinstance(result, MemlookupError):
+                    raise result
+        return results
+
+
+class Pipeline(QueuedCommands):
     """Queue commands, then send them all at once with :meth:`execute`.
 
     ::
@@ -190,11 +178,12 @@ class Pipeline:
         p.set("b", "2").get("b")
         p.execute()          # [True, '2']
 
-    Commands are the client's own (``get``, ``set``, ``delete``, ``exists``,
-    ``mget``, ``mset``, ``ttl``, ``incr``, ``cas``, ``ping``), checked the
-    same way when queued; each returns the pipeline, so calls can be chained.
-    They run in the order queued, each on its own -- a pipeline is not a
-    transaction: other clients' requests may run between them.
+    Commands are the client's own (every method of
+    :class:`client.commands.Commands` but ``keys``), checked the same way
+    when queued; each returns the pipeline, so calls can be chained, and its
+    result is what the Client method returns. They run in the order queued,
+    each on its own -- a pipeline is not a transaction: other clients'
+    requests may run between them.
 
     Errors: a command the server refuses does not stop the others. With
     ``raise_on_error`` (the default) :meth:`execute` raises the first such
@@ -202,7 +191,7 @@ class Pipeline:
     that command's place in the results. If the node stops answering,
     :class:`NodeUnavailableError` is raised after ``retries`` resends of the
     unanswered commands; then any of them may or may not have been applied.
-    See :mod:`client.pipeline` for why resending writes is safe.
+    See :mod:`client.stream_transport` for why resending writes is safe.
 
     Threads: a Pipeline object belongs to the thread that fills it (as in
     redis-py). Pipelines of one Client in several threads never share a
@@ -210,40 +199,9 @@ class Pipeline:
     connections (see :mod:`client.pool`) and gives it back at the end.
     """
 
-    def __init__(self, client: Client, window_messages: int, per_message: int = DEFAULT_PER_MESSAGE) -> None:
+    def __init__(self, client: Client, window_messages: int, per_message: int) -> None:
+        super().__init__(client._rids, window_messages, per_message)
         self._client = client
-        self._window_messages = window_messages
-        self._per_message = per_message
-        self._queued: list[tuple[bytes, Callable[[bytes], Any]]] = []  # (frame, decode)
-        #: The results of the last :meth:`execute` (or of the ``with`` block).
-        self.results: list[Any] = []
-
-    def _call(self, op: str, *args: Any, options: dict[str, Any] | None = None, write: bool = False) -> "Pipeline":
-        self._queued.append((self._client._encode(op, args, options, write), self._client._payload))
-        return self
-
-    # The client's commands, reused as they are: they check their arguments
-    # and end in ``self._call``, which here queues instead of sending.
-    _check_str = staticmethod(Client._check_str)
-    _write_options = staticmethod(Client._write_options)
-    get = Client.get
-    set = Client.set
-    delete = Client.delete
-    exists = Client.exists
-    mget = Client.mget
-    ttl = Client.ttl
-    incr = Client.incr
-    cas = Client.cas
-
-    def mset(self, pairs: Mapping[str, str], ttl_s: float | None = None) -> "Pipeline":
-        self._client.mset.__func__(self, pairs, ttl_s)  # type: ignore[attr-defined]
-        return self
-
-    def ping(self) -> "Pipeline":
-        return self._call("ping")
-
-    def __len__(self) -> int:
-        return len(self._queued)
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         """Send every queued command and return their results, in order.
@@ -251,23 +209,18 @@ class Pipeline:
         Commands go ``per_message`` to a ``batch`` message (one alone as
         itself), up to the window in flight.
         """
-        queued, self._queued = self._queued, []
-        results: list[Any] = [None] * len(queued)
+        queued, results, outbox = self._take()
         with self._client._stream(self._window_messages) as transport:
-            for start, frames in _chunks([frame for frame, _ in queued], self._per_message):
-                if len(frames) == 1:
-                    transport.submit(frames[0], _store_one(results, start))
-                else:
-                    transport.submit(encode_batch(frames), _store_batch(results, start, len(frames)))
+            for frame, command in queued:
+                for message in outbox.add(frame, command):
+                    transport.submit(*message)
+            last = outbox.flush()
+            if last is not None:
+                transport.submit(*last)
             transport.drain()
-        self.results = results
-        if raise_on_error:
-            for result in results:
-                if isinstance(result, MemlookupError):
-                    raise result
-        return results
+        return self._finish(results, raise_on_error)
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
@@ -277,47 +230,96 @@ class Pipeline:
             self._queued.clear()
 
 
-def _chunks(frames: list[bytes], per_message: int) -> Iterator[tuple[int, list[bytes]]]:
-    """``(first index, frames)`` for each message: at most ``per_message``
-    frames and PACK_BYTES together; a larger frame goes alone."""
-    start, chunk, size = 0, [], 0
-    for index, frame in enumerate(frames):
-        if chunk and (len(chunk) >= per_message or size + len(frame) > PACK_BYTES):
-            yield start, chunk
-            start, chunk, size = index, [], 0
-        chunk.append(frame)
-        size += len(frame)
-    if chunk:
-        yield start, chunk
+class Stream(PipelineCommands):
+    """Commands sent as they are given, many in flight; each result to a callback, in order.
 
+    Made by :meth:`client.Client.stream`; for input too long to queue whole
+    (``memlookup --pipe``, the benchmark's pipelined load)::
 
-def _store_one(results: list[Any], index: int) -> OnReply:
-    def on_reply(frame: bytes) -> None:
+        done = []
+        with table.stream(done.append, window=64, per_message=1) as stream:
+            for key, value in pairs_from_somewhere():
+                stream.set(key, value)
+        # here every command has been answered: done == [True, True, ...]
+
+    Commands: every method of :class:`client.commands.Commands` but
+    ``keys``, with the Client's arguments and checks. Each call sends its
+    command (with ``per_message`` > 1, once the message it is packed into is
+    full) and returns the stream; while ``window`` commands are unanswered
+    it first waits for the oldest reply. A bad argument raises
+    :class:`InvalidRequestError` from the call itself, and nothing is sent.
+
+    Results: ``on_result`` is called once per command, in the order the
+    commands were given, with what the Client method would have returned, or
+    with the :class:`MemlookupError` the server's reply stands for (the
+    stream goes on). It runs during a later command's call, :meth:`flush` or
+    :meth:`drain`. Since the order is kept, a caller that needs to know which
+    command a result belongs to keeps its own queue of them (as
+    ``client/bulk.py`` keeps line numbers).
+
+    Ending: :meth:`drain` sends what is packed and waits for every reply; the
+    ``with`` block drains at its end, or, when it ends by an exception,
+    abandons what is in flight. :meth:`close` gives the connection back to
+    the Client. If the node stops answering, :class:`NodeUnavailableError`
+    is raised (after ``retries`` resends) and the unanswered commands get no
+    result: they may or may not have been applied. An exception raised by
+    ``on_result`` propagates from the call that was waiting, and likewise
+    abandons the commands still in flight; the stream stays usable.
+
+    A Stream belongs to one thread, like a :class:`Pipeline`.
+    """
+
+    def __init__(self, client: Client, on_result: OnResult, window_messages: int, per_message: int) -> None:
+        self._client = client
+        self._window_messages = window_messages
+        self._outbox = Outbox(per_message, on_result)
+        self._lease = contextlib.ExitStack()
+        self._transport: StreamTransport | None = None
+
+    @property
+    def window(self) -> int:
+        """Most messages in flight at once: ``window // per_message``, at most :data:`MAX_WINDOW_MESSAGES`."""
+        return min(self._window_messages, MAX_WINDOW_MESSAGES)
+
+    def _connection(self) -> StreamTransport:
+        if self._transport is None:
+            self._transport = self._lease.enter_context(self._client._stream(self._window_messages))
+        return self._transport
+
+    def _execute(self, command: Command[T], *args: Any, **options: Any) -> Self:
+        frame = command.frame(args, options, self._client._rids)
+        for message in self._outbox.add(frame, command):
+            self._connection().submit(*message)
+        return self
+
+    def flush(self) -> None:
+        """Send the message being packed now, without waiting for it to fill."""
+        message = self._outbox.flush()
+        if message is not None:
+            self._connection().submit(*message)
+
+    def drain(self) -> None:
+        """Send what is packed and wait until every command has its result."""
+        self.flush()
+        if self._transport is not None:
+            self._transport.drain()
+
+    def close(self) -> None:
+        """Give the connection back to the Client. Commands not drained get no
+        result: those in flight are abandoned, those packed are never sent."""
+        self._outbox.flush()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            if transport.unanswered:
+                transport.abandon()
+            self._lease.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
         try:
-            results[index] = Client._payload(frame)
-        except MemlookupError as exc:
-            results[index] = exc
-
-    return on_reply
-
-
-def _store_batch(results: list[Any], start: int, count: int) -> OnReply:
-    """Spread a batch reply's item replies over ``results[start:start + count]``."""
-    def on_reply(frame: bytes) -> None:
-        try:
-            items = Client._payload(frame)
-            if not isinstance(items, list) or len(items) != count:
-                raise ServerError(f"batch reply with {len(items) if isinstance(items, list) else 'no'} items "
-                                  f"for {count} requests", Status.INTERNAL)
-        except MemlookupError as exc:  # the whole batch was refused
-            results[start:start + count] = [exc] * count
-            return
-        for index, item in enumerate(items, start):
-            try:
-                results[index] = Client._result(item[0], item[1])
-            except MemlookupError as exc:
-                results[index] = exc
-            except (TypeError, IndexError, KeyError):
-                results[index] = ServerError(f"garbled item in a batch reply: {item!r:.64}", Status.INTERNAL)
-
-    return on_reply
+            if exc_type is None:
+                self.drain()
+        finally:
+            self.close()

@@ -5,8 +5,14 @@ timeout. On timeout close the socket with LINGER 0, open a new one and resend.
 After the last retry give up with :class:`NodeUnavailableError`. A reply that
 arrives late goes to the closed socket and is dropped by ZeroMQ, so it can
 never be taken for the answer to a later request. A wait cut short by any
-other exception (Ctrl-C) also discards the socket, which would otherwise be
-stuck waiting for that reply.
+other exception (Ctrl-C; in asyncio, a cancelled task) also discards the
+socket, which would otherwise be stuck waiting for that reply.
+
+:class:`Connection` is what every transport shares -- opening a socket (its
+options, CurveZMQ keys and handshake monitor), discarding it, and turning
+failures into errors; :class:`Transport` is the blocking loop on top of it.
+:mod:`client.async_transport` has the same loop awaiting, for
+:class:`client.AsyncClient`, and :mod:`client.stream_transport` the streaming one.
 
 A transport is one socket, for one thread at a time; :class:`client.pool.Pool`
 lends transports to the threads that share a client. Any ``zmq`` exception
@@ -14,7 +20,8 @@ becomes a :class:`common.errors.TransportError`.
 
 Each socket is watched until its first reply (:mod:`client.diagnose`), so a
 node that refuses the connection or ends the handshake is told apart from
-one that is silent, and reported at once rather than after every retry.
+one that is silent: the blocking transport reports it at once rather than
+after every retry, the others when their wait times out.
 
 (A DEALER without envelope, two frames per request at the server instead of
 three, was measured against REQ here and was no faster.)
@@ -24,35 +31,35 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import zmq
 
 from client.diagnose import ConnectionWatch, unavailable
-from common.errors import TransportError
+from common.errors import NodeUnavailableError, TransportError
 
 if TYPE_CHECKING:
     from client.curve import CurveKeys
 
+#: The socket class a connection opens: blocking, or asyncio's.
+S = TypeVar("S", bound="zmq.Socket[Any]")
 
-class Transport:
-    """A lockstep socket to one endpoint, reopened after every timeout.
 
-    Not for two threads at once, nor for a child after ``fork()``: clients
-    take one from a :class:`client.pool.Pool` for each call.
+class Connection(Generic[S]):
+    """One socket to one endpoint at a time, reopened after a failure.
 
     Args:
         endpoint: ``tcp://host:port``.
         timeout_s: how long to wait for each attempt's reply.
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (the process-wide
-            ``zmq.Context.instance()`` by default, looked up at each open, so
-            a terminated one is replaced).
+            ``instance()`` by default, looked up at each open, so a
+            terminated one is replaced).
         label: how to name the node in error messages.
         curve: CurveZMQ keys; None for a plaintext connection.
         wait_for_ready: wait out a refused connection (a node starting or
             restarting) for the timeout and retries, as Lazy Pirate does;
-            False raises :class:`NotListeningError` at once.
+            False raises :class:`common.errors.NotListeningError` at once.
     """
 
     #: The kind of socket, and options set on it before it connects.
@@ -64,12 +71,12 @@ class Transport:
         endpoint: str,
         timeout_s: float,
         retries: int,
-        context: zmq.Context | None = None,
+        context: zmq.Context[S] | None = None,
         label: str = "",
-        curve: "CurveKeys | None" = None,
+        curve: CurveKeys | None = None,
         wait_for_ready: bool = True,
     ) -> None:
-        if timeout_s <= 0:
+        if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
@@ -78,25 +85,31 @@ class Transport:
         self.retries = retries
         self.label = label or endpoint
         self._context = context
-        self._socket: zmq.Socket | None = None
+        self._socket: S | None = None
         self.curve = curve
         self.wait_for_ready = wait_for_ready
         self._watch: ConnectionWatch | None = None
+        #: The watch of the last socket, kept after it is discarded: what its connection did.
+        self._last_watch: ConnectionWatch | None = None
 
-    def _open(self) -> zmq.Socket:
-        socket = (self._context or zmq.Context.instance()).socket(self.socket_type)
+    def _new_socket(self) -> S:
+        """A socket of ``socket_type`` in this connection's context."""
+        raise NotImplementedError
+
+    def _open(self) -> S:
+        socket = self._new_socket()
         try:
             socket.setsockopt(zmq.LINGER, 0)
             for option, value in self.socket_options:
                 socket.setsockopt(option, value)
-            # A blocking recv with a timeout: one call per reply, no poll set;
-            # zmq.Again means the attempt timed out.
+            # A receive with a timeout: zmq.Again means the attempt timed out.
             socket.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
             if self.endpoint.startswith("tcp://["):
                 socket.setsockopt(zmq.IPV6, 1)
             if self.curve is not None:
                 self.curve.apply(socket)
-            self._watch = ConnectionWatch(socket, self.timeout_s, self.label, self.endpoint, self.curve is not None)
+            self._watch = self._last_watch = ConnectionWatch(socket, self.timeout_s, self.label, self.endpoint,
+                                                             self.curve is not None)
             socket.connect(self.endpoint)
         except BaseException:
             self._socket = socket
@@ -110,8 +123,8 @@ class Transport:
         socket, watch, self._socket, self._watch = self._socket, self._watch, None, None
         if socket is None:
             return
-        with contextlib.suppress(zmq.ZMQBaseError):
-            if watch is not None:
+        if watch is not None:
+            with contextlib.suppress(zmq.ZMQBaseError):
                 watch.close(socket)
         with contextlib.suppress(zmq.ZMQBaseError):
             socket.close(linger=0)
@@ -125,6 +138,37 @@ class Transport:
         else:
             reason = f"ZeroMQ error: {exc}"
         return TransportError(f"{self.label}: {reason}", errno)
+
+    def _timed_out(self) -> None:
+        """After an attempt timed out: raise what the socket's watch saw that
+        retrying would not mend (the server ended the handshake; a refused
+        connection, unless waiting for the node to be ready); discard the socket."""
+        try:
+            if self._watch is not None:
+                self._watch.settle(fail_if_refused=not self.wait_for_ready)
+        finally:
+            self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
+
+    def _gave_up(self, attempts: int, started: float, detail: str = "") -> NodeUnavailableError:
+        """The error after the last attempt, saying what its connection did (:func:`client.diagnose.unavailable`)."""
+        return unavailable(self.label, time.monotonic() - started, attempts, self.timeout_s, self._last_watch,
+                           detail)
+
+    def close(self) -> None:
+        self._discard()
+
+
+class Transport(Connection["zmq.Socket[bytes]"]):
+    """A lockstep REQ socket to one endpoint, reopened after every timeout.
+
+    Not for two threads at once, nor for a child after ``fork()``: clients
+    take one from a :class:`client.pool.Pool` for each call. Arguments as
+    :class:`Connection`.
+    """
+
+    def _new_socket(self) -> zmq.Socket[bytes]:
+        context: zmq.Context[zmq.Socket[bytes]] = self._context or zmq.Context.instance()
+        return context.socket(self.socket_type)
 
     def request(self, frame: bytes, retry: bool = True) -> bytes:
         """Send ``frame`` and return the reply frame.
@@ -151,17 +195,13 @@ class Transport:
         started = time.monotonic()
         for _ in range(attempts):
             socket = self._socket or self._open()
-            watch = self._watch
-            assert watch is not None  # made with the socket
             try:
-                socket.send(frame, copy=copy)
-                return watch.receive(socket, fail_if_refused=not self.wait_for_ready)
+                socket.send(frame, 0, copy)
+                assert self._watch is not None  # made with the socket
+                return self._watch.receive(socket, fail_if_refused=not self.wait_for_ready)
             except zmq.Again:  # no reply in time
-                self._discard()  # Lazy Pirate: drop the socket, and any late reply with it
+                self._timed_out()
             except BaseException:
                 self._discard()  # an interrupted wait: never reuse a socket owed a reply
                 raise
-        raise unavailable(self.label, time.monotonic() - started, attempts, self.timeout_s, watch)
-
-    def close(self) -> None:
-        self._discard()
+        raise self._gave_up(attempts, started)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from client import Client
+from tests import awaited
 from tests.servers import ServerProcess
 
 
@@ -15,8 +17,8 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """A factory for servers (``start_server("--max-key-bytes", "8")``); all are stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, **kwargs: object) -> ServerProcess:
-        server = ServerProcess(args, **kwargs)  # type: ignore[arg-type]
+    def start(*args: str, **kwargs: Any) -> ServerProcess:  # kwargs: ServerProcess's
+        server = ServerProcess(args, **kwargs)
         started.append(server)
         return server
 
@@ -32,7 +34,20 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[Client]:
-    """A client of ``server`` with a short timeout, so a broken test fails fast."""
-    with Client(server.node, timeout_s=2.0, retries=1) as c:
+def runner() -> Iterator[asyncio.Runner]:
+    """The event loop the asyncio clients of a test run on."""
+    yield from awaited.runner()
+
+
+@pytest.fixture(params=["Client", "AsyncClient"])
+def make_client(request: pytest.FixtureRequest, runner: asyncio.Runner) -> Callable[..., Any]:
+    """Makes a ``Client``, and in a second run of the test an ``AsyncClient``
+    whose every call is awaited (:class:`tests.awaited.Awaited`)."""
+    return awaited.client_factory(request.param, runner)
+
+
+@pytest.fixture
+def client(server: ServerProcess, make_client: Callable[..., Any]) -> Iterator[Any]:
+    """A client of ``server`` (each kind, see ``make_client``) with a short timeout, so a broken test fails fast."""
+    with make_client(server.node, timeout_s=2.0, retries=1) as c:
         yield c

@@ -5,8 +5,9 @@ running several threads, send random operations -- ``set`` with values
 nobody else writes, ``get``, ``del``, ``cas``, ``incr``, ``mset``, ``mget`` --
 on a few keys, through every way a program can talk to memlookup: a
 :class:`Client` shared by two threads, a Client of its own, a
-:class:`Pipeline`, a raw DEALER socket sending ``batch`` messages, or a
-:class:`ClusterClient`. Each call becomes an :class:`Op`: what was asked, when
+:class:`Pipeline`, a raw DEALER socket sending ``batch`` messages, asyncio
+tasks sharing an :class:`AsyncClient`, or a :class:`ClusterClient` (and
+tasks sharing an :class:`AsyncClusterClient`). Each call becomes an :class:`Op`: what was asked, when
 the call started and ended (``time.monotonic``, one clock for every process on
 Linux) and what came back: a result (``ok``), an error meaning it did not
 happen (``fail``), or no answer (``info``: it may or may not have happened, at
@@ -38,6 +39,7 @@ which the search handles in well under a second.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import math
@@ -53,7 +55,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from client import Client, ClusterClient
+from client import AsyncClient, AsyncClusterClient, Client, ClusterClient
+from client.requests import result as reply_result
 from common.errors import MemlookupError, NodeUnavailableError
 from common.protocol import encode_batch, encode_request
 
@@ -95,11 +98,14 @@ class Workload:
     (lockstep, on a Client shared by the process's ``client`` threads),
     ``own`` (a Client of its own), ``pipeline`` (pipelines on the shared
     Client), ``batch`` (a raw DEALER sending ``batch`` messages), ``cluster``
-    (a ClusterClient shared by the process's ``cluster`` threads).
+    (a ClusterClient shared by the process's ``cluster`` threads), ``async``
+    (an asyncio task instead of a thread: the process's ``async`` tasks run
+    on one event loop, in a thread of its own, and share one AsyncClient, or
+    AsyncClusterClient with several nodes).
     """
 
     nodes: tuple[str, ...]
-    kinds: tuple[str, ...] = ("client", "client", "own", "pipeline", "batch")
+    kinds: tuple[str, ...] = ("client", "client", "own", "pipeline", "batch", "async", "async")
     processes: int = 2
     duration_s: float = 2.0
     max_ops: int = 80
@@ -124,14 +130,15 @@ class Workload:
     def counter_keys(self) -> list[str]:
         return [f"{self.prefix}:c{i}" for i in range(self.counters)]
 
-    def client(self) -> Any:
-        """A new Client (one node) or ClusterClient (several) for this workload."""
+    def client(self, awaiting: bool = False) -> Any:
+        """A new Client (one node) or ClusterClient (several) for this workload; ``awaiting``: their asyncio kind."""
         if len(self.nodes) == 1:
-            return Client(self.nodes[0], timeout_s=self.timeout_s, retries=self.retries,
-                          server_key=self.server_key, client_key=self.client_key)
-        return ClusterClient(list(self.nodes), replicas=self.replicas, timeout_s=self.timeout_s,
-                             retries=self.retries, dead_for_s=self.dead_for_s,
-                             server_key=self.server_key, client_key=self.client_key)
+            return (AsyncClient if awaiting else Client)(
+                self.nodes[0], timeout_s=self.timeout_s, retries=self.retries,
+                server_key=self.server_key, client_key=self.client_key)
+        return (AsyncClusterClient if awaiting else ClusterClient)(
+            list(self.nodes), replicas=self.replicas, timeout_s=self.timeout_s, retries=self.retries,
+            dead_for_s=self.dead_for_s, server_key=self.server_key, client_key=self.client_key)
 
 
 @dataclass
@@ -220,7 +227,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
 
 
 def _call(table: Any, op: str, args: tuple[Any, ...], ttl_s: float | None) -> Any:
-    """Run one operation on a Client, ClusterClient or Pipeline."""
+    """Run one operation on a Client, ClusterClient or Pipeline (or start it on an asyncio client)."""
     if op == "set":
         return table.set(args[0], args[1], ttl_s=ttl_s)
     if op == "get":
@@ -265,13 +272,27 @@ class _Worker:
         self.ops: list[Op] = []
         self.anomalies: list[str] = []
 
-    def more(self) -> bool:
-        """Whether to go on; between calls, a random pause that spreads ``max_ops`` over ``duration_s``
-        (so that faults, compactions and evictions happen while the workers work)."""
+    def _pause_s(self) -> float | None:
+        """None to stop; else a random pause before the next call, that spreads ``max_ops`` over
+        ``duration_s`` (so that faults, compactions and evictions happen while the workers work)."""
         if len(self.ops) >= self.workload.max_ops or time.monotonic() >= self.deadline:
+            return None
+        return self.rng.uniform(0, 1.6 * self.workload.duration_s / self.workload.max_ops) if self.ops else 0.0
+
+    def more(self) -> bool:
+        """Whether to go on, after the pause."""
+        pause_s = self._pause_s()
+        if pause_s is None:
             return False
-        if self.ops:
-            time.sleep(self.rng.uniform(0, 1.6 * self.workload.duration_s / self.workload.max_ops))
+        time.sleep(pause_s)
+        return time.monotonic() < self.deadline
+
+    async def more_async(self) -> bool:
+        """:meth:`more` for a task: the pause lets the other tasks run."""
+        pause_s = self._pause_s()
+        if pause_s is None:
+            return False
+        await asyncio.sleep(pause_s)
         return time.monotonic() < self.deadline
 
     def record(self, op: str, args: tuple[Any, ...], start: float, end: float, outcome: str, result: Any) -> None:
@@ -293,6 +314,19 @@ class _Worker:
             start = time.monotonic()
             try:
                 result = _call(table, op, args, ttl_s)
+            except Exception as exc:
+                self.record(op, args, start, 0.0, *_failure(exc))
+            else:
+                self.record(op, args, start, time.monotonic(), OK, result)
+
+    async def run_async(self, table: Any) -> None:
+        """:meth:`run_lockstep` as a task, awaiting an asyncio client."""
+        ttl_s = self.workload.ttl_s
+        while await self.more_async():
+            op, args = self.chooser.next()
+            start = time.monotonic()
+            try:
+                result = await _call(table, op, args, ttl_s)
             except Exception as exc:
                 self.record(op, args, start, 0.0, *_failure(exc))
             else:
@@ -329,7 +363,7 @@ class _BatchSender:
     """A raw DEALER that sends ``batch`` messages, REQ envelope and all, up to two in flight.
 
     Replies on one connection come in request order, so the oldest batch
-    owns the next reply: the socket never reconnects (see client/pipeline.py
+    owns the next reply: the socket never reconnects (see client/stream_transport.py
     for why), so it stays one connection. On a timeout, or a send finding the
     connection gone, it does what the library does: a new socket, every
     unanswered batch again with the same request ids; after ``retries``
@@ -352,7 +386,6 @@ class _BatchSender:
             self.curve = CurveKeys.load(workload.server_key, workload.client_key)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket: zmq.Socket[bytes] | None = None
-        self.monitor: zmq.Socket[bytes] | None = None
         self.rids = 0
         #: Unanswered batches, oldest first: (frame, [(op, args)], start).
         self.in_flight: collections.deque[tuple[bytes, list[tuple[str, tuple[Any, ...]]], float]] = collections.deque()
@@ -362,17 +395,13 @@ class _BatchSender:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, -1)
         if self.curve is not None:
-            self.monitor = self.curve.apply(socket)
+            self.curve.apply(socket)
         socket.connect(self.endpoint)
         self.socket = socket
         return socket
 
     def _close(self) -> None:
         if self.socket is not None:
-            if self.monitor is not None:
-                self.socket.disable_monitor()
-                self.monitor.close(linger=0)
-                self.monitor = None
             self.socket.close(linger=0)
             self.socket = None
 
@@ -451,7 +480,7 @@ class _BatchSender:
             return
         for (op, args), item in zip(commands, items, strict=True):
             try:
-                result = Client._result(item[0], item[1])
+                result = reply_result(item[0], item[1])
             except MemlookupError as exc:
                 worker.record(op, args, start, end, *_failure(exc))
                 continue
@@ -473,6 +502,7 @@ def _run_process(workload: Workload, index: int, results: Any) -> None:
     workers: list[_Worker] = []
     threads = []
     own: list[Any] = []
+    tasks: list[_Worker] = []
     for number, kind in enumerate(workload.kinds):
         worker = _Worker(workload, f"p{index}t{number}{kind[0]}", hash((workload.seed, index, number)), deadline)
         workers.append(worker)
@@ -485,9 +515,15 @@ def _run_process(workload: Workload, index: int, results: Any) -> None:
             target = functools.partial(worker.run_pipelines, shared)
         elif kind == "batch":
             target = worker.run_batches
+        elif kind == "async":
+            tasks.append(worker)
+            continue
         else:
             raise ValueError(f"unknown worker kind {kind!r}")
         threads.append(threading.Thread(target=_guarded(worker, target)))
+    if tasks:
+        run_tasks = functools.partial(asyncio.run, _run_tasks(workload, tasks))
+        threads.append(threading.Thread(target=_guarded(tasks[0], run_tasks)))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -500,6 +536,22 @@ def _run_process(workload: Workload, index: int, results: Any) -> None:
         history.ops.extend(worker.ops)
         history.anomalies.extend(worker.anomalies)
     results.put(history)
+
+
+async def _run_tasks(workload: Workload, workers: list[_Worker]) -> None:
+    """The ``async`` workers, as tasks of one event loop sharing one asyncio client."""
+    table = workload.client(awaiting=True)
+
+    async def guarded(worker: _Worker) -> None:
+        try:
+            await worker.run_async(table)
+        except BaseException as exc:  # the history so far stands; the crash is an anomaly
+            worker.anomalies.append(f"crash: {worker.tag}: {type(exc).__name__}: {exc}")
+
+    try:
+        await asyncio.gather(*(guarded(worker) for worker in workers))
+    finally:
+        table.close()
 
 
 def _guarded(worker: _Worker, target: Callable[[], None]) -> Callable[[], None]:

@@ -1,17 +1,24 @@
-"""ClusterClient and the CLI's multi-node mode against real servers on loopback."""
+"""ClusterClient, AsyncClusterClient and the CLI's multi-node mode against real servers on loopback.
+
+The ``table`` fixture runs each test with a ``ClusterClient`` and with an
+``AsyncClusterClient`` whose calls are awaited (tests/awaited.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client import Client, ClusterClient, NodeUnavailableError, NotAnIntegerError
-from common.address import expand_nodes
 from client.placement import Placement
+from common.address import expand_nodes
+from tests.awaited import client_factory
 from tests.servers import ServerProcess, run_cli
 
 
@@ -20,9 +27,10 @@ def three(start_server: Callable[..., ServerProcess]) -> list[ServerProcess]:
     return [start_server() for _ in range(3)]
 
 
-@pytest.fixture
-def table(three: list[ServerProcess]) -> Iterator[ClusterClient]:
-    with ClusterClient([s.node for s in three], replicas=2, timeout_s=0.3, retries=0) as cluster:
+@pytest.fixture(params=["ClusterClient", "AsyncClusterClient"])
+def table(request: pytest.FixtureRequest, three: list[ServerProcess], runner: asyncio.Runner) -> Iterator[Any]:
+    make = client_factory(request.param, runner)
+    with make([s.node for s in three], replicas=2, timeout_s=0.3, retries=0) as cluster:
         yield cluster
 
 
@@ -34,7 +42,7 @@ def holders(three: list[ServerProcess], key: str) -> dict[str, str | None]:
     return found
 
 
-def test_every_key_is_on_exactly_its_two_owners(three, table):
+def test_every_key_is_on_exactly_its_two_owners(three: list[ServerProcess], table: Any) -> None:
     table.mset({f"k{i}": str(i) for i in range(300)})
     table.set("single", "x")
     for key, value in [("k7", "7"), ("k123", "123"), ("single", "x")]:
@@ -43,20 +51,24 @@ def test_every_key_is_on_exactly_its_two_owners(three, table):
         assert sum(v is not None for v in held.values()) == 2
 
 
-def test_reads_and_batches_keep_order_and_missing_keys(table):
+def test_reads_and_batches_keep_order_and_missing_keys(table: Any) -> None:
     table.mset({"a": "1", "b": "2", "c": "3"})
     assert table.mget(["c", "nope", "a", "a", "b"]) == ["3", None, "1", "1", "2"]
     assert table.get("nope") is None and table.exists("a") and not table.exists("nope")
     assert table.ttl("a") == -1 and table.ttl("nope") == -2
     assert sorted(table.keys()) == ["a", "b", "c"]  # each key once, though stored twice
-    table["d"] = "4"
-    assert table["d"] == "4" and "d" in table and "e" not in table
-    del table["d"]
-    with pytest.raises(KeyError):
-        table["d"]
 
 
-def test_conditional_writes_are_decided_once_and_copied(three, table):
+def test_mapping_sugar(three: list[ServerProcess]) -> None:
+    with ClusterClient([s.node for s in three], replicas=2, timeout_s=0.3, retries=0) as table:
+        table["d"] = "4"
+        assert table["d"] == "4" and "d" in table and "e" not in table
+        del table["d"]
+        with pytest.raises(KeyError):
+            table["d"]
+
+
+def test_conditional_writes_are_decided_once_and_copied(three: list[ServerProcess], table: Any) -> None:
     assert table.set("n", "first", nx=True) is True
     assert table.set("n", "second", nx=True) is False
     assert set(holders(three, "n").values()) - {None} == {"first"}
@@ -68,7 +80,7 @@ def test_conditional_writes_are_decided_once_and_copied(three, table):
         table.incr("n")
 
 
-def test_incr_copies_the_remaining_ttl(three, table):
+def test_incr_copies_the_remaining_ttl(three: list[ServerProcess], table: Any) -> None:
     table.set("limited", "1", ttl_s=100)
     table.incr("limited")
     for node in table.owners("limited"):
@@ -76,7 +88,7 @@ def test_incr_copies_the_remaining_ttl(three, table):
             assert direct.get("limited") == "2" and 90 < direct.ttl("limited") <= 100
 
 
-def test_delete_reaches_a_copy_on_a_node_that_is_not_an_owner(three, table):
+def test_delete_reaches_a_copy_on_a_node_that_is_not_an_owner(three: list[ServerProcess], table: Any) -> None:
     table.set("k", "v")
     outsider = next(s.node for s in three if s.node not in table.owners("k"))
     with Client(outsider, timeout_s=2.0) as direct:
@@ -86,7 +98,7 @@ def test_delete_reaches_a_copy_on_a_node_that_is_not_an_owner(three, table):
     assert table.delete("k") is False
 
 
-def test_a_dead_node_is_skipped_and_no_owner_answering_is_an_error(three, table):
+def test_a_dead_node_is_skipped_and_no_owner_answering_is_an_error(three: list[ServerProcess], table: Any) -> None:
     table.mset({f"k{i}": str(i) for i in range(100)})
     three[0].kill()
     assert table.mget([f"k{i}" for i in range(100)]) == [str(i) for i in range(100)]
@@ -102,7 +114,24 @@ def test_a_dead_node_is_skipped_and_no_owner_answering_is_an_error(three, table)
         table.get(lost)
 
 
-def test_stats_has_each_node_and_the_total(three, table):
+def test_scan_pages_through_every_member_and_keys_returns_each_key_once(three: list[ServerProcess], table: Any) -> None:
+    stored = sorted(f"k{i}" for i in range(60))
+    table.mset(dict.fromkeys(stored, "v"))
+    found, cursor, pages = [], 0, 0
+    while True:
+        cursor, page = table.scan(cursor, "k*", 10)
+        found += page
+        pages += 1
+        if cursor == 0:
+            break
+    assert sorted(found) == sorted(stored * 2)  # every copy, on its two owners
+    assert pages >= 3  # at least a page of each member
+    assert sorted(table.keys("k*", count=7)) == stored  # each key once
+    three[0].kill()
+    assert sorted(table.keys("k*")) == stored  # a member down: its keys have copies on the others
+
+
+def test_stats_has_each_node_and_the_total(three: list[ServerProcess], table: Any) -> None:
     table.mset({f"k{i}": "v" for i in range(50)})
     stats = table.stats()
     assert sorted(stats["nodes"]) == sorted(s.node for s in three)
@@ -110,7 +139,7 @@ def test_stats_has_each_node_and_the_total(three, table):
     assert stats["total"]["nodes_up"] == 3 and stats["replicas"] == 2
 
 
-def test_membership_is_parsed_deduplicated_and_checked():
+def test_membership_is_parsed_deduplicated_and_checked() -> None:
     assert expand_nodes(" 127.0.0.1:1, 127.0.0.1:1,,[::1]:2") == ["127.0.0.1:1", "[::1]:2"]
     with pytest.raises(ValueError):
         expand_nodes(",")
@@ -122,7 +151,7 @@ def test_membership_is_parsed_deduplicated_and_checked():
     assert all(one.owners(f"k{i}") == two.owners(f"k{i}") for i in range(1000))
 
 
-def test_cli_with_several_nodes(three):
+def test_cli_with_several_nodes(three: list[ServerProcess]) -> None:
     nodes = ",".join(s.node for s in three)
     assert run_cli(nodes, "set", "norway", "oslo").returncode == 0
     got = run_cli("--replicas", "3", nodes, "get", "norway")
@@ -140,7 +169,7 @@ def test_cli_with_several_nodes(three):
     assert bad.returncode == 2 and "no-such-host.invalid" in bad.stderr
 
 
-def test_rebalance_from_leaving_nodes_drains_them(three):
+def test_rebalance_from_leaving_nodes_drains_them(three: list[ServerProcess]) -> None:
     nodes = [s.node for s in three]
     with ClusterClient(nodes, replicas=1) as everything:
         everything.mset({f"k{i}": str(i) for i in range(500)})
@@ -162,7 +191,9 @@ def test_rebalance_from_leaving_nodes_drains_them(three):
     replicas=st.integers(1, 4),
     key=st.text(min_size=0, max_size=40),
 )
-def test_placement_gives_distinct_owners_and_a_new_node_only_takes_over(members, replicas, key):
+def test_placement_gives_distinct_owners_and_a_new_node_only_takes_over(
+        members: list[int], replicas: int, key: str,
+) -> None:
     names = [f"10.0.0.{m}:7400" for m in members]
     owners = Placement(names, replicas).owners(key)
     assert len(owners) == len(set(owners)) == min(replicas, len(names))
@@ -176,7 +207,7 @@ def test_placement_gives_distinct_owners_and_a_new_node_only_takes_over(members,
         assert len(set(owners) - set(grown)) == 1
 
 
-def test_rebalance_shows_a_progress_bar_on_a_terminal(three):
+def test_rebalance_shows_a_progress_bar_on_a_terminal(three: list[ServerProcess]) -> None:
     import fcntl
     import os
     import pty

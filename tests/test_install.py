@@ -125,7 +125,7 @@ def test_a_users_own_modules_and_the_library_leave_each_other_alone(
 def test_type_checkers_see_the_installed_types(installed: Path, tmp_path: Path) -> None:
     script = tmp_path / "typed.py"
     script.write_text(textwrap.dedent("""\
-        from memlookup.client import Client, ClusterClient
+        from memlookup.client import AsyncClient, AsyncClusterClient, Client, ClusterClient, Pipeline
 
 
         def capital(table: Client | ClusterClient) -> str | None:
@@ -138,6 +138,22 @@ def test_type_checkers_see_the_installed_types(installed: Path, tmp_path: Path) 
 
         def count_in_cluster(table: ClusterClient) -> int:
             return table.get("norway")
+
+
+        async def capital_async(table: AsyncClient | AsyncClusterClient) -> str | None:
+            return await table.get("norway")
+
+
+        async def count_async(table: AsyncClient) -> int:
+            return await table.get("norway")
+
+
+        def queued(table: Client) -> Pipeline:
+            return table.pipeline().set("a", "1").get("a")
+
+
+        def not_a_number(table: Client) -> int:
+            return table.pipeline().get("a")
         """))
     (tmp_path / "mypy.ini").write_text("[mypy]\n")
     checked = run([sys.executable, "-m", "mypy", "--strict", "--config-file", "mypy.ini", "--python-executable",
@@ -145,7 +161,9 @@ def test_type_checkers_see_the_installed_types(installed: Path, tmp_path: Path) 
                   timeout_s=180)
     errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
     wrong = 'error: Incompatible return value type (got "str | None", expected "int")  [return-value]'
-    assert errors == [f"typed.py:9: {wrong}", f"typed.py:13: {wrong}"], checked.stdout + checked.stderr
+    not_pipeline = 'error: Incompatible return value type (got "Pipeline", expected "int")  [return-value]'
+    assert errors == [f"typed.py:9: {wrong}", f"typed.py:13: {wrong}", f"typed.py:21: {wrong}",
+                      f"typed.py:29: {not_pipeline}"], checked.stdout + checked.stderr
 
 
 def test_an_editable_install_is_the_checkout_itself(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import urllib.request
 
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
-from prometheus_client.exposition import generate_latest
 
 from client import Client, InvalidRequestError, NotAnIntegerError
 from common.limits import MAX_PEER_OUTPUT_BYTES
@@ -22,7 +22,8 @@ from tests.servers import ROOT
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -77,7 +78,7 @@ def test_metrics_are_off_by_default_and_a_bad_port_is_refused(start_server):
     assert result.returncode == 2 and "metrics port 70000" in result.stderr
 
 
-def run_cli_server(*args: str) -> subprocess.CompletedProcess:
+def run_cli_server(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
 

@@ -55,10 +55,10 @@ def _flip_byte(path: Path, offset: int, mask: int) -> bytes:
     return bytes(data)
 
 
-def _table(server: ServerProcess) -> dict[str, str]:
+def _table(server: ServerProcess) -> dict[str, str | None]:
     with Client(server.node, timeout_s=5.0) as client:
         keys = sorted(client.keys())
-        return dict(zip(keys, client.mget(keys)))
+        return dict(zip(keys, client.mget(keys), strict=True))
 
 
 def _record_offsets(path: Path, magic: bytes) -> list[int]:
@@ -547,7 +547,7 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
 
     rng = random.Random(7)
     now = time.time()
-    entries = []
+    entries: list[tuple[str, str | None, float | None]] = []
     for _ in range(5000):
         key = f"k{rng.randrange(300)}"
         roll = rng.random()

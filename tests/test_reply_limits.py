@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from common.limits import Limits
@@ -15,7 +17,7 @@ from server.store import Store
 KIB = 1024
 
 
-def call(handler: Handler, op: str, *args, **options):
+def call(handler: Handler, op: str, *args: Any, **options: Any) -> tuple[int, Any]:
     return decode_reply(handler.handle(encode_request(op, *args, options=options or None)))
 
 

@@ -1,21 +1,26 @@
-"""Timeouts, retries and late replies, against real sockets."""
+"""Timeouts, retries and late replies, against real sockets; Client and AsyncClient alike (``make_client``)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import zmq
 
 from client import Client, NodeUnavailableError
 from common.protocol import decode_reply
+from tests.servers import ServerProcess
 
 
-def test_stopped_server_fails_within_timeout_then_the_same_client_recovers(start_server):
+def test_stopped_server_fails_within_timeout_then_the_same_client_recovers(
+        start_server: Callable[..., ServerProcess], make_client: Callable[..., Any],
+) -> None:
     server = start_server()
     port = server.port
-    table = Client(server.node, timeout_s=0.3, retries=2)
+    table = make_client(server.node, timeout_s=0.3, retries=2)
     table.set("k", "v")
     server.stop()
     started = time.monotonic()
@@ -51,8 +56,8 @@ class SlowServer:
             if self.socket.poll(20):
                 frames = self.socket.recv_multipart()
                 self.requests.append(frames[-1])
-                op, key = msgpack.unpackb(frames[-1])[:2]
-                reply = frames[:-1] + [msgpack.packb([0, f"answer to {key}"])]
+                _op, key = msgpack.unpackb(frames[-1])[:2]
+                reply = [*frames[:-1], msgpack.packb([0, f"answer to {key}"])]
                 if len(self.requests) == 1:
                     pending.append((time.monotonic() + self.delay_s, reply))
                 else:
@@ -69,10 +74,10 @@ class SlowServer:
         self.context.term()
 
 
-def test_a_late_reply_is_never_returned_for_the_next_request():
+def test_a_late_reply_is_never_returned_for_the_next_request(make_client: Callable[..., Any]) -> None:
     slow = SlowServer(delay_s=0.5)
     try:
-        table = Client(f"127.0.0.1:{slow.port}", timeout_s=0.2, retries=0)
+        table = make_client(f"127.0.0.1:{slow.port}", timeout_s=0.2, retries=0)
         with pytest.raises(NodeUnavailableError):
             table.get("first")
         time.sleep(0.5)  # the late answer to "first" arrives now
@@ -121,12 +126,14 @@ class DropFirstReplyProxy:
 
 
 @pytest.mark.parametrize("op", ["incr", "cas"])
-def test_a_retried_write_whose_reply_was_lost_is_applied_once(server, op):
+def test_a_retried_write_whose_reply_was_lost_is_applied_once(
+        server: ServerProcess, op: str, make_client: Callable[..., Any],
+) -> None:
     proxy = DropFirstReplyProxy(f"tcp://{server.node}")
     try:
         with Client(server.node) as direct:
             direct.set("n", "10")
-        with Client(f"127.0.0.1:{proxy.port}", timeout_s=0.5, retries=2) as table:
+        with make_client(f"127.0.0.1:{proxy.port}", timeout_s=0.5, retries=2) as table:
             if op == "incr":
                 assert table.incr("n", 5) == 15
             else:
@@ -138,13 +145,13 @@ def test_a_retried_write_whose_reply_was_lost_is_applied_once(server, op):
         proxy.close()
 
 
-def test_raw_req_socket_gets_one_reply_per_request(server):
+def test_raw_req_socket_gets_one_reply_per_request(server: ServerProcess) -> None:
     context = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.RCVTIMEO, 2000)
     sock.connect(f"tcp://{server.node}")
     try:
-        for i in range(3):
+        for _i in range(3):
             sock.send(b"\x91\xa4ping")
             assert decode_reply(sock.recv()) == (0, "PONG")
     finally:

@@ -1,10 +1,15 @@
-"""CurveZMQ: a listed client key gets in; every other client fails within its timeout."""
+"""CurveZMQ: a listed client key gets in; every other client fails within its timeout.
+
+The tests that take ``make_client`` run with a ``Client`` and with an
+``AsyncClient`` (tests/conftest.py): both tell a refused key from silence.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -21,7 +26,7 @@ def keys(tmp_path):
     """A server pair, an authorized client (alice) and a stranger (mallory)."""
     server_public, server_secret = create_key_pair(tmp_path / "server", "server")
     authorized = tmp_path / "authorized"
-    alice_public, alice_secret = create_key_pair(authorized, "alice")
+    _, alice_secret = create_key_pair(authorized, "alice")
     mallory_public, mallory_secret = create_key_pair(tmp_path / "other", "mallory")
     return {
         "server": str(server_public), "server_secret": str(server_secret), "authorized": str(authorized),
@@ -34,15 +39,15 @@ def curve_server(start_server, keys):
     return start_server("--curve-secret-key", keys["server_secret"], "--authorized-keys", keys["authorized"])
 
 
-def _fails_within(call, retries: int) -> tuple[BaseException, float]:
+def _fails_within(call: Callable[[], object], retries: int) -> tuple[BaseException, float]:
     started = time.monotonic()
     with pytest.raises(NodeUnavailableError) as caught:
         call()
     return caught.value, time.monotonic() - started
 
 
-def test_a_listed_client_key_works_and_is_encrypted(curve_server, keys):
-    with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
+def test_a_listed_client_key_works_and_is_encrypted(curve_server, keys, make_client):
+    with make_client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as table:
         assert table.set("norway", "oslo")
         assert table.get("norway") == "oslo"
         assert table.stats()["auth"]["curve"] is True
@@ -57,11 +62,11 @@ def test_keys_from_the_environment(curve_server, keys):
     assert run_cli(curve_server.node, "get", "k", env=env).stdout == "v\n"
 
 
-def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(curve_server, keys):
+def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(curve_server, keys, make_client):
     alice = Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"])
     alice.set("shared", "before")
-    mallory = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
-                     server_key=keys["server"], client_key=keys["mallory"])
+    mallory = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
+                          server_key=keys["server"], client_key=keys["mallory"])
     error, waited = _fails_within(lambda: mallory.get("shared"), retries=2)
     assert isinstance(error, AuthenticationError)
     assert "refused our client key" in str(error)
@@ -72,11 +77,12 @@ def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(cur
     with pytest.raises(AuthenticationError):
         mallory.set("shared", "mallory was here")
     assert alice.get("shared") == "after"
-    alice.close(), mallory.close()
+    alice.close()
+    mallory.close()
 
 
-def test_no_client_key_is_refused(curve_server, keys):
-    anonymous = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=1, server_key=keys["server"])
+def test_no_client_key_is_refused(curve_server, keys, make_client):
+    anonymous = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=1, server_key=keys["server"])
     error, waited = _fails_within(lambda: anonymous.ping(), retries=1)
     assert isinstance(error, AuthenticationError)
     assert waited < TIMEOUT_S * 2 + 0.5
@@ -85,7 +91,7 @@ def test_no_client_key_is_refused(curve_server, keys):
 
 def test_a_plaintext_client_gets_no_reply_and_the_server_logs_it(curve_server, keys):
     plain = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=1)
-    error, waited = _fails_within(lambda: plain.ping(), retries=1)
+    _, waited = _fails_within(lambda: plain.ping(), retries=1)
     assert waited < TIMEOUT_S * 2 + 0.5
     assert curve_server.wait_for_log("handshake failed")
     with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as alice:
@@ -93,9 +99,9 @@ def test_a_plaintext_client_gets_no_reply_and_the_server_logs_it(curve_server, k
     plain.close()
 
 
-def test_the_wrong_server_key_is_an_authentication_error(curve_server, keys):
-    impostor = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
-                      server_key=keys["mallory_public"], client_key=keys["alice"])
+def test_the_wrong_server_key_is_an_authentication_error(curve_server, keys, make_client):
+    impostor = make_client(curve_server.node, timeout_s=TIMEOUT_S, retries=2,
+                           server_key=keys["mallory_public"], client_key=keys["alice"])
     error, waited = _fails_within(lambda: impostor.ping(), retries=2)
     assert isinstance(error, AuthenticationError)
     assert waited < TIMEOUT_S * 3
@@ -131,7 +137,7 @@ def test_keygen_writes_a_private_secret_and_refuses_to_overwrite(tmp_path):
     import subprocess
     import sys
 
-    def keygen(*args):
+    def keygen(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "client.keygen", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 
@@ -152,7 +158,7 @@ def test_bad_security_settings_stop_the_server_with_a_message(tmp_path, keys):
     import subprocess
     import sys
 
-    def server(*args):
+    def server(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "server", "--port", "0", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 

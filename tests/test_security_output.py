@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 
 import msgpack
-import zmq
-
 import pytest
+import zmq
 
 from client import Client
 from common.errors import InvalidRequestError
 from common.protocol import Status, decode_reply, encode_batch, encode_request
 from tests.hostile import RawPeer, read_status_kib
+from tests.servers import ServerProcess
 
 MIB = 1024 * 1024
 CAP_BYTES = 64 * MIB
@@ -35,11 +35,11 @@ def capped(start_server):
     return server
 
 
-def _peak_bytes(server) -> int:
+def _peak_bytes(server: ServerProcess) -> int:
     return read_status_kib(server.proc.pid, "VmHWM") * 1024
 
 
-def _answers_ping(server) -> bool:
+def _answers_ping(server: ServerProcess) -> bool:
     with Client(server.node, timeout_s=5, retries=0) as table:
         return table.ping()
 
@@ -124,10 +124,9 @@ def test_a_peer_whose_queue_overflows_never_gets_replies_out_of_order(start_serv
     sent past a dropped one: what it reads later is its first replies in order,
     and nothing after a gap (a pipelining client matches replies by order)."""
     server = start_server()
-    count = 60_000
+    count, value = 100_000, "v" * 1000  # 100 MB of replies: far more than the kernel's buffers take
     with Client(server.node, timeout_s=5.0, retries=0) as setup:
-        for start in range(0, count, 10_000):
-            setup.mset({f"k{i}": f"v{i}" for i in range(start, start + 10_000, 2)})
+        setup.mset({f"k{i}": f"{i}:{value}" for i in range(0, 100)})
     context = zmq.Context()
     peer = context.socket(zmq.DEALER)
     peer.setsockopt(zmq.LINGER, 0)
@@ -137,15 +136,17 @@ def test_a_peer_whose_queue_overflows_never_gets_replies_out_of_order(start_serv
     try:
         peer.connect(f"tcp://{server.node}")
         for i in range(count):
-            peer.send(encode_request("get", f"k{i - i % 2}"))
-        time.sleep(2.0)  # the server answers all it can meanwhile; its queue for us fills
-        replies = []
+            peer.send(encode_request("get", f"k{i % 100}"))
+        with Client(server.node, timeout_s=5.0, retries=0) as other:
+            deadline = time.monotonic() + 60
+            while not other.stats()["output"]["dropped_replies"]:  # our queue is full
+                assert time.monotonic() < deadline, "the test never filled the peer's queue"
+                time.sleep(0.01)
+        replies = []  # read while the server still answers the rest: room opens in our queue
         while peer.poll(1000):
             replies.append(msgpack.unpackb(peer.recv(), raw=False))
-        with Client(server.node, timeout_s=5.0, retries=0) as other:
-            stats = other.stats()
     finally:
         peer.close(linger=0)
         context.term()
-    assert stats["output"]["dropped_replies"] > 0, "the test never filled the peer's queue"
-    assert replies == [[0, f"v{i - i % 2}"] for i in range(len(replies))]
+    assert 0 < len(replies) < count
+    assert replies == [[0, f"{i % 100}:{value}"] for i in range(len(replies))]
