@@ -402,20 +402,29 @@ def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
 #: Run in a child with the tree to measure first on sys.path: CPU seconds per write
 #: through the real Handler, JournaledStore and Persistence (fsync no), without sockets.
 _CPU_CHILD = """
-import json, os, sys, tempfile, time
+import importlib.util, json, os, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 import msgpack
 from server.config import ServerConfig
-from server.handler import Handler
-from server.journaled_store import JournaledStore
-from server.loop import Server
-from server.persistence import Persistence
-store = JournaledStore()
-persistence = Persistence(tempfile.mkdtemp(dir=sys.argv[2]), "no", store)
-persistence.open()
-server = Server(ServerConfig(port=0), Handler(store))
-persistence.attach(server)
-handle, before_reply = server.handler.handle, persistence.before_reply
+data_dir = tempfile.mkdtemp(dir=sys.argv[2])
+if importlib.util.find_spec("server.app") is not None:  # the server as server/app.py assembles it
+    from server.app import build_server
+    app = build_server(ServerConfig(port=0, data_dir=data_dir, fsync="no"))
+    handle, before_reply, close = app.server.hooks.handle, app.server.hooks.before_reply, app.close
+else:  # a baseline tree from before server/app.py
+    from server.handler import Handler
+    from server.journaled_store import JournaledStore
+    from server.loop import Server
+    from server.persistence import Persistence
+    store = JournaledStore()
+    persistence = Persistence(data_dir, "no", store)
+    persistence.open()
+    server = Server(ServerConfig(port=0), Handler(store))
+    persistence.attach(server)
+    handle, before_reply = server.handler.handle, persistence.before_reply
+    def close():
+        server.socket.close(linger=0)
+        persistence.close()
 client_id = os.urandom(8).hex()
 frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:{i}"}])
           for i in range(200_000)]
@@ -429,8 +438,7 @@ for batch in (1, 16):
     result[batch] = (time.process_time() - started) / len(frames) * 1e6
     frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:b{i}"}])
               for i in range(200_000)]
-server.socket.close(linger=0)
-persistence.close()
+close()
 print(json.dumps(result))
 """
 

@@ -58,7 +58,7 @@ def test_only_listed_keys_get_in(tmp_path):
         (False, "client key not authorized")
     assert policy.decide("203.0.113.9", "NULL", []) == (False, "no client key")
     assert policy.decide("203.0.113.9", "CURVE", [b"short"]) == (False, "no client key")
-    assert policy.stats() == {"curve_keys": 1, "accepted_connections": 1, "refused_connections": 3}
+    assert policy.stats() == {"curve": True, "curve_keys": 1, "accepted_connections": 1, "refused_connections": 3}
 
 
 def test_allow_with_keys_requires_both(tmp_path):

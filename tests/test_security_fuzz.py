@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import Client
-from common.protocol import WRITE_OPS, ProtocolError, decode_reply, decode_request, encode_request
+from common.ops import WRITE_OPS
+from common.protocol import ProtocolError, decode_reply, decode_request, encode_request
 from server.handler import Handler
 from server.store import Store
 from tests.hostile import RawPeer
