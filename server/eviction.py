@@ -71,7 +71,7 @@ class VolatileTtl(EvictionPolicy):
         key = self.store.soonest_expiring()
         if key is None:
             return False
-        self.store.delete(key)
+        self.store.evict(key)
         return True
 
 
@@ -95,7 +95,7 @@ class AllKeysLru(EvictionPolicy):
             return True
         while recency:
             key, _ = recency.popitem(last=False)
-            if store.delete(key):
+            if store.evict(key):
                 return True
         return self._evict_untracked()
 
@@ -106,7 +106,7 @@ class AllKeysLru(EvictionPolicy):
             self._scan_cursor = cursor
             for key in keys:
                 if key not in recency:
-                    store.delete(key)
+                    store.evict(key)
                     return True
             if cursor == 0 and not keys and len(store) == 0:
                 return False

@@ -28,6 +28,7 @@ import msgpack
 
 from common import __version__
 from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
+from common.limits import text_bytes as _text_bytes
 from common.limits import utf8_over as _utf8_over
 from common.ops import OPS, OPS_TABLE, Kind, Op, Option
 from common.protocol import (
@@ -327,7 +328,7 @@ class Handler:
 
     def _check_keys(self, keys: Any, name: str) -> list[str]:
         if not isinstance(keys, list):
-            raise Refused(Status.BAD_REQUEST, "expected a array")
+            raise Refused(Status.BAD_REQUEST, "expected an array")
         if len(keys) > self.limits.max_batch_keys:  # counted before any element is checked
             raise Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} keys in one request")
         check = self._check_key
@@ -459,6 +460,7 @@ class Handler:
             "uptime_s": round(self._clock() - self._started, 3),
             "keys": len(self.store),
             "keys_with_ttl": self.store.keys_with_ttl,
+            "tombstones": self.store.tombstones,
             "expired_keys": self.store.expired_total,
             "memory_bytes": self.store.memory_bytes,
             "rss_bytes": rss_bytes(),
@@ -595,11 +597,6 @@ def _callers(function: Callable[..., Any], checks: tuple[tuple[int, _Check, str]
 
 
 _NO_OPTIONS: dict[str, Any] = {}
-
-
-def _text_bytes(text: str) -> int:
-    """``text``'s UTF-8 bytes (encoded to count only if it is not ASCII)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def rss_bytes() -> int:
