@@ -140,7 +140,13 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    handler = Handler(store, limits, replies, guard, sections)
+    server: Server | None = None
+
+    def node() -> dict[str, Any]:
+        port = server.endpoint.rsplit(":", 1)[-1] if server is not None else str(config.port)
+        return {"name": config.node_name, "address": f"{config.node_name}:{port}", "state": "ready", "epoch": 0}
+
+    handler = Handler(store, limits, replies, guard, sections, node=node)
 
     latency = None
     if config.metrics_port:

@@ -116,7 +116,7 @@ class AllKeysLru(EvictionPolicy):
         """Every key ``op`` names is noted as just used if it exists after the op, and forgotten if not
         (reads of keys found, every write but a delete, and deletes)."""
         named = tuple((index, param.kind) for index, param in enumerate(op.params)
-                      if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS))
+                      if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS, Kind.RECORDS))
         if not named:
             return None
         seen = self._seen
@@ -125,6 +125,9 @@ class AllKeysLru(EvictionPolicy):
             for index, kind in named:
                 if kind is Kind.KEY:
                     seen(args[index])
+                elif kind is Kind.RECORDS:
+                    for record in args[index]:
+                        seen(record[0])
                 else:
                     for key in args[index]:
                         seen(key)
