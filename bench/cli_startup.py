@@ -2,14 +2,17 @@
 
     python3 bench/cli_startup.py                          # this tree
     python3 bench/cli_startup.py --baseline /tmp/old-tree # and another, side by side
-    python3 bench/cli_startup.py --parse                  # lean parse against the whole parser
+    python3 bench/cli_startup.py --parse                  # plain and lean parses against the whole parser
 
 Wall time of the real CLI in a subprocess against a real server (started from
 this tree), runs of the trees interleaved so that the machine's load falls on
-both alike; the median and quartiles are printed. Bytecode is compiled first,
-as an installed package has it. ``--parse`` times, in fresh processes, the
-CLI's parse of a ``get`` (building only that command's parser) against the
-whole parser's, to see whether the lean parse still pays.
+both alike; the median and quartiles are printed, then the CPU time of the
+same runs (user + system, of the child: less swayed by other jobs than the
+wall time), and each tree's ``get`` as a multiple of ``python -c "import zmq,
+msgpack"``, the floor. Bytecode is compiled first, as an installed package
+has it. ``--parse`` times, in fresh processes, the CLI's parse of a ``get``
+without argparse (``plain_args``), with only that command's parser
+(``parse_args``, argparse's import included) and with the whole parser.
 
 The connection-refused report is timed the same way: ``get`` against a port
 nothing listens on, with ``--timeout 2 --retries 2`` (6 s if it were waited out).
@@ -18,6 +21,7 @@ nothing listens on, with ``--timeout 2 --retries 2`` (6 s if it were waited out)
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +37,7 @@ from tests.servers import ServerProcess, free_port  # noqa: E402
 _PARSE = """
 import time
 t0 = time.perf_counter()
-from client.cli_parser import build_parser, parse_args
+from client.cli_parser import build_parser, parse_args, plain_args
 t1 = time.perf_counter()
 {call}
 t2 = time.perf_counter()
@@ -41,15 +45,24 @@ print((t1 - t0) * 1e3, (t2 - t1) * 1e3)
 """
 
 
+_FLOOR = "python -c 'import zmq, msgpack'"
+
+
 def _quartiles(samples: list[float]) -> str:
     q1, median, q3 = statistics.quantiles(samples, n=4)
     return f"median {median:7.1f} ms  (quartiles {q1:.1f} - {q3:.1f}, {len(samples)} runs)"
 
 
-def _wall_ms(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
+def _child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_ms(command: list[str], cwd: Path) -> tuple[float, float]:
+    """The wall time and the CPU time of one run of ``command``, in ms."""
+    cpu_before, started = _child_cpu_s(), time.perf_counter()
     subprocess.run(command, cwd=cwd, capture_output=True, check=False)
-    return (time.perf_counter() - started) * 1e3
+    return (time.perf_counter() - started) * 1e3, (_child_cpu_s() - cpu_before) * 1e3
 
 
 def bench_get(runs: int, baseline: Path | None) -> None:
@@ -70,20 +83,30 @@ def bench_get(runs: int, baseline: Path | None) -> None:
                                   "get", "norway"], tree)
             for name, tree in trees.items()
         }
-        commands["python -c 'import zmq, msgpack'"] = ([sys.executable, "-c", "import zmq, msgpack"], ROOT)
-        samples: dict[str, list[float]] = {name: [] for name in commands}
+        commands[_FLOOR] = ([sys.executable, "-c", "import zmq, msgpack"], ROOT)
+        wall: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(runs):
             for name, (command, cwd) in commands.items():
-                samples[name].append(_wall_ms(command, cwd))
+                wall_ms, cpu_ms = _run_ms(command, cwd)
+                wall[name].append(wall_ms)
+                cpu[name].append(cpu_ms)
     finally:
         server.stop()
-    for name, values in samples.items():
-        print(f"{name:34s} {_quartiles(values)}")
+    for kind, samples in (("wall", wall), ("cpu", cpu)):
+        print(f"{kind} time:")
+        for name, values in samples.items():
+            print(f"  {name:34s} {_quartiles(values)}")
+    for label in trees:
+        print(f"get, {label}, against the floor: " + ", ".join(
+            f"{kind} {statistics.median(samples[f'get, {label}']) / statistics.median(samples[_FLOOR]):.2f}x"
+            for kind, samples in (("wall", wall), ("cpu", cpu))))
 
 
 def bench_parse(runs: int) -> None:
     argv = ["127.0.0.1", "get", "norway"]
-    calls = {"lean (parse_args)": f"parse_args({argv!r})", "whole parser": f"build_parser().parse_args({argv!r})"}
+    calls = {"plain (plain_args, no argparse)": f"plain_args({argv!r})", "lean (parse_args)": f"parse_args({argv!r})",
+             "whole parser": f"build_parser().parse_args({argv!r})"}
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(runs):
         for name, call in calls.items():
@@ -91,7 +114,7 @@ def bench_parse(runs: int) -> None:
                                  text=True, check=True).stdout.split()
             samples[name].append(float(out[1]))
     for name, values in samples.items():
-        print(f"parse, {name:27s} {_quartiles(values)}")
+        print(f"parse, {name:32s} {_quartiles(values)}")
 
 
 def main() -> int:
