@@ -15,10 +15,11 @@ misspelt one. Only the given COMMAND's parser is then built: argparse costs a
 one-shot command a few milliseconds per subparser.
 
 The plainest command lines, ``NODE COMMAND WORD...`` with no option, are read
-by :func:`plain_args` without argparse at all; importing argparse (and the
-gettext it loads) and building even one COMMAND's parser measured about a
-tenth of a one-shot ``get`` (docs/BENCHMARKS.md). So argparse is imported in
-the functions that build parsers, not here.
+by :func:`plain_args` without argparse at all: importing argparse (with the
+gettext and locale it loads) and building even one COMMAND's parser was about
+4 of the 12 ms a one-shot ``get`` spent above ``import zmq, msgpack``
+(docs/BENCHMARKS.md). So argparse is imported in the functions that build
+parsers, not here.
 """
 
 from __future__ import annotations
