@@ -16,9 +16,9 @@ one-shot command a few milliseconds per subparser.
 
 The plainest command lines, ``NODE COMMAND WORD...`` with no option, are read
 by :func:`plain_args` without argparse at all: importing argparse (with the
-gettext and locale it loads) and building even one COMMAND's parser was about
-4 of the 12 ms a one-shot ``get`` spent above ``import zmq, msgpack``
-(docs/BENCHMARKS.md). So argparse is imported in the functions that build
+gettext and locale it loads) and building even one COMMAND's parser was 5 of
+the 13 ms a one-shot ``get`` spent above ``import zmq, msgpack`` in the best
+of 40 runs, 11 of 24 at the median (docs/BENCHMARKS.md). So argparse is imported in the functions that build
 parsers, not here.
 """
 
