@@ -142,7 +142,6 @@ def run_server(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProce
     )
 
 
-
 def run_cli_imports(*args: str, input: str | bytes | None = None,
                     ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """:func:`run_cli` under ``python -X importtime``: the finished process (its
