@@ -14,7 +14,7 @@ as ``mset`` batches (checked against the server's limits here first, so one
 bad pair cannot sink a batch), and the requests are pipelined: up to a window
 of them are in flight while the next lines are read. Commands run in file
 order. Plain lines are split with ``str.split``; only lines with quotes or
-backslashes pay for :func:`shlex.split`.
+backslashes pay for :func:`shlex.split` (and for importing :mod:`shlex`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shlex
 import stat
 import sys
 from collections.abc import Callable
@@ -165,6 +164,8 @@ class BulkLoader:
             self.summary.error(line_number, f"not UTF-8 text (byte {exc.start})")
             return
         if any(mark in line for mark in _NEEDS_SHLEX):
+            import shlex  # here: a file of plain lines never needs it
+
             try:
                 words = shlex.split(line)
             except ValueError as exc:
