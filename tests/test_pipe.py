@@ -96,3 +96,14 @@ def test_pipe_splits_plain_lines_without_shlex_and_quoted_lines_give_the_same_re
         assert ("shlex" in imported) == (text is QUOTED_LINES)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0] == (0, "sent: 5, errors: 0, lines: 5\n", ["one", "5", None, "p", "q", "v"], True, 5)
+
+
+def test_pipe_splits_words_only_at_shlex_blanks_whatever_the_line_looks_like(server):
+    # Space, tab, CR and LF separate words, as shlex splits a quoted line; a
+    # no-break space, a vertical tab or a form feed is part of its word.
+    text = "set nb a\u00a0b\nset vt\x0bx y\nset ff\x0cx\tz\r\nset 'q' \"c\u00a0d\"\n"
+    result = run_cli(server.node, "--pipe", input=text)
+    assert (result.returncode, result.stderr) == (0, "sent: 4, errors: 0, lines: 4\n")
+    with Client(server.node) as table:
+        assert table.mget(["nb", "vt\x0bx", "ff\x0cx", "q"]) == ["a\u00a0b", "y", "z", "c\u00a0d"]
+        assert table.stats()["keys"] == 4
