@@ -261,6 +261,31 @@ def test_of_two_different_records_of_one_version_the_delete_then_the_larger_valu
     assert peer.ok("getv", ["k"]) == [["k", None, version, None]]
 
 
+def test_a_putv_retried_with_its_request_id_gets_its_first_answer(peer):
+    request = [["k", "v", [_now_ms() - 1000, 0, "b"], None]]
+    assert peer.ok("putv", request, {"rid": "copy-1"}) == [True]
+    assert peer.ok("putv", request, {"rid": "copy-1"}) == [True]  # the retry is not applied again
+    assert peer.ok("putv", request, {"rid": "copy-2"}) == [False]  # a new request is, and finds the same version
+
+
+# -- reply limits -------------------------------------------------------------------------------
+
+
+def test_getv_and_scanv_keep_within_the_reply_limit(start_server):
+    node = start_server("--max-reply-bytes", "8192")
+    peer = Peer(node.node)
+    try:
+        peer.ok("set", "big", "x" * 10_000)
+        status, message = peer("getv", ["big"])
+        assert status == Status.TOO_LARGE and "reply limit" in message
+        peer.ok("del", "big")
+        peer.ok("mset", {f"k{i}": "y" * 3000 for i in range(12)})
+        records = _all_records(peer)
+        assert sorted(record[0] for record in records) == sorted(["big"] + [f"k{i}" for i in range(12)])
+    finally:
+        peer.close()
+
+
 # -- scanv --------------------------------------------------------------------------------------
 
 
