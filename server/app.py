@@ -33,6 +33,7 @@ import zmq
 from common import __version__
 from server.auth import AccessPolicy
 from server.config import ServerConfig
+from server.core import CORE_DESCRIPTION, make_server
 from server.datadir import RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
@@ -70,7 +71,8 @@ class App:
         """Answer requests until SIGTERM or SIGINT (or :meth:`Server.stop`)."""
         self.server.install_signal_handlers()
         log.info("%s", self._policy.describe())
-        log.info("memlookup %s listening on %s (%s)", __version__, self.server.endpoint, self._where)
+        log.info("memlookup %s listening on %s (%s), %s", __version__, self.server.endpoint, self._where,
+                 CORE_DESCRIPTION)
         self.server.serve_forever()
 
     def close(self) -> None:
@@ -157,7 +159,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
 
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     stack.callback(context.term)
-    server = Server(config, hooks, output, context)
+    plain = handler if persistence is None and guard is None else None
+    server = make_server(config, hooks, output, context, plain)
     stack.callback(server.close)
     try:
         zap = secure(server.socket, policy, config.curve_secret_key, context)

@@ -178,6 +178,13 @@ class Handler:
         self._prepared = {op.name: self._prepare(op, memory) for op in OPS_TABLE}
         self._track_get = memory.after(OPS["get"]) if memory is not None else None
 
+    @property
+    def plain_gets(self) -> bool:
+        """True when a lone ``get`` needs no check beyond its key's: no value can
+        make a reply over the limit, and no memory cap tracks reads (the compiled
+        loop answers such gets itself: server/_cloop.pyx)."""
+        return not self._check_gets and self._track_get is None
+
     def _prepare(self, op: Op, memory: MemoryHooks | None) -> tuple[bool, _Call, _CallWithOptions]:
         """What answering ``op`` takes, from its row: ``(writes, call, call_with_options)``.
 
