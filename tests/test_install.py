@@ -25,6 +25,9 @@ import pytest
 
 from tests.servers import ROOT, ServerProcess
 
+#: An install compiles the server's core (server/_cloop.pyx): half a minute or more on a loaded machine.
+pytestmark = pytest.mark.timeout(300)
+
 PROGRAMS = ("memlookup", "memlookup-server", "memlookup-keygen", "memlookup-benchmark")
 #: The checkout's top-level packages: names an installed copy must leave to the user.
 CHECKOUT_NAMES = ("bench", "client", "common", "server")
@@ -32,9 +35,10 @@ NO_PYTHONPATH = {"PYTHONPATH": ""}  # empty: Python ignores it
 
 
 def copy_of_the_tree(to: Path) -> Path:
+    # As a fresh clone: without the compiled core a checkout's build_ext --inplace made.
     shutil.copytree(ROOT, to, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                                             ".pytest_cache", ".hypothesis", ".venv", ".mypy_cache",
-                                                            ".ruff_cache"))
+                                                            ".ruff_cache", "*.so", "_cloop.c"))
     return to
 
 
@@ -88,6 +92,11 @@ def test_the_programs_run_and_have_man_pages(installed: Path, installed_server: 
     keygen = run([bin_dir / "memlookup-keygen", tmp_path / "keys", "web1"], cwd=tmp_path)
     assert keygen.returncode == 0, keygen.stderr
     assert sorted(path.name for path in (tmp_path / "keys").iterdir()) == ["web1.key", "web1.key_secret"]
+
+
+def test_pip_install_compiles_the_core(installed: Path, installed_server: ServerProcess) -> None:
+    assert "compiled core" in installed_server.log, installed_server.log
+    assert list(installed.glob("lib/python3*/site-packages/memlookup/server/_cloop.*.so"))
 
 
 def test_memlookup_is_the_only_top_level_name_installed(installed: Path) -> None:
@@ -173,6 +182,7 @@ def test_an_editable_install_is_the_checkout_itself(tmp_path: Path) -> None:
 
     server = start_server(env_dir)
     try:
+        assert "compiled core" in server.log, server.log  # built next to its source
         set_ = run([bin_dir / "memlookup", server.node, "set", "norway", "oslo"], cwd=tmp_path)
         get = run([python, "-m", "memlookup.client", server.node, "get", "norway"], cwd=tmp_path)
         assert (set_.returncode, get.returncode, get.stdout) == (0, 0, "oslo\n"), set_.stderr + get.stderr
