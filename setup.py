@@ -219,8 +219,10 @@ def compiled_extensions() -> list[Extension]:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    loop = Extension(f"{NAMESPACE}.server._cloop", ["server/_cloop.pyx"], optional=True)
+    loop = Extension(f"{NAMESPACE}.server._cloop", ["server/_cloop.pyx"])
     extensions: list[Extension] = cythonize([loop], quiet=True)  # type: ignore[no-untyped-call]
+    for extension in extensions:
+        extension.optional = True  # set after cythonize, which makes new Extensions without it
     return extensions
 
 

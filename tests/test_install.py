@@ -42,16 +42,17 @@ def copy_of_the_tree(to: Path) -> Path:
     return to
 
 
-def run(command: list[str | Path], cwd: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run(command: list[str | Path], cwd: Path, timeout_s: float = 60,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
-                          stdin=subprocess.DEVNULL, env={**os.environ, **NO_PYTHONPATH})
+                          stdin=subprocess.DEVNULL, env={**os.environ, **NO_PYTHONPATH, **(env or {})})
 
 
-def new_venv(where: Path, *install: str) -> Path:
-    """A virtual environment of its own with ``pip install INSTALL...`` done in it."""
+def new_venv(where: Path, *install: str, env: dict[str, str] | None = None) -> Path:
+    """A virtual environment of its own with ``pip install INSTALL...`` done in it (``env`` added to pip's)."""
     venv.create(where, with_pip=True)
     pip = run([where / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "requirements.txt", *install],
-              cwd=where, timeout_s=300)
+              cwd=where, timeout_s=300, env=env)
     assert pip.returncode == 0, pip.stderr
     return where
 
@@ -97,6 +98,20 @@ def test_the_programs_run_and_have_man_pages(installed: Path, installed_server: 
 def test_pip_install_compiles_the_core(installed: Path, installed_server: ServerProcess) -> None:
     assert "compiled core" in installed_server.log, installed_server.log
     assert list(installed.glob("lib/python3*/site-packages/memlookup/server/_cloop.*.so"))
+
+
+def test_without_a_c_compiler_the_install_runs_the_pure_python_core(tmp_path: Path) -> None:
+    env_dir = new_venv(tmp_path / "venv", str(copy_of_the_tree(tmp_path / "src")), env={"CC": "false"})
+    assert not list(env_dir.glob("lib/python3*/site-packages/memlookup/server/_cloop.*.so"))
+    server = start_server(env_dir)
+    try:
+        assert "pure-Python core (no compiled core:" in server.log, server.log
+        bin_dir = env_dir / "bin"
+        set_ = run([bin_dir / "memlookup", server.node, "set", "norway", "oslo"], cwd=tmp_path)
+        get = run([bin_dir / "memlookup", server.node, "get", "norway"], cwd=tmp_path)
+        assert (set_.returncode, get.returncode, get.stdout) == (0, 0, "oslo\n"), set_.stderr + get.stderr
+    finally:
+        server.stop()
 
 
 def test_memlookup_is_the_only_top_level_name_installed(installed: Path) -> None:
