@@ -452,7 +452,10 @@ cdef class _Core:
     cdef object answer(self, bytes frame):
         """The reply to one request frame: from a fast path if it has one, else the Handler's."""
         if self.fast:
-            reply = self.answer_fast(frame)
+            try:
+                reply = self.answer_fast(frame)
+            except Exception:  # never expected; the Handler answers (and logs) whatever went wrong
+                reply = None
             if reply is not None:
                 return reply
         return self.handle(frame)
