@@ -8,9 +8,10 @@ pure-Python one with ``MEMLOOKUP_PURE_PYTHON=1``) and a pyzmq REQ/REP echo of
 the same message sizes (bench/compare.py's floor), then measures, interleaved
 so that machine load hits every case alike:
 
-1. one client in lockstep through :class:`client.Client`, median latency of
-   ``get`` and of ``set`` (with a request id, as the library sends it): each
-   core, and the echo;
+1. one client in lockstep, median latency of ``get`` and of ``set`` (with a
+   request id, as the library sends it): through :class:`client.Client` to
+   each core, and through a bare REQ socket to each core and to the echo
+   (the difference is the client library's own time);
 2. capacity with ``python -m bench NODE -c 2 -P 64``: one request a message,
    and 16 to a ``batch`` message (bench.compare's row 3); get=50,set=50 over
    100,000 keys; three runs per core, alternating, and their median.
@@ -46,11 +47,14 @@ def lockstep(nodes: dict[str, str], count: int) -> dict[str, float]:
     echo_process = mp.get_context("fork").Process(
         target=echo_server, args=(port, {len(get_request): ok(VALUE), len(set_request): ok(True)}), daemon=True)
     echo_process.start()
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(f"tcp://127.0.0.1:{port}")
+    sockets: dict[str, zmq.Socket[bytes]] = {}
+    for name, node in {"echo": f"127.0.0.1:{port}", **nodes}.items():
+        sockets[name] = zmq.Context.instance().socket(zmq.REQ)
+        sockets[name].setsockopt(zmq.LINGER, 0)
+        sockets[name].connect(f"tcp://{node}")
     clients = {name: Client(node, timeout_s=5, retries=0) for name, node in nodes.items()}
-    def echo(frame: bytes) -> Callable[[], object]:
+
+    def raw(sock: zmq.Socket[bytes], frame: bytes) -> Callable[[], object]:
         return lambda: (sock.send(frame), sock.recv())
 
     def get(table: Client) -> Callable[[], object]:
@@ -59,7 +63,9 @@ def lockstep(nodes: dict[str, str], count: int) -> dict[str, float]:
     def set_(table: Client) -> Callable[[], object]:
         return lambda: table.set(key, VALUE)
 
-    cases: dict[str, Callable[[], object]] = {"get echo": echo(get_request), "set echo": echo(set_request)}
+    cases: dict[str, Callable[[], object]] = {}
+    for name, sock in sockets.items():
+        cases[f"get raw {name}"], cases[f"set raw {name}"] = raw(sock, get_request), raw(sock, set_request)
     for name, table in clients.items():
         table.set(key, VALUE)
         cases[f"get {name}"], cases[f"set {name}"] = get(table), set_(table)
@@ -73,7 +79,8 @@ def lockstep(nodes: dict[str, str], count: int) -> dict[str, float]:
     finally:
         for table in clients.values():
             table.close()
-        sock.close()
+        for sock in sockets.values():
+            sock.close()
         echo_process.kill()
     return {name: statistics.median(values) for name, values in rounds.items()}
 
@@ -93,9 +100,11 @@ def render(latency: dict[str, float], pipelined: dict[int, dict[str, float]], co
     lines = [f"`{command}`", "", "| figure | compiled core | pure-Python core | compiled / pure | echo floor "
              "| compiled / echo | pure / echo |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for op in ("get", "set"):
-        compiled, pure, echo = latency[f"{op} compiled"], latency[f"{op} pure Python"], latency[f"{op} echo"]
-        lines.append(f"| lockstep {op}, median | {compiled:.1f} us | {pure:.1f} us | {compiled / pure:.2f} "
-                     f"| {echo:.1f} us | {compiled / echo:.2f} | {pure / echo:.2f} |")
+        for how, prefix in (("Client", ""), ("bare REQ socket", "raw ")):
+            compiled, pure = latency[f"{op} {prefix}compiled"], latency[f"{op} {prefix}pure Python"]
+            echo = latency[f"{op} raw echo"]
+            lines.append(f"| lockstep {op} through {how}, median | {compiled:.1f} us | {pure:.1f} us "
+                         f"| {compiled / pure:.2f} | {echo:.1f} us | {compiled / echo:.2f} | {pure / echo:.2f} |")
     for per_message, rates in pipelined.items():
         compiled, pure = rates["compiled"], rates["pure Python"]
         lines.append(f"| -c 2 -P 64 -m {per_message}, get/set 50/50 | {compiled:,.0f} req/s | {pure:,.0f} req/s "

@@ -93,5 +93,6 @@ def test_cores_quick_mode_puts_both_cores_side_by_side():
     result = subprocess.run([sys.executable, "-m", "bench.cores", "--quick"], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for row in ("| lockstep get, median |", "| lockstep set, median |", "| -c 2 -P 64 -m 1,", "| -c 2 -P 64 -m 16,"):
+    for row in ("| lockstep get through Client,", "| lockstep set through bare REQ socket,", "| -c 2 -P 64 -m 1,",
+                "| -c 2 -P 64 -m 16,"):
         assert row in result.stdout
