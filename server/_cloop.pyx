@@ -33,6 +33,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.errno cimport EAGAIN, EINTR
 from libc.string cimport memcmp, memcpy
 
+import importlib
 import time
 
 import zmq
@@ -47,6 +48,13 @@ from .loop import (
     encode_reply,
 )
 from .output import LargeReply
+
+from . import handler as _handler
+from .loop import _SMALL
+
+# common/ is the checkout's top-level package, memlookup.common installed: no relative import reaches it.
+_root = __name__.rpartition(".")[0].rpartition(".")[0]
+_protocol = importlib.import_module(f"{_root}.common.protocol" if _root else "common.protocol")
 
 
 cdef extern from "<dlfcn.h>" nogil:
@@ -271,10 +279,11 @@ cdef class _Core:
     cdef int last_fd
     cdef object server, socket, hooks, output, handle, handler, store, op_counts, replies, remember
     cdef object op_set, op_mget, op_mset
-    cdef bint fast_get, fast
-    cdef Py_ssize_t max_key_bytes, max_value_bytes, max_batch_keys, max_rid_bytes, small_bytes
+    cdef object not_run
+    cdef bint fast
+    cdef Py_ssize_t max_key_bytes, max_value_bytes, max_batch_keys, max_rid_bytes, small_bytes, unchecked_chars
 
-    def __init__(self, server, handler, Py_ssize_t small_bytes, Py_ssize_t max_rid_chars):
+    def __init__(self, server, handler, Py_ssize_t small_bytes):
         self.server = server
         self.socket = server.socket
         self.sock = <void*><size_t>server.socket.underlying
@@ -284,7 +293,6 @@ cdef class _Core:
         self.last_fd = -1
         self.small_bytes = small_bytes
         self.fast = handler is not None
-        self.fast_get = False
         if handler is not None:
             self.handler = handler
             self.store = handler.store
@@ -292,12 +300,14 @@ cdef class _Core:
             self.replies = handler.replies
             self.remember = handler.replies.remember
             self.op_set, self.op_mget, self.op_mset = handler.op_set, handler.op_mget, handler.op_mset
-            self.fast_get = handler.plain_gets
             self.max_key_bytes = handler.limits.max_key_bytes
             self.max_value_bytes = handler.limits.max_value_bytes
             self.max_batch_keys = handler.limits.max_batch_keys
             # A rid of at most this many bytes has at most MAX_RID_CHARS characters.
-            self.max_rid_bytes = max_rid_chars
+            self.max_rid_bytes = _handler.MAX_RID_CHARS
+            # Longer values make replies the Handler checks against the reply limit.
+            self.unchecked_chars = _handler.UNCHECKED_CHARS
+            self.not_run = _handler.NOT_RUN
 
     # -- receiving and sending
 
@@ -461,32 +471,85 @@ cdef class _Core:
         return self.handle(frame)
 
     cdef object answer_fast(self, bytes frame):
-        """The reply to a plain get, set, mget or mset (see the module docstring), or None for any other."""
+        """The reply to a request of a fast shape (see the module docstring), or None for the Handler."""
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(frame)
-        cdef Py_ssize_t end = PyBytes_GET_SIZE(frame), pos = 0, items, length
-        if end < 2 or p[0] < 0x92 or p[0] > 0x94:
+        cdef Py_ssize_t end = PyBytes_GET_SIZE(frame), pos = 0
+        if end > 7 and memcmp(p, b"\x92\xa5batch", 7) == 0:
+            return self.batch(p, end, 7)
+        request = self.parse(p, end, &pos)
+        if request is None or pos != end:
             return None
-        items = p[0] - 0x90
-        pos = 1
-        length = _str(p, end, &pos)
-        if length == 3 and memcmp(p + pos, b"get", 3) == 0:
-            pos += 3
-            return self.get(p, end, pos) if items == 2 and self.fast_get else None
-        if length == 3 and memcmp(p + pos, b"set", 3) == 0:
-            pos += 3
-            return self.set(p, end, pos, items) if items >= 3 else None
-        if length == 4 and memcmp(p + pos, b"mget", 4) == 0:
-            pos += 4
-            return self.mget(p, end, pos) if items == 2 else None
-        if length == 4 and memcmp(p + pos, b"mset", 4) == 0:
-            pos += 4
-            return self.mset(p, end, pos, items)
+        return self.run(request)
+
+    cdef tuple parse(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos):
+        """The request at ``pos`` (advanced past it) if it has a fast shape: ``("get", key)``,
+        ``("set", key, value, rid)``, ``("mget", keys)`` or ``("mset", pairs, rid)``; None if not.
+
+        ``rid`` is a str, or _NO_RID for a write without an options map. Keys,
+        values and rids are within their limits and valid UTF-8, so the
+        Handler's checks would pass them.
+        """
+        cdef Py_ssize_t items, length, count, i
+        if pos[0] >= end or p[pos[0]] < 0x92 or p[pos[0]] > 0x94:
+            return None
+        items = p[pos[0]] - 0x90
+        pos[0] += 1
+        length = _str(p, end, pos)
+        if length == 3 and memcmp(p + pos[0], b"get", 3) == 0:
+            pos[0] += 3
+            key = self.key_at(p, end, pos) if items == 2 else None
+            return None if key is None else ("get", key)
+        if length == 3 and memcmp(p + pos[0], b"set", 3) == 0:
+            pos[0] += 3
+            key = self.key_at(p, end, pos) if items >= 3 else None
+            if key is None:
+                return None
+            value = self.value_at(p, end, pos)
+            if value is None:
+                return None
+            rid = self.rid_at(p, end, pos, items, 2)
+            return None if rid is None else ("set", key, value, rid)
+        if length == 4 and memcmp(p + pos[0], b"mget", 4) == 0:
+            pos[0] += 4
+            count = _header(p, end, pos, 0x90, 0x0f, 0xdc) if items == 2 else -1
+            if count < 0 or count > self.max_batch_keys:
+                return None
+            keys = []
+            for i in range(count):
+                key = self.key_at(p, end, pos)
+                if key is None:
+                    return None
+                keys.append(key)
+            return ("mget", keys)
+        if length == 4 and memcmp(p + pos[0], b"mset", 4) == 0:
+            pos[0] += 4
+            count = _header(p, end, pos, 0x80, 0x0f, 0xde)
+            if count < 0 or count > self.max_batch_keys:
+                return None
+            pairs = {}
+            for i in range(count):
+                key = self.key_at(p, end, pos)
+                if key is None:
+                    return None
+                value = self.value_at(p, end, pos)
+                if value is None:
+                    return None
+                pairs[key] = value
+            rid = self.rid_at(p, end, pos, items, 1)
+            return None if rid is None else ("mset", pairs, rid)
         return None
 
     cdef object key_at(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos):
         """A key within the limit at ``pos``, or None."""
         cdef Py_ssize_t length = _str(p, end, pos)
         if length < 0 or length > self.max_key_bytes:
+            return None
+        return _text(p, pos, length)
+
+    cdef object value_at(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t* pos):
+        """A value within the limit at ``pos``, or None."""
+        cdef Py_ssize_t length = _str(p, end, pos)
+        if length < 0 or length > self.max_value_bytes:
             return None
         return _text(p, pos, length)
 
@@ -508,58 +571,41 @@ cdef class _Core:
             return None
         return _text(p, pos, length)
 
-    cdef object get(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t pos):
-        key = self.key_at(p, end, &pos)
-        if key is None or pos != end:
-            return None
-        try:
-            value = self.store.get(key)
-        except Exception:
-            return None  # the Handler answers it, as it answers any failure
-        if value is None:
-            reply = _GET_NIL
-        elif type(value) is str:
-            reply = _ok_text(value)
-        else:
-            return None
-        self.op_counts["get"] += 1
-        return reply
+    cdef object run(self, tuple request):
+        """The Handler's reply to a parsed request, or None where the Handler must answer it.
 
-    cdef object set(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t pos, Py_ssize_t items):
-        cdef Py_ssize_t length
-        key = self.key_at(p, end, &pos)
-        if key is None:
-            return None
-        length = _str(p, end, &pos)
-        if length < 0 or length > self.max_value_bytes:
-            return None
-        value = _text(p, &pos, length)
-        if value is None:
-            return None
-        rid = self.rid_at(p, end, &pos, items, 2)
-        if rid is None or pos != end:
-            return None
-        return self.write("set", rid, self.op_set, key, value)
-
-    cdef object mget(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t pos):
-        cdef Py_ssize_t count = _header(p, end, &pos, 0x90, 0x0f, 0xdc), i
-        if count < 0 or count > self.max_batch_keys:
-            return None
-        cdef list keys = []
-        for i in range(count):
-            key = self.key_at(p, end, &pos)
-            if key is None:
+        That is: a get of a value that may make a large reply (the Handler
+        checks it against the reply limit), an mget whose reply is large, a
+        write that raised (the Handler runs it again and answers as it
+        answers any failure).
+        """
+        op = request[0]
+        if op == "get":
+            try:
+                value = self.store.get(request[1])
+            except Exception:
                 return None
-            keys.append(key)
-        if pos != end:
-            return None
-        handler = self.handler
+            if value is None:
+                reply = _GET_NIL
+            elif type(value) is str and len(value) <= self.unchecked_chars:
+                reply = _ok_text(value)
+            else:
+                return None
+            self.op_counts["get"] += 1
+            return reply
+        if op == "set":
+            return self.write("set", request[3], self.op_set, request[1], request[2])
+        if op == "mset":
+            return self.write("mset", request[2], self.op_mset, request[1])
+        return self.mget(request[1])
+
+    cdef object mget(self, list keys):
         try:
             values = self.op_mget(keys)
         except Exception:
             return None  # over the reply limit (or worse): the Handler answers it, reading the same keys again
-        if handler._renew_packer:  # the reply is not built by the packer
-            handler._renew_packer = False
+        if self.handler._renew_packer:  # set for a large reply, which the packer does not build here
+            self.handler._renew_packer = False
         if type(values) is not list:
             return None
         for value in values:
@@ -567,27 +613,6 @@ cdef class _Core:
                 return None
         self.op_counts["mget"] += 1
         return _ok_values(values)
-
-    cdef object mset(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t pos, Py_ssize_t items):
-        cdef Py_ssize_t count = _header(p, end, &pos, 0x80, 0x0f, 0xde), i, length
-        if count < 0 or count > self.max_batch_keys:
-            return None
-        cdef dict pairs = {}
-        for i in range(count):
-            key = self.key_at(p, end, &pos)
-            if key is None:
-                return None
-            length = _str(p, end, &pos)
-            if length < 0 or length > self.max_value_bytes:
-                return None
-            value = _text(p, &pos, length)
-            if value is None:
-                return None
-            pairs[key] = value
-        rid = self.rid_at(p, end, &pos, items, 1)
-        if rid is None or pos != end:
-            return None
-        return self.write("mset", rid, self.op_mset, pairs)
 
     cdef object write(self, str op, object rid, object call, object first, object second=None):
         """The Handler's answer to a checked, plain write: counted, remembered by its rid.
@@ -611,6 +636,84 @@ cdef class _Core:
             self.remember(remembered, reply)
         return reply
 
+    cdef object batch(self, const unsigned char* p, Py_ssize_t end, Py_ssize_t pos):
+        """``["batch", [request, ...]]`` whose every element has a fast shape, as Handler.op_batch answers it.
+
+        Every element is parsed before any runs: a batch with one other
+        element (or over a limit) goes whole to the Handler. An element that
+        the limits may change (see :meth:`run`) is handed to the Handler's
+        ``answer_in_batch``, with the batch's room.
+        """
+        cdef Py_ssize_t count = _header(p, end, &pos, 0x90, 0x0f, 0xdc), i, limit, full, used = 0
+        if count < 1 or count > self.max_batch_keys:
+            return None
+        cdef list requests = []
+        for i in range(count):
+            request = self.parse(p, end, &pos)
+            if request is None:
+                return None
+            requests.append(request)
+        if pos != end or (end > _protocol.ONE_SHOT_FRAME_BYTES and _values(requests) > max(
+                _protocol.VALUES_PER_BATCH_KEY * self.max_batch_keys, end // _protocol.FRAME_BYTES_PER_VALUE)):
+            return None  # the decoder refuses a large frame of more values (common/protocol.py)
+        handler = self.handler
+        limit = handler.batch_limit(count)
+        if limit < self.small_bytes:
+            return None
+        full = limit - self.small_bytes
+        self.op_counts["batch"] += 1
+        cdef list replies = []
+        for request in requests:
+            if used > full:
+                replies.append(self.not_run)
+                continue
+            op = request[0]
+            reply = self.run(request) if op != "mget" else None
+            if reply is None:
+                reply = handler.answer_in_batch(_decoded(request), limit, used)
+            used += len(reply)
+            replies.append(reply)
+        header = PyBytes_FromStringAndSize(NULL, 2 + _array_header_bytes(count))
+        cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(header)
+        out[0] = 0x92
+        out[1] = 0x00
+        _put_header(out + 2, count, _array_header_bytes(count), 0x90, 0xdc)
+        return header + b"".join(replies)
+
+
+cdef Py_ssize_t _values(list requests):
+    """The msgpack values a batch frame of ``requests`` holds, as the decoder counts them: each array's
+    elements, twice each map's entries."""
+    cdef Py_ssize_t values = 2 + len(requests)
+    for request in requests:
+        op = request[0]
+        if op == "get":
+            values += 2
+        elif op == "mget":
+            values += 2 + len(request[1])
+        else:
+            rid = request[3] if op == "set" else request[2]
+            values += (3 if op == "set" else 2) + (0 if rid is _NO_RID else 3)
+            if op == "mset":
+                values += 2 * len(request[1])
+    return values
+
+
+cdef list _decoded(tuple request):
+    """A parsed request as msgpack decodes its frame (for the Handler)."""
+    op = request[0]
+    if op == "get" or op == "mget":
+        return [op, request[1]]
+    if op == "set":
+        decoded = [op, request[1], request[2]]
+        rid = request[3]
+    else:
+        decoded = [op, request[1]]
+        rid = request[2]
+    if rid is not _NO_RID:
+        decoded.append({"rid": rid})
+    return decoded
+
 
 class CompiledServer(Server):
     """:class:`server.loop.Server` with its loop compiled (see the module docstring).
@@ -624,10 +727,7 @@ class CompiledServer(Server):
 
     def __init__(self, config, hooks, output, context=None, handler=None):
         super().__init__(config, hooks, output, context)
-        from .handler import MAX_RID_CHARS
-        from .loop import _SMALL
-
-        self._core = _Core(self, handler, _SMALL, MAX_RID_CHARS)
+        self._core = _Core(self, handler, _SMALL)
 
     def serve_forever(self):
         """Answer requests until :meth:`stop`; then close the socket."""

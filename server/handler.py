@@ -63,11 +63,11 @@ MAX_TTL_S = 100 * 365 * 24 * 3600.0
 #: Values of at most this many characters make replies below
 #: SMALL_REPLY_BYTES whatever their UTF-8: they are never checked against
 #: the reply limits (ZeroMQ's high-water mark bounds them).
-_UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
+UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
 
 #: The reply of a ``batch`` element left out because the batch's replies
 #: reached the reply limit: the element was not run.
-_NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
+NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
 
 #: A ``batch`` reply's bytes besides its elements' replies (status, array header).
 _BATCH_HEADER_BYTES = 8
@@ -178,13 +178,6 @@ class Handler:
         self._prepared = {op.name: self._prepare(op, memory) for op in OPS_TABLE}
         self._track_get = memory.after(OPS["get"]) if memory is not None else None
 
-    @property
-    def plain_gets(self) -> bool:
-        """True when a lone ``get`` needs no check beyond its key's: no value can
-        make a reply over the limit, and no memory cap tracks reads (the compiled
-        loop answers such gets itself: server/_cloop.pyx)."""
-        return not self._check_gets and self._track_get is None
-
     def _prepare(self, op: Op, memory: MemoryHooks | None) -> tuple[bool, _Call, _CallWithOptions]:
         """What answering ``op`` takes, from its row: ``(writes, call, call_with_options)``.
 
@@ -225,7 +218,7 @@ class Handler:
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1
                     value = self.store.get(key)
-                    if (in_batch or self._check_gets) and value is not None and len(value) > _UNCHECKED_CHARS:
+                    if (in_batch or self._check_gets) and value is not None and len(value) > UNCHECKED_CHARS:
                         return self._large_get(value, request)
                     if self._track_get is not None:
                         self._track_get(request[1:])
@@ -397,7 +390,7 @@ class Handler:
 
     def op_get(self, key: str) -> str | None:
         value = self.store.get(key)
-        if value is not None and len(value) > _UNCHECKED_CHARS:
+        if value is not None and len(value) > UNCHECKED_CHARS:
             self._admit_reply(_text_bytes(value) + 8)
         return value
 
@@ -414,7 +407,7 @@ class Handler:
         get = self.store.get
         values = [get(key) for key in keys]
         size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
-        if size > _UNCHECKED_CHARS:
+        if size > UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(v) - len(v) for v in filter(None, values) if not v.isascii()))
         return values
 
@@ -445,7 +438,7 @@ class Handler:
         except PatternTooComplex as exc:
             raise Refused(Status.TOO_LARGE, str(exc)) from None
         size = 16 + 5 * len(keys) + sum(map(len, keys))
-        if size > _UNCHECKED_CHARS:
+        if size > UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(key) - len(key) for key in keys if not key.isascii()))
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
@@ -482,16 +475,33 @@ class Handler:
         """The extra ``stats`` sections, by name (the metrics endpoint exports them too)."""
         return self._sections
 
+    def batch_limit(self, count: int) -> int:
+        """The bytes the replies of a ``batch`` of ``count`` requests may take together (see :meth:`op_batch`)."""
+        return self._reply_limit - _BATCH_HEADER_BYTES - count * len(NOT_RUN)
+
+    def answer_in_batch(self, request: list[Any], limit: int, used: int) -> bytes:
+        """The reply to one decoded element of a ``batch`` whose replies may take ``limit`` bytes, ``used`` so far.
+
+        As :meth:`op_batch` answers each element: the compiled loop
+        (server/_cloop.pyx) runs a batch itself, and hands over the elements
+        whose replies the limits may change.
+        """
+        self._reply_limit, self._batch_bytes, self._scan_deadline = limit, used, 0.0
+        try:
+            return self._answer(request, True)
+        finally:
+            self._reply_limit, self._batch_bytes, self._scan_deadline = self.max_reply_bytes, 0, None
+
     def op_batch(self, requests: list[Any]) -> bytes:
         """The whole reply ``[0, [reply, ...]]``: each request answered as if it came alone, in order.
 
         The replies are already msgpack, so the batch reply is their
         concatenation behind an array header, not a re-encoding. They share
         the reply limit: once they have used it up, the remaining requests
-        are not run and each gets :data:`_NOT_RUN` (room for those is kept
+        are not run and each gets :data:`NOT_RUN` (room for those is kept
         from the start, so the whole reply stays within the limit).
         """
-        limit = self._reply_limit - _BATCH_HEADER_BYTES - len(requests) * len(_NOT_RUN)
+        limit = self.batch_limit(len(requests))
         if limit < SMALL_REPLY_BYTES:
             return self._error(Status.TOO_LARGE, f"a batch of {len(requests)} requests could need a reply over "
                                f"the reply limit of {self._reply_limit} bytes")
@@ -504,7 +514,7 @@ class Handler:
         try:
             for request in requests:
                 if used > full:
-                    append(_NOT_RUN)
+                    append(NOT_RUN)
                     continue
                 self._batch_bytes = used
                 reply = answer(request, True)
