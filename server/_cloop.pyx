@@ -11,13 +11,16 @@ receives or sends.
 For the commonest requests the Python :class:`~server.handler.Handler` is
 not entered either: a frame that is exactly ``["get", key]``, ``["set", key,
 value]``, ``["mget", [key, ...]]`` or ``["mset", {key: value, ...}]`` (the
-writes optionally with ``{"rid": rid}``), its strings valid UTF-8 and within
-the limits, is decoded here, run against the store (the table is still
-Python objects: server/store.py) and answered with the bytes the Handler
-would give. Any other frame, and every frame when a data directory or a
-memory cap takes part (a write must be journaled, a reply counted), goes to
-the Handler as in the Python loop. tests/test_cores.py compares the two
-cores' replies byte for byte.
+writes optionally with ``{"rid": rid}``), or a ``batch`` of only those, its
+strings valid UTF-8 and within the limits, is decoded here, run against the
+store through its methods (the table is still Python objects:
+server/store.py) and answered with the bytes the Handler would give, its op
+counted as the Handler counts it. What the reply limits may change (a get
+of a long value, an mget with a large reply, a batch element past the
+limit) is left to the Handler's own code. Any other frame, and every frame
+when a data directory or a memory cap takes part (a write must be
+journaled, memory counted), goes to the Handler as in the Python loop.
+tests/test_cores.py compares the two cores' replies byte for byte.
 
 libzmq is the one pyzmq loaded: its functions are looked up (``dlsym``)
 through pyzmq's own extension module, so nothing is linked at build time and

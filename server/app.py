@@ -11,7 +11,8 @@ with in its constructor (nothing overwrites another's attributes):
 5. the handler, with the guard's hooks and every extra ``stats`` section;
 6. the loop's hooks: the handler (wrapped by persistence), persistence's
    batch hooks, the metrics' latency histogram, the periodic sweeps;
-7. the loop and its socket, then CURVE and ZAP on it (server/security.py),
+7. the loop of the core that runs (server/core.py: compiled, or pure
+   Python) and its socket, then CURVE and ZAP on it (server/security.py),
    the bind, and the metrics endpoint.
 
 Whatever must be released (the data directory's lock and journal, the
