@@ -309,7 +309,7 @@ cdef class _Core:
             # A rid of at most this many bytes has at most MAX_RID_CHARS characters.
             self.max_rid_bytes = _handler.MAX_RID_CHARS
             # Longer values make replies the Handler checks against the reply limit.
-            self.unchecked_chars = _handler.UNCHECKED_CHARS
+            self.unchecked_chars = _handler._UNCHECKED_CHARS
             self.not_run = _handler.NOT_RUN
 
     # -- receiving and sending

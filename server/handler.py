@@ -63,7 +63,7 @@ MAX_TTL_S = 100 * 365 * 24 * 3600.0
 #: Values of at most this many characters make replies below
 #: SMALL_REPLY_BYTES whatever their UTF-8: they are never checked against
 #: the reply limits (ZeroMQ's high-water mark bounds them).
-UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
+_UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
 
 #: The reply of a ``batch`` element left out because the batch's replies
 #: reached the reply limit: the element was not run.
@@ -218,7 +218,7 @@ class Handler:
                 if type(key) is str and len(key) * 4 <= self.limits.max_key_bytes:
                     self.op_counts["get"] += 1
                     value = self.store.get(key)
-                    if (in_batch or self._check_gets) and value is not None and len(value) > UNCHECKED_CHARS:
+                    if (in_batch or self._check_gets) and value is not None and len(value) > _UNCHECKED_CHARS:
                         return self._large_get(value, request)
                     if self._track_get is not None:
                         self._track_get(request[1:])
@@ -390,7 +390,7 @@ class Handler:
 
     def op_get(self, key: str) -> str | None:
         value = self.store.get(key)
-        if value is not None and len(value) > UNCHECKED_CHARS:
+        if value is not None and len(value) > _UNCHECKED_CHARS:
             self._admit_reply(_text_bytes(value) + 8)
         return value
 
@@ -407,7 +407,7 @@ class Handler:
         get = self.store.get
         values = [get(key) for key in keys]
         size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
-        if size > UNCHECKED_CHARS:
+        if size > _UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(v) - len(v) for v in filter(None, values) if not v.isascii()))
         return values
 
@@ -438,7 +438,7 @@ class Handler:
         except PatternTooComplex as exc:
             raise Refused(Status.TOO_LARGE, str(exc)) from None
         size = 16 + 5 * len(keys) + sum(map(len, keys))
-        if size > UNCHECKED_CHARS:
+        if size > _UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(key) - len(key) for key in keys if not key.isascii()))
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
 
