@@ -9,7 +9,9 @@ answer every request with the same bytes (tests/test_cores.py).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import zmq
 
@@ -21,10 +23,32 @@ from server.output import OutputQueue
 #: Set to 1 to run the pure-Python core even where the compiled one is built.
 PURE_PYTHON_ENV = "MEMLOOKUP_PURE_PYTHON"
 
+#: The sources the compiled core is built from or reaches into: in a checkout,
+#: a compiled core older than any of them was built from other sources (a
+#: ``git pull`` without a rebuild) and may no longer fit the Python it calls.
+_SOURCES = ("_cloop.pyx", "loop.py", "handler.py", "output.py")
+
+
+def _stale_build() -> str | None:
+    """The newer source's name, if the compiled core in a checkout is older than one of its sources."""
+    spec = importlib.util.find_spec(f"{__package__}._cloop")
+    if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+        return None
+    built_at = os.stat(spec.origin).st_mtime
+    here = Path(__file__).parent
+    if not (here / _SOURCES[0]).exists():
+        return None  # installed: the build and its sources came together
+    return next((name for name in _SOURCES if (here / name).stat().st_mtime > built_at), None)
+
+
 _compiled: type[Server] | None = None
+_stale = None if os.environ.get(PURE_PYTHON_ENV) == "1" else _stale_build()
 if os.environ.get(PURE_PYTHON_ENV) == "1":
     #: How the start-up line names the core that runs.
     CORE_DESCRIPTION = f"pure-Python core ({PURE_PYTHON_ENV}=1)"
+elif _stale is not None:
+    CORE_DESCRIPTION = (f"pure-Python core (the compiled core is older than server/{_stale}: "
+                        "rebuild it with python setup.py build_ext --inplace)")
 else:
     try:
         from server._cloop import CompiledServer as _compiled

@@ -15,7 +15,9 @@ bytes, and at the end so must the tables and the op and error counts.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ import zmq
 
 from client import Client
 from common.protocol import encode_request
-from tests.servers import ServerProcess
+from tests.servers import ROOT, ServerProcess
 from tests.test_security_fuzz import _mutate
 
 #: Both servers hash strings alike, so an error naming one of several unknown options names the same one.
@@ -261,3 +263,23 @@ def test_a_server_whose_compiled_core_cannot_be_imported_runs_the_python_core(st
     with Client(server.node, timeout_s=5) as table:
         table.set("k", "v")
         assert table.get("k") == "v"
+
+
+def test_a_checkout_whose_compiled_core_is_older_than_its_sources_runs_the_python_core(start_server, tmp_path):
+    # A `git pull` without a rebuild: the compiled core may no longer fit the Python it
+    # calls, so the server runs the Python core and says how to rebuild.
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "server", copy / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "common", copy / "common", ignore=shutil.ignore_patterns("__pycache__"))
+    [built] = (copy / "server").glob("_cloop*.so")
+    os.utime(built, (1_000_000_000, 1_000_000_000))
+    program = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(copy)!r}); "
+               "from server.__main__ import main; sys.exit(main())"]
+    server = start_server(env={"MEMLOOKUP_PURE_PYTHON": "0"}, program=program)
+    assert "pure-Python core (the compiled core is older than server/_cloop.pyx: rebuild it" in server.log
+    with Client(server.node, timeout_s=5) as table:
+        table.set("k", "v")
+        assert table.get("k") == "v"
+    os.utime(built)  # built after its sources again: the compiled core runs
+    rebuilt = start_server(env={"MEMLOOKUP_PURE_PYTHON": "0"}, program=program).log
+    assert "compiled core" in rebuilt and "pure-Python core" not in rebuilt
