@@ -173,7 +173,8 @@ def test_a_refused_client_key_is_an_authentication_error_at_once(
     create_key_pair(tmp_path / "authorized", "alice")
     _, stranger = create_key_pair(tmp_path / "other", "mallory")
     server = start_server("--curve-secret-key", str(secret), "--authorized-keys", str(tmp_path / "authorized"))
-    with Client(server.node, timeout_s=ONE_ATTEMPT_S, retries=2, server_key=str(public), client_key=str(stranger)) as table:
+    with Client(server.node, timeout_s=ONE_ATTEMPT_S, retries=2, server_key=str(public),
+                client_key=str(stranger)) as table:
         started = time.monotonic()
         with pytest.raises(AuthenticationError, match="refused our client key"):
             table.ping()
