@@ -1,0 +1,109 @@
+"""A cluster client keeps the newest version of every key: reads, read-repair, deletes.
+
+Real servers on free ports; each test that reads through the cluster runs
+with a ``ClusterClient`` and with an ``AsyncClusterClient`` (tests/awaited.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import Client, ClusterClient, InvalidRequestError
+from tests.awaited import client_factory
+from tests.servers import ROOT, ServerProcess
+
+KEYS = [f"k{i}" for i in range(200)]
+
+
+@pytest.fixture(params=["ClusterClient", "AsyncClusterClient"])
+def make_cluster(request: pytest.FixtureRequest, runner: asyncio.Runner) -> Callable[..., Any]:
+    return client_factory(request.param, runner)
+
+
+def direct_mget(node: str, keys: list[str]) -> list[str | None]:
+    """What one node holds, asked directly (no cluster rules)."""
+    with Client(node, timeout_s=2.0) as direct:
+        return direct.mget(keys)
+
+
+def test_a_node_back_with_its_old_data_shows_no_older_value_and_no_deleted_key(
+        start_server: Callable[..., ServerProcess], tmp_path: Path, make_cluster: Callable[..., Any]) -> None:
+    data_dirs = [str(tmp_path / f"data{i}") for i in range(3)]
+    servers = [start_server("--data-dir", data_dir, "--fsync", "always") for data_dir in data_dirs]
+    nodes = [server.node for server in servers]
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        table.mset(dict.fromkeys(KEYS, "old"))
+        away = servers[0]
+        theirs = [key for key in KEYS if away.node in table.owners(key)]
+        overwritten, deleted = theirs[::2], theirs[1::2]
+        away.stop()
+        # While it is away: overwrites (mset, set) and deletes of keys it holds.
+        table.mset(dict.fromkeys(overwritten[:20], "new"))
+        for key in overwritten[20:]:
+            table.set(key, "new")
+        for key in deleted:
+            assert table.delete(key) is True
+    start_server("--data-dir", data_dirs[0], "--port", str(away.port))
+    assert set(direct_mget(away.node, theirs)) == {"old"}  # it is back with what it had
+
+    expected = {key: "new" for key in overwritten} | dict.fromkeys(deleted)
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        # Read one at a time (get, exists, ttl) for some keys, in a batch (mget) for the others.
+        singles, batch = theirs[: len(theirs) // 2], theirs[len(theirs) // 2:]
+        for key in singles:
+            assert table.get(key) == expected[key], key
+            assert table.exists(key) is (expected[key] is not None)
+            assert table.ttl(key) == (-1 if expected[key] is not None else -2)
+        assert table.mget(batch) == [expected[key] for key in batch]
+        # Reading repaired the node that was away: it holds the newest of each key (a delete too).
+        assert direct_mget(away.node, theirs) == [expected[key] for key in theirs]
+        # Writes made after it came back win over what it had, conditional ones decided on the newest.
+        key = overwritten[0]
+        assert table.cas(key, "old", "x") is False and table.cas(key, "new", "newer") is True
+        assert table.set(deleted[0], "again", nx=True) is True
+        assert table.get(key) == "newer" and table.get(deleted[0]) == "again"
+
+
+def test_read_repair_gives_an_owner_back_empty_the_newest_record(
+        start_server: Callable[..., ServerProcess], make_cluster: Callable[..., Any]) -> None:
+    servers = [start_server() for _ in range(3)]
+    nodes = [server.node for server in servers]
+    with make_cluster(nodes, replicas=2, timeout_s=1.0, retries=0) as table:
+        table.mset(dict.fromkeys(KEYS, "v"))
+        table.delete(KEYS[0])
+        first = next(server for server in servers if server.node == table.owners(KEYS[1])[0])
+    theirs = [key for key in KEYS if first.node in table.owners(key)]
+    first.kill()
+    start_server("--port", str(first.port))  # back, in memory: empty
+    assert set(direct_mget(first.node, theirs)) == {None}
+    with make_cluster(nodes, replicas=2, timeout_s=1.0, retries=0) as table:
+        assert table.get(KEYS[1]) == "v"
+        assert table.mget(theirs) == [None if key == KEYS[0] else "v" for key in theirs]
+    assert direct_mget(first.node, theirs) == [None if key == KEYS[0] else "v" for key in theirs]
+
+
+#: The last commit of main before servers had versions (a server of an earlier release).
+BEFORE_VERSIONS = "0c28689"
+
+
+def test_a_server_without_versions_is_refused_clearly(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE_VERSIONS], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    program = [sys.executable, "-c", "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+               "runpy.run_module('server', run_name='__main__')", str(tmp_path)]
+    old = start_server(program=program)
+    nodes = [start_server().node, old.node]
+    with ClusterClient(nodes, replicas=2, timeout_s=2.0, retries=0) as table:
+        with pytest.raises(InvalidRequestError, match="getv"):
+            table.get("k")
+        key = next(f"k{i}" for i in range(100) if table.owners(f"k{i}")[0] == old.node)
+        with pytest.raises(InvalidRequestError, match="rec"):
+            table.set(key, "v")
