@@ -1,4 +1,4 @@
-"""A cluster client keeps the newest version of every key: reads, read-repair, deletes.
+"""A cluster client keeps the newest version of every key: reads, read-repair, deletes, rebalance.
 
 Real servers on free ports; each test that reads through the cluster runs
 with a ``ClusterClient`` and with an ``AsyncClusterClient`` (tests/awaited.py).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from client import Client, ClusterClient, InvalidRequestError
+from client.rebalance import rebalance
 from tests.awaited import client_factory
 from tests.servers import ROOT, ServerProcess
 
@@ -87,6 +89,81 @@ def test_read_repair_gives_an_owner_back_empty_the_newest_record(
         assert table.get(KEYS[1]) == "v"
         assert table.mget(theirs) == [None if key == KEYS[0] else "v" for key in theirs]
     assert direct_mget(first.node, theirs) == [None if key == KEYS[0] else "v" for key in theirs]
+
+
+def test_a_delete_is_not_undone_by_a_copy_that_missed_it(
+        start_server: Callable[..., ServerProcess], make_cluster: Callable[..., Any]) -> None:
+    servers = [start_server() for _ in range(3)]
+    nodes = [server.node for server in servers]
+    with make_cluster(nodes, replicas=2, timeout_s=0.2, retries=0) as table:
+        owners = table.owners("k")
+    # The key was last written while a third node was an owner, which kept a copy.
+    outsider = next(server for server in servers if server.node not in owners)
+    with make_cluster([*owners, outsider.node], replicas=3, timeout_s=0.2, retries=0) as everyone:
+        everyone.set("k", "v")
+    with make_cluster(nodes, replicas=2, timeout_s=0.2, retries=0) as table:
+        assert table.delete("k") is True
+        assert table.get("k") is None
+        assert direct_mget(outsider.node, ["k"]) == ["v"]  # a delete goes to the owners only
+    with ClusterClient(nodes, replicas=2, timeout_s=1.0, retries=0) as table:
+        report = rebalance(table)  # copies what the outsider holds to the owners: older than the delete
+        assert report.complete and report.copied == 0
+        assert table.get("k") is None and table.delete("k") is False
+    time.sleep(0.05)  # the outsider's removed copy is an empty value that expires after 1 ms
+    assert direct_mget(outsider.node, ["k"]) == [None]
+
+
+def test_rebalance_brings_a_returning_node_up_to_date_and_never_undoes_newer_data(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    data_dirs = [str(tmp_path / f"data{i}") for i in range(3)]
+    servers = [start_server("--data-dir", data_dir, "--fsync", "always") for data_dir in data_dirs]
+    nodes = [server.node for server in servers]
+    with ClusterClient(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        table.mset(dict.fromkeys(KEYS, "old"))
+        theirs = [key for key in KEYS if nodes[0] in table.owners(key)]
+        overwritten, deleted = theirs[::2], theirs[1::2]
+        servers[0].stop()
+        table.mset(dict.fromkeys(overwritten, "new"))
+        for key in deleted:
+            table.delete(key)
+    start_server("--data-dir", data_dirs[0], "--port", str(servers[0].port))
+    expected = {key: "old" for key in KEYS} | dict.fromkeys(overwritten, "new") | dict.fromkeys(deleted)
+    with ClusterClient(nodes, replicas=2, timeout_s=1.0, retries=0) as table:
+        # Straight after the return, before any read could repair it: rebalance alone.
+        report = rebalance(table)
+        assert report.complete and report.copied == len(theirs)  # each newer record, once, to the returned node
+        for name in nodes:
+            mine = [key for key in KEYS if name in table.owners(key)]
+            assert direct_mget(name, mine) == [expected[key] for key in mine], name
+        assert table.mget(KEYS) == [expected[key] for key in KEYS]
+        again = rebalance(table)
+        assert (again.copied, again.removed) == (0, 0)
+
+
+def test_rebalance_moves_keys_to_a_new_node_keeping_newer_writes(start_server: Callable[..., ServerProcess]) -> None:
+    servers = [start_server() for _ in range(3)]
+    nodes = [server.node for server in servers]
+    with ClusterClient(nodes[:2], replicas=2, timeout_s=1.0, retries=0) as two:
+        two.mset(dict.fromkeys(KEYS, "old"))
+    with ClusterClient(nodes, replicas=2, timeout_s=1.0, retries=0) as three:
+        moved = [key for key in KEYS if nodes[2] in three.owners(key)]
+        # Written through the new membership before the rebalance: newer than the copies it moves.
+        three.mset(dict.fromkeys(moved[:10], "new"))
+        for key in moved[10:20]:
+            three.delete(key)
+        report = rebalance(three)
+        # Copied to the new node: each old value not written since, and the tombstones it lacks (a
+        # delete whose first owner held nothing is applied by the other owner alone).
+        assert report.complete and report.copied >= len(moved) - 20
+        assert report.removed == len(moved)  # from the node that is no longer an owner
+        expected = {key: "old" for key in KEYS} | dict.fromkeys(moved[:10], "new") | dict.fromkeys(moved[10:20])
+        time.sleep(0.05)  # removed copies are empty values that expire after 1 ms
+        for name in nodes:
+            mine = [key for key in KEYS if name in three.owners(key)]
+            others = [key for key in KEYS if name not in three.owners(key)]
+            assert direct_mget(name, mine) == [expected[key] for key in mine], name
+            assert set(direct_mget(name, others)) <= {None}, name
+        assert three.mget(KEYS) == [expected[key] for key in KEYS]
 
 
 #: The last commit of main before servers had versions (a server of an earlier release).
