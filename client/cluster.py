@@ -65,7 +65,11 @@ class ClusterClient(MembershipView, MappingSugar):
         Use short timeouts (``timeout_s=0.5, retries=1`` by default). A node
         that does not answer in time is marked dead for ``dead_for_s``
         seconds: calls skip it, then try it again. When every owner of a key
-        is marked dead, they are all tried anyway.
+        is marked dead, they are all tried anyway. A member whose name does
+        not resolve (a stopped container's leaves its network's DNS) is a
+        node down like one that does not answer, failing at once; its name
+        is looked up again whenever a connection to it opens, so a node
+        recreated with a new address is found there.
 
     Writes (``set``, ``mset``, ``delete``; routes WRITE, WRITE_MANY, DELETE):
         Sent to every owner that is not marked dead. A write succeeds when

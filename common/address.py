@@ -2,13 +2,17 @@
 
 Accepted forms: ``host``, ``host:port``, ``tcp://host:port``, ``[ipv6]`` and
 ``[ipv6]:port``. Hostnames are resolved here, because ZeroMQ's own resolver
-does not fall back between IPv4 and IPv6 addresses.
+does not fall back between IPv4 and IPv6 addresses, and they are resolved
+when a connection opens (:func:`resolve_endpoint`), not when they are given:
+a container or pod that is recreated keeps its name but not its address, and
+a stopped container's name leaves its network's DNS until it is back -- a
+node that is down, not a mistake in the command.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 #: The port a server listens on and a client dials when none is given.
 DEFAULT_PORT = 7400
@@ -73,7 +77,7 @@ def resolve(host: str) -> list[str]:
         raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
     seen: dict[str, int] = {}
     for family, _, _, _, sockaddr in infos:
-        seen.setdefault(sockaddr[0], 0 if family == socket.AF_INET else 1)
+        seen.setdefault(str(sockaddr[0]), 0 if family == socket.AF_INET else 1)
     return sorted(seen, key=seen.__getitem__)
 
 
@@ -84,15 +88,40 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def node_endpoints(node: str, default_port: int = DEFAULT_PORT) -> list[str]:
-    """Every ``tcp://`` endpoint a node address stands for (a name may have several)."""
-    host, port = split_node(node, default_port)
+def _addresses(host: str) -> list[str]:
+    """``[host]`` for an IP address, else every address the name resolves to now.
+
+    Raises:
+        ValueError: the name does not resolve.
+    """
     try:
         ipaddress.ip_address(host)
-        addresses = [host]
     except ValueError:
-        addresses = resolve(host)
-    return [endpoint(address, port) for address in addresses]
+        return resolve(host)
+    return [host]
+
+
+def node_endpoints(node: str, default_port: int = DEFAULT_PORT) -> list[str]:
+    """Every ``tcp://`` endpoint a node address stands for (a name may have several).
+
+    Raises:
+        ValueError: ``node`` is not an address, or its name does not resolve.
+    """
+    host, port = split_node(node, default_port)
+    return [endpoint(address, port) for address in _addresses(host)]
+
+
+def resolve_endpoint(zmq_endpoint: str) -> str:
+    """``tcp://host:port`` with a host name replaced by its first address now (IPv4 first).
+
+    Called each time a client opens a connection, so a node whose address
+    changed under the same name is found at its new one.
+
+    Raises:
+        ValueError: the name does not resolve (now).
+    """
+    host, port = split_node(zmq_endpoint)
+    return endpoint(_addresses(host)[0], port)
 
 
 def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -> list[str]:
@@ -100,25 +129,31 @@ def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -
 
     ``nodes`` is a list of node addresses or one comma-separated string. A
     name with one address keeps its name (so a member keeps its place when
-    its address changes, as a Kubernetes pod's does on restart); a name that
-    resolves to several addresses (a Kubernetes headless Service) stands
-    for all of them, each named by its address. Duplicates are dropped.
+    its address changes, as a Kubernetes pod's does on restart), and so does
+    a name that does not resolve now: that member is down (a stopped
+    container's name leaves its network's DNS) and is looked up again each
+    time a connection to it opens. A name that resolves to several addresses
+    (a Kubernetes headless Service) stands for all of them, each named by
+    its address. Duplicates are dropped.
 
     Raises:
-        ValueError: a node is not an address or does not resolve.
+        ValueError: a node is not an address, or none is given.
     """
     parts = nodes.split(",") if isinstance(nodes, str) else list(nodes)
     names: dict[str, None] = {}
     for part in parts:
         if not part.strip():
             continue
-        endpoints = node_endpoints(part, default_port)
-        if len(endpoints) == 1:
-            host, port = split_node(part, default_port)
+        host, port = split_node(part, default_port)
+        try:
+            addresses = _addresses(host)
+        except ValueError:
+            addresses = []
+        if len(addresses) <= 1:
             names[endpoint(host, port)[len("tcp://"):]] = None
             continue
-        for zmq_endpoint in endpoints:
-            names[zmq_endpoint[len("tcp://"):]] = None
+        for address in addresses:
+            names[endpoint(address, port)[len("tcp://"):]] = None
     if not names:
         raise ValueError("no nodes given")
     return list(names)
