@@ -21,10 +21,20 @@ import sys
 import threading
 import time
 from array import array
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from bench.drivers import DRIVERS, OPS, Request
 from client.cli_parser import positive_float
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.sharedctypes import Synchronized
+    from multiprocessing.synchronize import Barrier
+
+#: What a worker reports: (index, requests, refused, latencies as array("d")
+#: bytes, seconds, the error that ended it or None).
+Report = tuple[int, int, int, bytes, float, str | None]
 
 #: Requests a worker does between progress reports.
 REPORT_EVERY = 256
@@ -125,7 +135,8 @@ def _requests(args: argparse.Namespace, rng: random.Random, limit: int | None, d
             sent += 1
 
 
-def _worker(args: argparse.Namespace, index: int, limit: int | None, start: Any, done: Any, results: Any) -> None:
+def _worker(args: argparse.Namespace, index: int, limit: int | None, start: Barrier, done: Synchronized[int],
+            results: Queue[Report]) -> None:
     """One client process: wait for the start, run, report (count, errors, latencies, seconds)."""
     driver = DRIVERS[args.target](args.node, args.timeout)
     rng = random.Random(None if args.seed is None else args.seed + index)
@@ -177,7 +188,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     """The nearest-rank percentile of an ascending list (0 for an empty one)."""
     if not sorted_values:
         return 0.0
-    rank = min(len(sorted_values) - 1, max(0, int(round(fraction * len(sorted_values) + 0.5)) - 1))
+    rank = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values) + 0.5) - 1))
     return sorted_values[rank]
 
 
@@ -191,7 +202,9 @@ def run(args: argparse.Namespace, show_progress: bool) -> dict[str, Any]:
             driver.close()
     total = args.requests if args.requests or args.duration else 100_000
     ctx = mp.get_context("fork")
-    start, done, results = ctx.Barrier(args.clients + 1), ctx.Value("q", 0), ctx.Queue()
+    start = ctx.Barrier(args.clients + 1)
+    done: Synchronized[int] = ctx.Value("q", 0)
+    results: Queue[Report] = ctx.Queue()
     workers = []
     for index in range(args.clients):
         limit = None if args.duration else total // args.clients + (index < total % args.clients)
@@ -208,7 +221,7 @@ def run(args: argparse.Namespace, show_progress: bool) -> dict[str, Any]:
     except threading.BrokenBarrierError:
         pass  # a client failed to start; its report says why
     began = time.perf_counter()
-    collected: list[tuple] = []
+    collected: list[Report] = []
     while len(collected) < len(workers):
         try:
             collected.append(results.get(timeout=0.2))

@@ -1,4 +1,4 @@
-"""What the security features cost: the memory cap's wrappers and CurveZMQ.
+"""What the security features cost: the memory cap's hooks and CurveZMQ.
 
     python3 bench/bench_security.py            # prints a Markdown table
 
@@ -7,8 +7,8 @@ with the ratio to the plain server:
 
 * handler: ``Handler.handle`` on get and set frames with no socket, timed in
   CPU seconds of this process (so other load on the host matters less), with and
-  without a :class:`server.memory.MemoryGuard` installed (the per-request
-  cost the cap adds; nothing is installed without ``--max-memory``);
+  without the hooks of a :class:`server.memory.MemoryGuard` (the per-request
+  cost the cap adds; the handler gets none without ``--max-memory``);
 * socket: one client doing get round trips against a real server, plain,
   with ``--max-memory ... --eviction allkeys-lru``, and with CurveZMQ.
 """
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from client import Client  # noqa: E402
 from common.keys import create_key_pair  # noqa: E402
 from common.protocol import encode_request  # noqa: E402
+from server.eviction import EVICTION_POLICIES  # noqa: E402
 from server.handler import Handler  # noqa: E402
 from server.memory import MemoryGuard  # noqa: E402
 from server.store import Store  # noqa: E402
@@ -40,9 +41,8 @@ ROUND_TRIPS = 5_000
 
 def _handler(policy: str | None) -> Handler:
     store = Store()
-    handler = Handler(store)
-    if policy is not None:
-        MemoryGuard(store, 1 << 40, policy, baseline_bytes=0).install(handler)
+    guard = None if policy is None else MemoryGuard(store, 1 << 40, EVICTION_POLICIES[policy], baseline_bytes=0)
+    handler = Handler(store, memory=guard)
     for i in range(10_000):
         handler.handle(encode_request("set", f"key:{i}", "v" * 100))
     return handler
@@ -72,16 +72,18 @@ def socket_rates() -> dict[str, float]:
     keys = Path(tempfile.mkdtemp())
     server_public, server_secret = create_key_pair(keys, "server")
     _, client_secret = create_key_pair(keys / "clients", "bench")
-    servers = {
-        "plain": (ServerProcess([]), {}),
+    # Each server, and the (server_key, client_key) its client needs.
+    servers: dict[str, tuple[ServerProcess, tuple[str | None, str | None]]] = {
+        "plain": (ServerProcess([]), (None, None)),
         "allkeys-lru": (ServerProcess(["--max-memory", "1gb",
-                                       "--eviction", "allkeys-lru"]), {}),
+                                       "--eviction", "allkeys-lru"]), (None, None)),
         "curve": (ServerProcess(["--curve-secret-key", str(server_secret),
                                  "--authorized-keys", str(keys / "clients")]),
-                  {"server_key": str(server_public), "client_key": str(client_secret)}),
+                  (str(server_public), str(client_secret))),
     }
     rates: dict[str, list[float]] = {name: [] for name in servers}
-    clients = {name: Client(server.node, timeout_s=5, **kw) for name, (server, kw) in servers.items()}
+    clients = {name: Client(server.node, timeout_s=5, server_key=server_key, client_key=client_key)
+               for name, (server, (server_key, client_key)) in servers.items()}
     try:
         for client in clients.values():
             client.set("k", "v" * 100)

@@ -29,15 +29,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import load  # noqa: E402
-from client import ClusterClient  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
+from bench import load
+from client import ClusterClient
+from tests.servers import ServerProcess
 
 KEYS = 10_000
 WORK = ("get", "set", "mget100")
 
 
-def worker(nodes: list[str], replicas: int, work: str, seconds: float, seed: int, out: "multiprocessing.Queue") -> None:
+def worker(
+    nodes: list[str], replicas: int, work: str, seconds: float, seed: int, out: multiprocessing.Queue[int]
+) -> None:
     rng = random.Random(seed)
     keys = [f"key:{i}" for i in range(KEYS)]
     done = 0

@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -53,10 +54,11 @@ VALUE = "v" * 32
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def wait_until(check: Any, what: str, timeout_s: float = 15.0) -> None:
+def wait_until(check: Callable[[], object], what: str, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
@@ -74,7 +76,7 @@ def rss_bytes(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def memlookup_server() -> Iterator[tuple[str, subprocess.Popen]]:
+def memlookup_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     from client import Client
 
     port = free_port()
@@ -133,7 +135,7 @@ def _echo_server(port: int, reply_bytes: dict[int, bytes]) -> None:
         sock.send(reply_bytes.get(len(message), message))
 
 
-def _median_us(call: Any, count: int) -> float:
+def _median_us(call: Callable[[], object], count: int) -> float:
     perf = time.perf_counter
     samples = []
     for _ in range(count):
@@ -157,11 +159,11 @@ def lockstep_latency(node: str, redis_client: Any, count: int) -> dict[str, floa
     port = free_port()
     echo = mp.get_context("fork").Process(target=_echo_server, args=(port, sizes), daemon=True)
     echo.start()
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.connect(f"tcp://127.0.0.1:{port}")
     sock.setsockopt(zmq.LINGER, 0)
 
-    def echo_call(frame: bytes) -> Any:
+    def echo_call(frame: bytes) -> Callable[[], object]:
         return lambda: (sock.send(frame), sock.recv())
 
     rounds: dict[str, list[float]] = {}
@@ -194,7 +196,8 @@ def lockstep_latency(node: str, redis_client: Any, count: int) -> dict[str, floa
 def bench(node: str, *extra: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, "-m", "bench", node, "--json", "-q", *extra], cwd=ROOT,
                          check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def redis_benchmark(node: str, requests: int, keyspace: int) -> dict[str, float]:
@@ -325,8 +328,9 @@ def measure(quick: bool) -> tuple[list[tuple[str, str, str, float, str, bool]], 
             True, 0.75, "redis-py")
     row("2. four processes lockstep, get/set 50/50", raw["four memlookup"]["requests_per_s"],
         raw["four redis"]["requests_per_s"], "req/s", ">= 1.6", False, 1.6, "redis-py")
-    row("3. capacity: -c 2 -P 64, 16 per batch message, vs redis-benchmark -c 16", raw["capacity memlookup"]["requests_per_s"],
-        redis_capacity, "req/s", ">= 1.0", False, 1.0, "redis-benchmark get/set mean")
+    row("3. capacity: -c 2 -P 64, 16 per batch message, vs redis-benchmark -c 16",
+        raw["capacity memlookup"]["requests_per_s"], redis_capacity, "req/s", ">= 1.0", False, 1.0,
+        "redis-benchmark get/set mean")
     row(f"4. bulk load of {sizes['pairs']:,} pairs", bulk["pipe memlookup s"], bulk["pipe redis s"], "s",
         "<= 1.0", True, 1.0, "redis-cli --pipe")
     row(f"5. memory per key at {sizes['pairs']:,} keys", bulk["memory memlookup B/key"],
@@ -385,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_redis()
     rows, raw = measure(args.quick)
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
-    raw["redis_version"] = (re.search(r"v=(\S+)", version) or re.search(r"(\S+)", version or "?")).group(1)
+    found = re.search(r"v=(\S+)", version) or re.search(r"(\S+)", version)
+    raw["redis_version"] = found.group(1) if found else "?"
     command = "python3 -m bench.compare" + (" --quick" if args.quick else "")
     text = render(rows, raw, command)
     print(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,8 +42,18 @@ def apply(target: Any, op: str, keys: list[str], value: str) -> Any:
     return target.ping()
 
 
-class _Driver:
+class _Driver(ABC):
     client: Any
+
+    def call(self, op: str, keys: list[str], value: str) -> Any:
+        """Send one request and wait for its reply."""
+        return apply(self.client, op, keys, value)
+
+    @abstractmethod
+    def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
+                      on_done: Callable[[], None], per_message: int = 1) -> int:
+        """Keep ``depth`` requests in flight, appending each one's latency to
+        ``latencies`` and calling ``on_done`` after each; returns how many were refused."""
 
     def prefill(self, keys: list[str], value: str, batch: int = 1000) -> None:
         """Store every key, ``batch`` at a time (untimed)."""
@@ -58,9 +69,6 @@ class MemlookupDriver(_Driver):
         from client import Client
 
         self.client = Client(node, timeout_s=timeout_s, retries=0)
-
-    def call(self, op: str, keys: list[str], value: str) -> Any:
-        return apply(self.client, op, keys, value)
 
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
                       on_done: Callable[[], None], per_message: int = 1) -> int:
@@ -98,9 +106,6 @@ class RedisDriver(_Driver):
         self.client = redis.Redis(host=host or "127.0.0.1", port=int(port or 6379),
                                   socket_timeout=timeout_s, decode_responses=True)
 
-    def call(self, op: str, keys: list[str], value: str) -> Any:
-        return apply(self.client, op, keys, value)
-
     def run_pipelined(self, requests: Iterator[Request], depth: int, latencies: list[float],
                       on_done: Callable[[], None], per_message: int = 1) -> int:
         """redis-py pipelines are sent whole: each request's latency is its batch's
@@ -134,5 +139,5 @@ class RedisDriver(_Driver):
         return errors
 
 
-
-DRIVERS = {"memlookup": MemlookupDriver, "redis": RedisDriver}
+#: Driver of each ``--target``, made with (node, timeout_s).
+DRIVERS: dict[str, Callable[[str, float], _Driver]] = {"memlookup": MemlookupDriver, "redis": RedisDriver}

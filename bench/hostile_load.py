@@ -180,7 +180,7 @@ def _scan(node: str, pattern: str, timeout_s: float, batch: int = 1) -> tuple[li
             status, replies = decode_reply(peer.recv(timeout_s))
             if status != 0:
                 raise RuntimeError(f"batch refused: {replies}")
-            for i, (item_status, payload) in zip(live, replies):
+            for i, (item_status, payload) in zip(live, replies, strict=True):
                 if item_status != 0:
                     raise RuntimeError(f"keys refused: {payload}")
                 cursors[i], page = payload
@@ -289,7 +289,7 @@ def lockstep_get(trees: dict[str, Path], value_bytes: int, rounds: int, requests
             server.kill()
     first = next(iter(trees))
     return {name: {"p50_us": statistics.median(values) * 1e6,
-                   "paired_ratio": statistics.median(v / f for v, f in zip(values, p50s[first])),
+                   "paired_ratio": statistics.median(v / f for v, f in zip(values, p50s[first], strict=True)),
                    "server_cpu_us": cpu_s[name] / (rounds * requests) * 1e6}
             for name, values in p50s.items()}
 
@@ -352,7 +352,7 @@ def decode_costs(trees: dict[str, Path]) -> dict[str, dict[str, float]]:
     """CPU µs per decode and per handled get/set, the trees' code taking turns in one process."""
     result = subprocess.run([sys.executable, "-c", _DECODE_CODE, *map(str, trees.values())], capture_output=True,
                             text=True, timeout=1200, check=True)
-    return dict(zip(trees, json.loads(result.stdout)))
+    return dict(zip(trees, json.loads(result.stdout), strict=True))
 
 
 def main() -> None:
@@ -371,7 +371,8 @@ def main() -> None:
             for attack in ("mget amplification", "never-reading peer", "10 MB dense frame"):
                 r = memory_attack(tree, attack)
                 print(f"| {name} | {attack} | {r['status']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | "
-                      f"{'yes' if r['within_cap_plus_half'] else 'NO'} | {r['ping_after']} | {r['disconnected_peers']} |")
+                      f"{'yes' if r['within_cap_plus_half'] else 'NO'} | {r['ping_after']} | "
+                      f"{r['disconnected_peers']} |")
     if "keys" not in args.skip:
         print(f"\n{KEYS:,} keys of 1 KB; keys pages of count 10,000 while another process pings:\n")
         print("| tree | pattern | batch of | outcome | scan s | pages | each key once | pings | p99 ping ms | "

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def rate(worker: Callable[..., None], args: tuple[Any, ...], clients: int, seconds: float) -> float:
@@ -11,7 +12,7 @@ def rate(worker: Callable[..., None], args: tuple[Any, ...], clients: int, secon
 
     Each worker runs for ``seconds`` and puts the count of what it did on the queue.
     """
-    out: multiprocessing.Queue = multiprocessing.Queue()
+    out: multiprocessing.Queue[int] = multiprocessing.Queue()
     procs = [multiprocessing.Process(target=worker, args=(*args, seed, out)) for seed in range(clients)]
     for proc in procs:
         proc.start()

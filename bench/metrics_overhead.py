@@ -29,12 +29,12 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import load  # noqa: E402
-from client import Client  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
+from bench import load
+from client import Client
+from tests.servers import ServerProcess
 
 
-def worker(node: str, seconds: float, seed: int, out: "multiprocessing.Queue") -> None:
+def worker(node: str, seconds: float, seed: int, out: multiprocessing.Queue[int]) -> None:
     rng = random.Random(seed)
     done = 0
     with Client(node, timeout_s=5.0, retries=0) as table:
@@ -89,11 +89,11 @@ def main() -> None:
             rates["without metrics"].append(load.rate(worker, (plain.node, args.seconds), args.clients, args.seconds))
             stop = threading.Event()
 
-            def scrape() -> None:
+            def scrape(stop: threading.Event) -> None:
                 while not stop.wait(1.0):
                     urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
 
-            scraper = threading.Thread(target=scrape)
+            scraper = threading.Thread(target=scrape, args=(stop,))
             scraper.start()
             rates["with metrics"].append(load.rate(worker, (metered.node, args.seconds), args.clients, args.seconds))
             stop.set()

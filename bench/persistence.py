@@ -14,9 +14,10 @@
 
 Needs ``redis-server`` and ``redis-benchmark`` (Debian: redis-server) for the
 Redis side. The writers send a request id with every ``set``, as the Python
-client does (the server remembers, and with a data dir journals, its reply). Every server runs on a free loopback port with its data in a
-temporary directory under the current directory's file system (same disk as
-Redis gets). Results are medians of ``--repeat`` runs, printed as ratios.
+client does (the server remembers, and with a data dir journals, its reply).
+Every server runs on a free loopback port with its data in a temporary
+directory under the current directory's file system (same disk as Redis gets).
+Results are medians of ``--repeat`` runs, printed as ratios.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import zmq
@@ -55,13 +57,14 @@ VALUE = "v" * 32
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # -- load generator: CLIENTS REQ sockets, one request in flight each (like redis-benchmark -c) --
 
 
-def _drive_part(node: str, sockets: int, seconds: float, seed: int, out: "multiprocessing.Queue[int]") -> None:
+def _drive_part(node: str, sockets: int, seconds: float, seed: int, out: multiprocessing.Queue[int]) -> None:
     context = zmq.Context()
     poller = zmq.Poller()
     reqs = []
@@ -152,7 +155,7 @@ def redis_benchmark_sets(port: int, requests: int) -> float:
          "-d", "32", "-r", str(KEY_SPACE), "--csv", "-q"],
         capture_output=True, text=True, check=True,
     ).stdout
-    row = [line for line in out.splitlines() if line.startswith('"SET"')][0]
+    row = next(line for line in out.splitlines() if line.startswith('"SET"'))
     return float(row.split(",")[1].strip('"'))
 
 
@@ -170,7 +173,7 @@ def memlookup(args: list[str], tree: Path | None = None) -> ServerProcess:
 
 def journal_bytes_per_write(node: str) -> float:
     """Journal bytes the server wrote per ``set`` so far (its stats; no compaction may have run)."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://{node}")
     sock.send(msgpack.packb(["stats"]))
@@ -179,11 +182,13 @@ def journal_bytes_per_write(node: str) -> float:
     persistence = stats["persistence"]
     if persistence["compactions"] or persistence["generation"] != 1:
         raise RuntimeError("a compaction ran: the journal no longer holds every write")
-    return persistence["journal_bytes"] / stats["ops"]["set"]
+    journal_bytes: int = persistence["journal_bytes"]
+    sets: int = stats["ops"]["set"]
+    return journal_bytes / sets
 
 
 def wait_memlookup_ready(node: str, timeout_s: float = 300.0) -> None:
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(f"tcp://{node}")
@@ -198,7 +203,7 @@ def wait_memlookup_ready(node: str, timeout_s: float = 300.0) -> None:
 
 
 def bench_writes(seconds: float, repeat: int, base: Path, modes: list[str], baseline: Path | None) -> None:
-    runs = [(mode, None) for mode in modes]
+    runs: list[tuple[str, Path | None]] = [(mode, None) for mode in modes]
     if baseline is not None:
         runs += [(mode, baseline) for mode in modes if mode in ("always", "everysec", "in memory")]
     label = {run: run[0] + (" (baseline)" if run[1] else "") for run in runs}
@@ -247,10 +252,11 @@ def _resp(*parts: str) -> bytes:
 
 def _fill_memlookup(data: Path, names: list[str], values: list[str], tree: Path | None) -> None:
     server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", str(1 << 40)], tree)
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.connect(f"tcp://{server.node}")
     for start in range(0, len(names), 1000):
-        sock.send(msgpack.packb(["mset", dict(zip(names[start:start + 1000], values[start:start + 1000]))]))
+        page = dict(zip(names[start:start + 1000], values[start:start + 1000], strict=True))
+        sock.send(msgpack.packb(["mset", page]))
         sock.recv()
     sock.close()
     server.stop()
@@ -259,7 +265,7 @@ def _fill_memlookup(data: Path, names: list[str], values: list[str], tree: Path 
 def _compact_memlookup(data: Path, tree: Path | None) -> float:
     """One start with a tiny threshold, one write to trigger a compaction; its pause in ms."""
     server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", "1"], tree)
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.connect(f"tcp://{server.node}")
     sock.send(msgpack.packb(["set", "trigger", "x"]))
     sock.recv()
@@ -271,7 +277,8 @@ def _compact_memlookup(data: Path, tree: Path | None) -> float:
             break
     sock.close()
     server.stop()
-    return stats["last_compaction_pause_ms"]
+    pause_ms: float = stats["last_compaction_pause_ms"]
+    return pause_ms
 
 
 def _time_start(data: Path, tree: Path | None) -> float:
@@ -342,7 +349,7 @@ def _pause_with_replies(data: Path, tree: Path | None) -> tuple[float, float, in
     pause and longest slice in ms (from the server's log), and how many writes it took."""
     server = memlookup(["--data-dir", str(data), "--fsync", "everysec", "--compact-after-bytes", "3000000",
                         "--log-level", "info"], tree)
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.connect(f"tcp://{server.node}")
     client_id, n = os.urandom(8).hex(), 0
     try:
@@ -361,9 +368,17 @@ def _pause_with_replies(data: Path, tree: Path | None) -> tuple[float, float, in
     finally:
         sock.close()
         server.stop()
-    started = float(re.search(r"compaction \d+ started \(paused ([\d.]+) ms\)", server.log).group(1))
-    longest = float(re.search(r"longest slice ([\d.]+) ms", server.log).group(1))
-    return started, longest, n
+    started_ms = _logged_ms(server.log, r"compaction \d+ started \(paused ([\d.]+) ms\)")
+    longest_ms = _logged_ms(server.log, r"longest slice ([\d.]+) ms")
+    return started_ms, longest_ms, n
+
+
+def _logged_ms(log: str, pattern: str) -> float:
+    """The number ``pattern``'s group 1 finds in a server's log."""
+    match = re.search(pattern, log)
+    if match is None:
+        raise RuntimeError(f"no line of the server's log matches {pattern!r}")
+    return float(match.group(1))
 
 
 def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
@@ -387,20 +402,29 @@ def bench_pause(repeat: int, base: Path, baseline: Path | None) -> None:
 #: Run in a child with the tree to measure first on sys.path: CPU seconds per write
 #: through the real Handler, JournaledStore and Persistence (fsync no), without sockets.
 _CPU_CHILD = """
-import json, os, sys, tempfile, time
+import importlib.util, json, os, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
 import msgpack
 from server.config import ServerConfig
-from server.handler import Handler
-from server.journaled_store import JournaledStore
-from server.loop import Server
-from server.persistence import Persistence
-store = JournaledStore()
-persistence = Persistence(tempfile.mkdtemp(dir=sys.argv[2]), "no", store)
-persistence.open()
-server = Server(ServerConfig(port=0), Handler(store))
-persistence.attach(server)
-handle, before_reply = server.handler.handle, persistence.before_reply
+data_dir = tempfile.mkdtemp(dir=sys.argv[2])
+if importlib.util.find_spec("server.app") is not None:  # the server as server/app.py assembles it
+    from server.app import build_server
+    app = build_server(ServerConfig(port=0, data_dir=data_dir, fsync="no"))
+    handle, before_reply, close = app.server.hooks.handle, app.server.hooks.before_reply, app.close
+else:  # a baseline tree from before server/app.py
+    from server.handler import Handler
+    from server.journaled_store import JournaledStore
+    from server.loop import Server
+    from server.persistence import Persistence
+    store = JournaledStore()
+    persistence = Persistence(data_dir, "no", store)
+    persistence.open()
+    server = Server(ServerConfig(port=0), Handler(store))
+    persistence.attach(server)
+    handle, before_reply = server.handler.handle, persistence.before_reply
+    def close():
+        server.socket.close(linger=0)
+        persistence.close()
 client_id = os.urandom(8).hex()
 frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:{i}"}])
           for i in range(200_000)]
@@ -414,8 +438,7 @@ for batch in (1, 16):
     result[batch] = (time.process_time() - started) / len(frames) * 1e6
     frames = [msgpack.packb(["set", f"key:{i % 100000:012d}", "v" * 32, {"rid": f"{client_id}:b{i}"}])
               for i in range(200_000)]
-server.socket.close(linger=0)
-persistence.close()
+close()
 print(json.dumps(result))
 """
 
@@ -433,7 +456,8 @@ def bench_cpu(repeat: int, base: Path, baseline: Path | None) -> None:
                 found[tree][batch].append(micros)
     print(f"CPU per write (set with rid, fsync no, no sockets), median of {repeat}:")
     for tree in trees:
-        parts = [f"batches of {batch:>2s}: {statistics.median(values):5.2f} us" for batch, values in found[tree].items()]
+        parts = [f"batches of {batch:>2s}: {statistics.median(values):5.2f} us"
+                 for batch, values in found[tree].items()]
         print(f"  {'memlookup' + (' (baseline)' if tree else ''):22s} {'   '.join(parts)}")
 
 
@@ -441,7 +465,7 @@ def bench_stall(keys: int, base: Path) -> None:
     """Latency of one writer while a compaction of ``keys`` keys runs, against the same run before it."""
     data = Path(tempfile.mkdtemp(dir=base))
     server = memlookup(["--data-dir", str(data), "--compact-after-bytes", str(1 << 40)])
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.connect(f"tcp://{server.node}")
     for start in range(0, keys, 1000):
@@ -455,21 +479,22 @@ def bench_stall(keys: int, base: Path) -> None:
     sock = context.socket(zmq.REQ)
     sock.connect(f"tcp://{server.node}")
 
-    def call(*request: object) -> object:
+    def call(*request: object) -> Any:
+        """The reply's payload, as msgpack decodes it."""
         sock.send(msgpack.packb(list(request)))
         return msgpack.unpackb(sock.recv())[1]
 
     before: list[float] = []
     during: list[float] = []
     i = 0
-    stats = call("stats")["persistence"]  # type: ignore[index]
+    stats = call("stats")["persistence"]
     while True:
         started = time.perf_counter()
         call("set", f"key:{i % keys:012d}", "x" * 60)
         (during if stats["compactions"] or stats["compacting"] else before).append(time.perf_counter() - started)
         i += 1
         if i % 200 == 0:
-            stats = call("stats")["persistence"]  # type: ignore[index]
+            stats = call("stats")["persistence"]
             if stats["compactions"] >= 1:
                 break
     sock.close()
@@ -478,20 +503,28 @@ def bench_stall(keys: int, base: Path) -> None:
 
     def describe(values: list[float]) -> str:
         values = sorted(values)
-        pick = lambda q: values[min(len(values) - 1, int(len(values) * q))] * 1000  # noqa: E731
-        return f"{len(values):7,d} writes  p50 {pick(0.5):5.2f} ms  p99 {pick(0.99):5.2f} ms  p99.9 {pick(0.999):6.2f} ms  max {values[-1] * 1000:7.2f} ms"
+
+        def pick(q: float) -> float:
+            return values[min(len(values) - 1, int(len(values) * q))] * 1000
+
+        return (f"{len(values):7,d} writes  p50 {pick(0.5):5.2f} ms  p99 {pick(0.99):5.2f} ms  "
+                f"p99.9 {pick(0.999):6.2f} ms  max {values[-1] * 1000:7.2f} ms")
 
     print(f"one writer (everysec) before and during a compaction of {keys:,} keys:")
     print(f"  before  {describe(before)}")
     print(f"  during  {describe(during)}")
-    print(f"  the server's own longest pause (new journal, or one snapshot slice): {stats['last_compaction_pause_ms']:.1f} ms")
+    print("  the server's own longest pause (new journal, or one snapshot slice): "
+          f"{stats['last_compaction_pause_ms']:.1f} ms")
 
 
 def bench_engines(batches: int = 2000, batch: int = 16) -> None:
     """The two engines without a server: per-batch cost and loading 1M entries."""
+
+    def rows_of(b: int) -> list[tuple[str, str, None]]:
+        return [(f"key:{(b * batch + i) % 5000:012d}", VALUE, None) for i in range(batch)]
+
     base = Path(tempfile.mkdtemp(dir=ROOT))
     try:
-        rows_of = lambda b: [(f"key:{(b * batch + i) % 5000:012d}", VALUE, None) for i in range(batch)]  # noqa: E731
         for sync in ("FULL", "NORMAL"):
             db = sqlite3.connect(base / f"s{sync}.db", isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
@@ -506,16 +539,17 @@ def bench_engines(batches: int = 2000, batch: int = 16) -> None:
             print(f"sqlite WAL synchronous={sync:6s}: {took / batches * 1e6:6.0f} us per batch of {batch} writes")
             db.close()
         fd = os.open(base / "j.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        for sync in (True, False):
+        for fdatasync in (True, False):
             started = time.perf_counter()
             for b in range(batches):
                 payload = msgpack.packb(rows_of(b))
                 head = struct.pack("<II", len(payload), zlib.crc32(payload))
                 os.write(fd, head + zlib.crc32(head).to_bytes(4, "little") + payload)
-                if sync:
+                if fdatasync:
                     os.fdatasync(fd)
             took = time.perf_counter() - started
-            print(f"journal fdatasync={str(sync):5s}     : {took / batches * 1e6:6.0f} us per batch of {batch} writes")
+            print(f"journal fdatasync={fdatasync!s:5s}     : "
+                  f"{took / batches * 1e6:6.0f} us per batch of {batch} writes")
         os.close(fd)
         n = 1_000_000
         db = sqlite3.connect(base / "big.db", isolation_level=None)

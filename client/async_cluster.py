@@ -78,7 +78,8 @@ class AsyncClusterClient(MembershipView, AsyncCommands):
             while True:
                 step = steps.send(await self._answer(step))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            result: T = done.value  # the plan's return value (typeshed types it Any)
+            return result
         finally:
             steps.close()
 
@@ -87,10 +88,15 @@ class AsyncClusterClient(MembershipView, AsyncCommands):
         if len(names) == 1:
             return {names[0]: await self._on(names[0], step[names[0]])}
         outcomes = await asyncio.gather(*(self._on(name, step[name]) for name in names), return_exceptions=True)
-        for outcome in outcomes:  # every node has finished: the first refusal (or bug) ends the plan
-            if isinstance(outcome, BaseException) and not isinstance(outcome, NodeUnavailableError):
-                raise outcome  # (a NodeUnavailableError is _on's answer, not raised)
-        return dict(zip(names, outcomes, strict=True))  # type: ignore[arg-type]
+        answer: Answer = {}
+        for name, outcome in zip(names, outcomes, strict=True):
+            # Every node has finished: the first refusal (or bug) ends the plan
+            # (a NodeUnavailableError is _on's answer, not raised).
+            if isinstance(outcome, NodeUnavailableError) or not isinstance(outcome, BaseException):
+                answer[name] = outcome
+            else:
+                raise outcome
+        return answer
 
     async def _on(self, name: str, requests: list[Request[Any]]) -> list[Any] | NodeUnavailableError:
         """``requests`` to one node in lockstep: their results, or the NodeUnavailableError

@@ -42,7 +42,7 @@ class Awaiting(Connection[zmq.asyncio.Socket]):
     _view: zmq.Socket[bytes] | None = None
 
     def _new_socket(self) -> zmq.asyncio.Socket:
-        context: zmq.asyncio.Context = self._context or zmq.asyncio.Context.instance()  # type: ignore[assignment]
+        context = self._context or zmq.asyncio.Context.instance()
         return context.socket(self.socket_type)
 
     def _open(self) -> zmq.asyncio.Socket:

@@ -27,7 +27,7 @@ import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NoReturn, TextIO
 
 from client.cli_parser import UsageError, call_arguments, command_parsers, suggestion
 from client.client import Client
@@ -75,10 +75,10 @@ class Summary:
 class LineParser(argparse.ArgumentParser):
     """An argparse parser that raises :class:`UsageError` instead of exiting."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-    def exit(self, status: int = 0, message: str | None = None) -> Any:
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise UsageError(message or "not a command")
 
 

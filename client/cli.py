@@ -219,7 +219,7 @@ def _parse(words: list[str]) -> argparse.Namespace:
 def _main(words: list[str]) -> int:
     args = _parse(words)
 
-    def emit(as_json: Any, text: str | None) -> None:
+    def emit(as_json: object, text: str | None) -> None:
         if args.json:
             import json
 

@@ -188,7 +188,8 @@ class ClusterClient(MembershipView, MappingSugar):
             while True:
                 step = steps.send(self._answer(step))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            result: T = done.value  # the plan's return value (typeshed types it Any)
+            return result
         finally:
             steps.close()
 

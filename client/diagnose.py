@@ -32,8 +32,8 @@ request that got no reply, from what the monitor saw.
 from __future__ import annotations
 
 import sys
-from typing import Any
 import time
+from typing import Any
 
 import zmq
 

@@ -14,7 +14,7 @@ every client that lists the same members, in any order, places keys alike.
 from __future__ import annotations
 
 import bisect
-from typing import Iterable
+from collections.abc import Iterable
 
 from uhashring import HashRing
 

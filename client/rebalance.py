@@ -26,8 +26,8 @@ newer).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from client.client import Client
 from client.cluster import ClusterClient
@@ -98,10 +98,11 @@ def _rebalance_node(
     with_ttl = bool(cluster.on(source, Client.stats).get("keys_with_ttl", 1))
     cursor = 0
     while True:
-        cursor, keys = cluster.on(source, lambda c: c.scan(cursor, "*", page_keys))
+        # cluster.on() runs each lambda before it returns, so the loop variables it reads are current.
+        cursor, keys = cluster.on(source, lambda c: c.scan(cursor, "*", page_keys))  # noqa: B023
         if keys:
-            values = cluster.on(source, lambda c: c.mget(keys))
-            present = {key: value for key, value in zip(keys, values) if value is not None}
+            values = cluster.on(source, lambda c: c.mget(keys))  # noqa: B023
+            present = {key: value for key, value in zip(keys, values, strict=True) if value is not None}
             _place_page(cluster, source, present, report, with_ttl)
             report.examined += len(keys)
             if progress is not None:
@@ -135,18 +136,19 @@ def _place_page(
     # newer write racing with the copy is not undone.
     copied_keys = sorted({key for copy in copies.values() for key in copy.new})
     if copied_keys:
-        now = dict(zip(copied_keys, cluster.on(source, lambda c: c.mget(copied_keys))))
+        now = dict(zip(copied_keys, cluster.on(source, lambda c: c.mget(copied_keys)), strict=True))
         for name, copy in copies.items():
             for key in copy.new:
                 if now[key] != values[key]:
-                    cluster.on(name, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S))
+                    # cluster.on() runs the lambda at once, while key is this iteration's.
+                    cluster.on(name, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S))  # noqa: B023
                     report.copied -= 1
                     copy.held.discard(key)
 
     for key, names in owners.items():
         if source in names or not all(name in copies and key in copies[name].held for name in names):
             continue
-        if cluster.on(source, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S)):
+        if cluster.on(source, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S)):  # noqa: B023 (run at once)
             report.removed += 1
         else:
             report.kept_changed += 1
@@ -166,9 +168,9 @@ def _copy_missing(
 ) -> Callable[[Client], _Copied]:
     def copy(owner: Client) -> _Copied:
         done = _Copied()
-        for key, value in zip(keys, owner.mget(keys)):
+        for key, value in zip(keys, owner.mget(keys), strict=True):
             if value is None:
-                ttl_s = cluster.on(source, lambda c: c.ttl(key)) if with_ttl else -1
+                ttl_s = cluster.on(source, lambda c: c.ttl(key)) if with_ttl else -1  # noqa: B023 (run at once)
                 if ttl_s == -2:
                     continue  # gone from the source meanwhile
                 if owner.set(key, values[key], ttl_s=ttl_s if ttl_s > 0 else None, nx=True):

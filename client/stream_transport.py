@@ -41,7 +41,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -81,7 +81,7 @@ class StreamState(Connection[S]):
         timeout_s: float,
         retries: int,
         window: int,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[S] | None = None,
         label: str = "",
         curve: CurveKeys | None = None,
     ) -> None:

@@ -75,7 +75,7 @@ class Connection(Generic[S]):
         endpoint: str,
         timeout_s: float,
         retries: int,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[S] | None = None,
         label: str = "",
         curve: CurveKeys | None = None,
         wait_for_ready: bool = True,

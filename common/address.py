@@ -77,7 +77,9 @@ def resolve(host: str) -> list[str]:
         raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
     seen: dict[str, int] = {}
     for family, _, _, _, sockaddr in infos:
-        seen.setdefault(str(sockaddr[0]), 0 if family == socket.AF_INET else 1)
+        address = sockaddr[0]
+        if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, which cannot dial it
+            seen.setdefault(address, 0 if family == socket.AF_INET else 1)
     return sorted(seen, key=seen.__getitem__)
 
 

@@ -153,7 +153,7 @@ def create_key_pair(directory: KeySource, name: str, overwrite: bool = False) ->
     try:
         temps.append(_write_temp(folder, _certificate(public, None), 0o644))
         temps.append(_write_temp(folder, _certificate(public, secret), 0o600))
-        for temp, path in zip(temps, (public_path, secret_path)):
+        for temp, path in zip(temps, (public_path, secret_path), strict=True):
             if overwrite:
                 os.replace(temp, path)
             else:

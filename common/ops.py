@@ -7,9 +7,11 @@ changes the store, how a cluster client routes it, and how people see it
 protocol reference). From this table:
 
 * the request decoder checks arity and option names (:mod:`common.protocol`);
-* the server's handler checks every argument by its kind and dispatches to
-  its ``op_<name>`` function (:mod:`server.handler`), and the memory guard
-  knows which arguments the table will store;
+* the server's handler checks every argument by its kind and each option by
+  its kind, and dispatches to its ``op_<name>`` function
+  (:mod:`server.handler`); the memory guard counts the arguments the table
+  will store (``stored``) before a write, and the LRU policy notes the keys
+  an op names (:mod:`server.memory`, :mod:`server.eviction`);
 * the clients build requests and parse replies (:mod:`client.commands`),
   pipelines queue them, ``ClusterClient`` routes them by :class:`Route`;
 * the CLI builds each COMMAND's parser from the row and calls the row's
@@ -65,7 +67,8 @@ class Param(NamedTuple):
     """A positional parameter.
 
     ``stored``: the server keeps this argument in the table (the memory guard
-    counts it before the write). The rest says how the CLI takes it:
+    counts it before the write; for an INT, the number it leads to, of up
+    to 20 digits). The rest says how the CLI takes it:
     ``metavar`` and ``help`` for ``--help``; ``default``, its value when the
     word is left out (None: the word is required, or for an option, the
     client library's default applies); ``stdin``, read from standard input
@@ -109,8 +112,8 @@ _TTL = Option("ttl_s", "ttl", "expire after S seconds", flag="--ttl", metavar="S
 class Op:
     """One operation of the wire protocol (a row; not changed once the table is built)."""
 
-    __slots__ = ("allowed_options", "cli", "method", "name", "options", "params", "reply", "route", "summary",
-                 "writes")
+    __slots__ = ("allowed_options", "arity", "cli", "method", "name", "options", "params", "reply", "route",
+                 "summary", "writes")
 
     def __init__(
         self,
@@ -128,10 +131,8 @@ class Op:
         self.writes, self.route, self.options, self.cli = writes, route, options, cli
         self.method = method or name
         self.allowed_options: frozenset[str] = COMMON_OPTIONS | {o.name for o in options}
-
-    @property
-    def arity(self) -> int:
-        return len(self.params)
+        #: Positional parameters on the wire (a slot, not a property: the decoder reads it per request).
+        self.arity = len(params)
 
     def __repr__(self) -> str:
         return f"Op({self.name!r})"
@@ -167,9 +168,9 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("ttl", (_KEY,), "seconds KEY has left",
        "int `-2` missing/expired; int `-1` no expiry; otherwise **float64** seconds left, ≥ 0.0"),
     Op("incr", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
-                Param("delta", Kind.INT, metavar="DELTA", default=1, help="a whole number (default: 1)")),
+                Param("delta", Kind.INT, stored=True, metavar="DELTA", default=1, help="a whole number (default: 1)")),
        "add DELTA to the integer at KEY", "int: the new value", writes=True, route=Route.DECIDE),
-    Op("cas", (_KEY, Param("expected", Kind.VALUE, metavar="EXPECTED"),
+    Op("cas", (Param("key", Kind.KEY, stored=True, metavar="KEY"), Param("expected", Kind.VALUE, metavar="EXPECTED"),
                Param("value", Kind.VALUE, stored=True, metavar="NEW")),
        "set KEY to NEW only if its value is EXPECTED", "bool: `true` swapped; `false` nothing changed",
        writes=True, route=Route.DECIDE, options=(_TTL,)),

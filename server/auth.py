@@ -22,8 +22,8 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Union
 
 import zmq.utils.z85
 
@@ -31,7 +31,7 @@ from common.keys import load_authorized_keys
 
 log = logging.getLogger(__name__)
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The networks protected mode lets in.
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -120,7 +120,7 @@ class AccessPolicy:
 
     @classmethod
     def build(cls, allow: list[str], allow_all: bool, curve: bool,
-              keys_dir: str | os.PathLike[str] | None) -> "AccessPolicy":
+              keys_dir: str | os.PathLike[str] | None) -> AccessPolicy:
         """The policy for the server's flags (see the module docstring)."""
         networks = parse_networks(allow)
         if allow_all:
@@ -218,6 +218,7 @@ class AccessPolicy:
     def stats(self) -> dict[str, object]:
         """The ``auth`` section of ``stats``."""
         return {
+            "curve": self.curve,
             "curve_keys": len(self._keys) if self.keys_dir is not None else None,
             "accepted_connections": self.accepted,
             "refused_connections": self.refused,

@@ -14,15 +14,12 @@ from common import __version__, limits
 from common.address import DEFAULT_PORT
 from common.limits import Limits
 from server.auth import parse_networks
+from server.eviction import EVICTION_POLICIES
+from server.journal import FSYNC_POLICIES
 from server.memory import parse_bytes
-
-#: ``--fsync`` policies (server/persistence.py implements them).
-FSYNC_POLICIES = ("always", "everysec", "no")
-#: Default ``--compact-after-bytes`` (Redis: auto-aof-rewrite-min-size).
-COMPACT_AFTER_BYTES = 64 * 1024 * 1024
+from server.snapshot import COMPACT_AFTER_BYTES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-EVICTION_POLICIES = ("noeviction", "allkeys-lru", "volatile-ttl")
 
 #: ``--data-dir``'s environment variables, the one that wins first:
 #: MEMLOOKUP_DATA_DIR, named like every other setting's, then the older
@@ -135,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "powers of 1000, kb/mb/gb of 1024); 0 means no limit", metavar="BYTES")
     add("--eviction", "MEMLOOKUP_EVICTION", "noeviction",
         "what happens at --max-memory: refuse writes, evict the least recently used keys, or "
-        "evict the keys closest to expiring", choices=EVICTION_POLICIES)
+        "evict the keys closest to expiring", choices=tuple(EVICTION_POLICIES))
     add("--metrics-port", "MEMLOOKUP_METRICS_PORT", 0,
         "serve Prometheus metrics over HTTP on this port at the --bind address (0: off)", type=int, metavar="N")
     parser.add_argument("--data-dir", default=next(filter(None, map(os.environ.get, DATA_DIR_ENV)), None),
@@ -145,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fsync", "MEMLOOKUP_FSYNC", "everysec",
         "with --data-dir: always = a write is on disk before its reply (concurrent writes share "
         "one fsync); everysec = a crash of the process loses nothing acknowledged, a power loss "
-        "about a second; no = the operating system decides", choices=FSYNC_POLICIES)
+        "about a second; no = the operating system decides", choices=tuple(FSYNC_POLICIES))
     add("--compact-after-bytes", "MEMLOOKUP_COMPACT_AFTER_BYTES", COMPACT_AFTER_BYTES,
         "with --data-dir: rewrite the journal as a snapshot once it is larger than this and "
         "than the last snapshot", type=int, metavar="N")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from common.limits import MAX_PATTERN_SEARCH_CHARS
 

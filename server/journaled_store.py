@@ -16,9 +16,9 @@ recorded: loading (:meth:`Store.load`) drops expired keys by their deadline.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from server.store import Store, _MASK
+from server.store import _MASK, Store
 
 #: One change: ``(key, value, deadline)``; ``value`` None means deleted.
 Change = tuple[str, "str | None", "float | None"]

@@ -16,7 +16,9 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
 
 import zmq
 
@@ -24,7 +26,6 @@ from common import limits
 from common.address import endpoint
 from common.protocol import Status, encode_reply
 from server.config import ServerConfig
-from server.handler import Handler
 from server.output import LargeReply, OutputQueue
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ _SNDMORE_NOBLOCK = _SNDMORE | _NOBLOCK
 _SMALL = limits.SMALL_REPLY_BYTES
 
 
-def _recv_message(socket: zmq.Socket, flags: int, last: list[zmq.Frame | None]) -> list[bytes]:
+def _recv_message(socket: zmq.Socket[bytes], flags: int, last: list[zmq.Frame | None]) -> list[Any]:
     """One whole message; its last frame is left in ``last[0]`` (it knows the
     connection). Cheaper than recv_multipart: a frame's ``more`` flag comes
     with it, where recv_multipart asks ZMQ_RCVMORE per frame."""
@@ -75,18 +76,44 @@ def listen_endpoint(bind: str, port: int) -> str:
     return endpoint(bind, port)
 
 
+@dataclass(frozen=True)
+class LoopHooks:
+    """What the rest of the server does at points of the loop (server/app.py wires them)."""
+
+    #: Answers one request frame (the handler's, wrapped by persistence with a data dir).
+    handle: Callable[[bytes], bytes]
+    #: The largest reply the handler builds: a batch takes no more requests once
+    #: its counted replies reach it.
+    max_reply_bytes: int
+    #: Called with the batch's request count after it was handled and before
+    #: its replies go out (persistence makes writes durable here).
+    before_reply: Callable[[int], None] | None = None
+    #: Called with the batch's request count and the seconds it took so far,
+    #: just before its replies go out (the metrics' latency histogram).
+    after_batch: Callable[[int, float], None] | None = None
+    #: When the socket runs dry, called with the batch's size so far; returns
+    #: how many milliseconds to wait for more requests before answering the
+    #: batch (0: answer now). Persistence under ``fsync always`` gives one so
+    #: that concurrent writers share one fsync.
+    batch_linger: Callable[[int], int] | None = None
+    #: Called about every ``config.sweep_interval_s``, between batches (expiry, compaction).
+    periodic: tuple[Callable[[], object], ...] = ()
+
+
 class Server:
-    """Drives a :class:`Handler` from a ROUTER socket until stopped.
+    """Answers requests from a ROUTER socket until stopped, through its :class:`LoopHooks`.
 
     Args:
-        config: where to listen and how often to sweep expired keys.
-        handler: answers each request.
+        config: where to listen and how often to run the periodic hooks.
+        hooks: the handler and what else runs at points of the loop.
+        output: the large replies queued for peers, and their budgets.
         context: a ZeroMQ context; a new one when omitted.
     """
 
-    def __init__(self, config: ServerConfig, handler: Handler, context: zmq.Context | None = None) -> None:
+    def __init__(self, config: ServerConfig, hooks: LoopHooks, output: OutputQueue,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self.config = config
-        self.handler = handler
+        self.hooks = hooks
         self._context = context or zmq.Context()
         self._own_context = context is None
         self._stop = threading.Event()
@@ -102,22 +129,8 @@ class Server:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.copy_threshold = 0  # a reply sent with copy=False is never copied: it is counted
         #: Large replies queued for peers, and the budgets they are held to.
-        self.output = OutputQueue(config.limits.max_peer_output_bytes, config.limits.max_output_bytes)
-        handler.stats_sections["output"] = self.output.stats
+        self.output = output
         self._last: list[zmq.Frame | None] = [None]
-        #: Called with the batch's request count after it was handled and
-        #: before its replies go out (persistence makes writes durable here).
-        self.before_reply: Callable[[int], None] | None = None
-        #: Called with the batch's request count and the seconds it took so
-        #: far, just before its replies go out (the metrics' latency histogram).
-        self.after_batch: Callable[[int, float], None] | None = None
-        #: When the socket runs dry, called with the batch's size so far; returns
-        #: how many milliseconds to wait for more requests before answering the
-        #: batch (0: answer now). Persistence under ``fsync always`` sets it so
-        #: that concurrent writers share one fsync.
-        self.batch_linger: Callable[[int], int] | None = None
-        #: Called about every ``config.sweep_interval_s``, between batches.
-        self.periodic: list[Callable[[], None]] = [handler.store.sweep]
         self.endpoint = ""
 
     def bind(self) -> str:
@@ -156,7 +169,7 @@ class Server:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + interval_s
-                    for task in self.periodic:
+                    for task in self.hooks.periodic:
                         task()
             # What already arrived is answered, not dropped, for a moment.
             stop_by = time.monotonic() + STOP_DRAIN_S
@@ -164,21 +177,28 @@ class Server:
                 while time.monotonic() < stop_by:
                     self._answer_ready(_recv_message(socket, _NOBLOCK, last))
         finally:
-            output.close()
-            socket.close()
-            if self._own_context:
-                self._context.term()
+            self.close(LINGER_MS)
 
-    def _answer_ready(self, frames: list[bytes]) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket (waiting up to ``linger_ms`` for the last replies to leave); safe twice."""
+        self.output.close()
+        self.socket.close(linger=linger_ms)
+        if self._own_context:
+            self._context.term()
+            self._own_context = False
+
+    def _answer_ready(self, frames: list[Any]) -> None:
         """Answer ``frames`` and every request already waiting behind it as one batch.
 
         At most MAX_BATCH_REQUESTS are taken, for at most MAX_BATCH_S, and
         none once the batch's counted replies reach the reply limit.
         """
-        after_batch = self.after_batch
+        hooks = self.hooks
+        after_batch, batch_linger = hooks.after_batch, hooks.batch_linger
         started = time.perf_counter() if after_batch is not None else 0.0
-        socket, handle, last, output = self.socket, self.handler.handle, self._last, self.output
-        events, tracked_bytes = socket.getsockopt, output.tracked_bytes
+        socket, handle, last, output = self.socket, hooks.handle, self._last, self.output
+        events = cast(Callable[[int], int], socket.getsockopt)
+        tracked_bytes = output.tracked_bytes
         replies: list[list[Any]] = []
         stop_by = 0.0
         while True:
@@ -194,7 +214,7 @@ class Server:
                 large = frames[-1] = LargeReply(body, last[0], len(body) > tracked_bytes)
                 if large.counted:
                     output.pending_bytes += large.size
-                    if output.pending_bytes >= self.handler.max_reply_bytes:
+                    if output.pending_bytes >= hooks.max_reply_bytes:
                         break
             if len(replies) >= MAX_BATCH_REQUESTS:
                 break
@@ -204,7 +224,7 @@ class Server:
             # than one ZMQ_EVENTS call per request. (With a batch_linger the
             # zmq.Again path below decides whether to wait for more.)
             if len(replies) == 1:
-                if self.batch_linger is None and not events(_EVENTS) & _POLLIN:
+                if batch_linger is None and not events(_EVENTS) & _POLLIN:
                     break
                 stop_by = time.perf_counter() + MAX_BATCH_S
             elif time.perf_counter() >= stop_by:
@@ -212,9 +232,9 @@ class Server:
             try:
                 frames = _recv_message(socket, _NOBLOCK, last)
             except zmq.Again:
-                if self.batch_linger is None:
+                if batch_linger is None:
                     break
-                wait_ms = self.batch_linger(len(replies))
+                wait_ms = batch_linger(len(replies))
                 if not wait_ms or not socket.poll(wait_ms, zmq.POLLIN):
                     break
                 # More writers came: take the request that woke us (its own
@@ -223,8 +243,8 @@ class Server:
                     frames = _recv_message(socket, _NOBLOCK, last)
                 except zmq.Again:
                     break
-        if self.before_reply is not None:
-            self.before_reply(len(replies))
+        if hooks.before_reply is not None:
+            hooks.before_reply(len(replies))
         if after_batch is not None:  # before the replies: a client that has its answer sees it counted
             after_batch(len(replies), time.perf_counter() - started)
         send = socket.send
@@ -256,5 +276,5 @@ class Server:
             split = 1
         envelope, body = frames[:split], frames[split:]
         if len(body) != 1:
-            return envelope + [encode_reply(Status.BAD_REQUEST, f"expected one body frame, got {len(body)}")]
-        return envelope + [handle(body[0])]
+            return [*envelope, encode_reply(Status.BAD_REQUEST, f"expected one body frame, got {len(body)}")]
+        return [*envelope, handle(body[0])]

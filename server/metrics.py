@@ -18,8 +18,10 @@ Exported families (all prefixed ``memlookup_``):
 * ``batches_total``; ``keys``; ``keys_with_ttl``; ``expired_keys_total``;
   ``memory_bytes`` (the store's estimate); ``resident_memory_bytes``;
   ``uptime_seconds``;
-* ``persistence_<figure>`` for every number in the handler's
-  ``persistence`` stats section when persistence is on (its lag among them).
+* ``<section>_<figure>`` for every number (and flag, 1 for true) in each
+  extra section of ``stats`` the server has: ``output`` (the output budgets),
+  ``persistence`` (its lag among them), ``memory`` with ``--max-memory``,
+  ``auth``.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
-from server.handler import Handler, _rss_bytes
+from server.handler import Handler, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,9 @@ class BatchLatency:
         self.batches += 1
 
     def cumulative(self) -> list[tuple[str, float]]:
-        running, rows = 0, []
-        for bound, count in zip((*map(str, self.bounds_s), "+Inf"), list(self.counts)):
+        rows: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.bounds_s), "+Inf"), list(self.counts), strict=True):
             running += count
             rows.append((bound, running))
         return rows
@@ -99,10 +104,11 @@ class MetricsCollector:
         yield GaugeMetricFamily("memlookup_memory_bytes", "Estimated bytes held by keys and values.",
                                 value=store.memory_bytes)
         yield GaugeMetricFamily("memlookup_resident_memory_bytes", "Resident memory of the server process.",
-                                value=_rss_bytes())
+                                value=rss_bytes())
         yield GaugeMetricFamily("memlookup_uptime_seconds", "Seconds since the server started.",
                                 value=time.time() - self.started)
-        yield from _section("persistence", handler)
+        for name, section in handler.sections.items():
+            yield from _section(name, section)
 
 
 def _snapshot(counter: dict[str, int]) -> dict[str, int]:
@@ -115,11 +121,8 @@ def _snapshot(counter: dict[str, int]) -> dict[str, int]:
     return {}
 
 
-def _section(name: str, handler: Handler) -> Iterator[Metric]:
+def _section(name: str, section: Callable[[], dict[str, Any]]) -> Iterator[Metric]:
     """Every number in a stats section, as ``memlookup_<name>_<figure>`` gauges."""
-    section = handler.stats_sections.get(name)
-    if section is None:
-        return
     try:
         figures: dict[str, Any] = section()
     except Exception:  # a scrape must never take the server down
@@ -134,19 +137,21 @@ def _section(name: str, handler: Handler) -> Iterator[Metric]:
                                     value=int(value))
 
 
-def serve_metrics(handler: Handler, bind: str, port: int) -> tuple[BatchLatency, int]:
-    """Start the HTTP endpoint (``/metrics``) on a daemon thread.
+def serve_metrics(handler: Handler, latency: BatchLatency, bind: str, port: int) -> WSGIServer:
+    """Start the HTTP endpoint (``/metrics``) on a daemon thread; returns its server
+    (``server_port`` is the port bound, useful with port 0; ``shutdown()`` stops it).
 
-    Returns the latency histogram the loop should feed, and the port bound
-    (useful with port 0).
+    ``latency`` is the histogram the loop feeds (its ``after_batch`` hook).
+
+    Raises:
+        OSError: the port cannot be bound.
     """
-    latency = BatchLatency()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(handler, latency))
     addr = {"*": "0.0.0.0"}.get(bind, bind)
     server, thread = start_http_server(port, addr=addr, registry=registry)
     thread.name = "metrics"
-    return latency, server.server_port
+    return server
 
 
 __all__ = ["BatchLatency", "MetricsCollector", "serve_metrics"]

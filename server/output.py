@@ -12,9 +12,10 @@ or the one with the most when all together hold more than
 ``max_total_bytes``, is disconnected: the server resets a duplicate of the
 connection's TCP descriptor (the one the request came in on, ``ZMQ_SRCFD``),
 so libzmq drops the connection and everything queued for it. The peer's
-next request comes on a new connection, as after any disconnect. Smaller replies are copied into ZeroMQ and not counted: the
-high-water mark bounds them to 1000 per connection (64 MiB; 8 MiB under a
-memory cap). Tracking costs more per reply than copying a small one.
+next request comes on a new connection, as after any disconnect. Smaller
+replies are copied into ZeroMQ and not counted: the high-water mark bounds
+them to 1000 per connection (64 MiB; 8 MiB under a memory cap). Tracking
+costs more per reply than copying a small one.
 
 The socket is a ROUTER with ``ZMQ_ROUTER_MANDATORY``: a reply to a peer whose
 queue is full, or that is gone, raises instead of vanishing, and is counted.
@@ -53,9 +54,9 @@ class LargeReply:
     without a copy and counted until libzmq releases it.
     """
 
-    __slots__ = ("body", "size", "fd", "counted")
+    __slots__ = ("body", "counted", "fd", "size")
 
-    def __init__(self, body: bytes, source: zmq.Frame, counted: bool) -> None:
+    def __init__(self, body: bytes, source: zmq.Frame | None, counted: bool) -> None:
         self.body = body
         self.size = len(body)  # as counted: persistence may still rewrite the body as an error
         #: The TCP descriptor the request came in on (the frame is not kept: it may be large).
@@ -66,7 +67,7 @@ class LargeReply:
 class _Peer:
     """One connection's queued replies: (tracker, bytes), oldest first."""
 
-    __slots__ = ("fd", "queue", "bytes")
+    __slots__ = ("bytes", "fd", "queue")
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
@@ -109,7 +110,7 @@ class OutputQueue:
         """Counted reply bytes the process holds now: built or queued."""
         return self.pending_bytes + self.queued_bytes
 
-    def send(self, socket: zmq.Socket, identity: bytes, reply: LargeReply) -> None:
+    def send(self, socket: zmq.Socket[bytes], identity: bytes, reply: LargeReply) -> None:
         """Send the last frame of a reply whose envelope went out already; count it if it is to be."""
         if not reply.counted:
             socket.send(reply.body, _NOBLOCK)
@@ -156,15 +157,15 @@ class OutputQueue:
         else:
             self._mute(identity)
 
+    def drop(self, reply: Any) -> None:
+        """A reply to a muted peer is not sent; one that was counted no longer is."""
+        self.dropped_replies += 1
+        if isinstance(reply, LargeReply) and reply.counted:
+            self.pending_bytes -= reply.size
+
     @property
     def has_muted(self) -> bool:
         return bool(self._cut)
-
-    def drop(self, reply: Any) -> None:
-        """Drop a reply to a muted peer without sending it (its count, if counted, is given back)."""
-        if isinstance(reply, LargeReply) and reply.counted:
-            self.pending_bytes -= reply.size
-        self.dropped_replies += 1
 
     def muted(self, identity: bytes) -> bool:
         """True for a peer that gets no more replies: disconnected, or one of its replies was dropped."""
@@ -248,10 +249,12 @@ class OutputQueue:
         }
 
 
-def _source_fd(frame: zmq.Frame) -> int:
+def _source_fd(frame: zmq.Frame | None) -> int:
     """The TCP descriptor ``frame`` came in on, or -1."""
+    if frame is None:
+        return -1
     try:
-        return frame.get(zmq.SRCFD)
+        return int(frame.get(zmq.SRCFD))
     except zmq.ZMQError:
         return -1
 

@@ -35,7 +35,7 @@ What the payloads hold (msgpack) depends on the format the magic names:
 end of the file: a header or payload cut short, a tail of zero bytes (what a
 power loss can leave after the file grew), or a last record that is whole
 but fails its checksum (``Scan.torn_whole``; whether that is forgiven
-depends on the fsync policy that wrote it, see server/persistence.py).
+depends on the fsync policy that wrote it, see server/datadir.py).
 Anything else that fails a checksum is *corruption*, and is reported with
 its file and offset.
 """

@@ -1,4 +1,4 @@
-"""Wires access control into a :class:`server.loop.Server` before it binds.
+"""Wires access control into the server's socket before it binds.
 
 Sets CurveZMQ options on the ROUTER socket when the server has a key pair,
 names a ZAP domain so that ZeroMQ consults the handler even for plaintext
@@ -15,8 +15,6 @@ import zmq
 
 from common.keys import load_key_pair
 from server.auth import AccessPolicy
-from server.config import ServerConfig
-from server.loop import Server
 from server.zap import MONITOR_EVENTS, ZapThread
 
 log = logging.getLogger(__name__)
@@ -25,25 +23,23 @@ log = logging.getLogger(__name__)
 ZAP_DOMAIN = b"memlookup"
 
 
-def secure(server: Server, config: ServerConfig, context: zmq.Context) -> ZapThread:
-    """Configure ``server``'s socket and start its ZAP thread; call before ``bind``.
+def secure(socket: zmq.Socket[bytes], policy: AccessPolicy, curve_secret_key: str | None,
+           context: zmq.Context[zmq.Socket[bytes]]) -> ZapThread:
+    """Configure ``socket`` for ``policy`` (CURVE with ``curve_secret_key``) and start its ZAP
+    thread; call before the socket binds.
 
     Raises:
-        ValueError: a key file or the authorized keys directory cannot be read.
+        ValueError: the key file cannot be read.
     """
-    curve = config.curve_secret_key is not None
-    policy = AccessPolicy.build(config.allow, config.insecure_allow_all, curve, config.authorized_keys)
-    socket = server.socket
-    if curve:
-        public, secret = load_key_pair(config.curve_secret_key)  # type: ignore[arg-type]
-        if os.stat(config.curve_secret_key).st_mode & 0o077:  # type: ignore[arg-type]
-            log.warning("%s can be read by other users: chmod 600 it", config.curve_secret_key)
+    if curve_secret_key is not None:
+        public, secret = load_key_pair(curve_secret_key)
+        if os.stat(curve_secret_key).st_mode & 0o077:
+            log.warning("%s can be read by other users: chmod 600 it", curve_secret_key)
         socket.setsockopt(zmq.CURVE_SERVER, 1)
         socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
         socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
     socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
-    monitor = socket.get_monitor_socket(MONITOR_EVENTS) if curve else None
+    monitor = socket.get_monitor_socket(MONITOR_EVENTS) if curve_secret_key is not None else None
     zap = ZapThread(context, policy, monitor)
     zap.start()
-    server.handler.stats_sections["auth"] = lambda: {"curve": curve, **policy.stats()}
     return zap

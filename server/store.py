@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import sys
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from server.glob_match import compile_glob
 
@@ -132,7 +132,7 @@ class Store:
         while position < SCAN_POSITIONS:
             bucket, sub = divmod(position, SUB_BUCKETS)
             entries = self._buckets[bucket]
-            steps: Iterable[tuple[int, Iterable[str]]]
+            steps: Iterable[tuple[int, Collection[str]]]
             if sub == 0 and (len(entries) <= WHOLE_BUCKET_KEYS or deadline is None or match is None or (
                     examined and (clock() - started) / examined * len(entries) < deadline - clock())):
                 steps = ((-1, entries),)  # -1: the whole bucket
@@ -140,7 +140,7 @@ class Store:
                 steps = _sub_buckets(entries, sub)
             position = (bucket + 1) * SUB_BUCKETS
             for step_sub, keys in steps:
-                examined += len(keys)  # type: ignore[arg-type]
+                examined += len(keys)
                 for key in keys:
                     if match is not None and not match(key):
                         continue

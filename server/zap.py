@@ -21,7 +21,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_VERSION = b"1.0"
 
 #: Server-side handshake failures ZAP never hears of, and what they mean.
-HANDSHAKE_FAILURES = {
+HANDSHAKE_FAILURES: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed (a plaintext client, or the wrong server key)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed (a plaintext client, or the wrong server key)",
 }
@@ -41,7 +41,8 @@ class ZapThread(threading.Thread):
     the wrong server key) are reported to the policy from it.
     """
 
-    def __init__(self, context: zmq.Context, policy: AccessPolicy, monitor: zmq.Socket | None = None) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], policy: AccessPolicy,
+                 monitor: zmq.Socket[bytes] | None = None) -> None:
         super().__init__(name="memlookup-zap", daemon=True)
         self.policy = policy
         self._stop_event = threading.Event()

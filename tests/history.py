@@ -386,7 +386,6 @@ class _BatchSender:
             self.curve = CurveKeys.load(workload.server_key, workload.client_key)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket: zmq.Socket[bytes] | None = None
-        self.monitor: zmq.Socket[bytes] | None = None
         self.rids = 0
         #: Unanswered batches, oldest first: (frame, [(op, args)], start).
         self.in_flight: collections.deque[tuple[bytes, list[tuple[str, tuple[Any, ...]]], float]] = collections.deque()
@@ -396,17 +395,13 @@ class _BatchSender:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RECONNECT_IVL, -1)
         if self.curve is not None:
-            self.monitor = self.curve.apply(socket)
+            self.curve.apply(socket)
         socket.connect(self.endpoint)
         self.socket = socket
         return socket
 
     def _close(self) -> None:
         if self.socket is not None:
-            if self.monitor is not None:
-                self.socket.disable_monitor()
-                self.monitor.close(linger=0)
-                self.monitor = None
             self.socket.close(linger=0)
             self.socket = None
 

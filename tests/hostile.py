@@ -17,8 +17,8 @@ def read_status_kib(pid: int, field: str) -> int:
 class RawPeer:
     """A DEALER socket speaking REQ's envelope, so many requests can be in flight."""
 
-    def __init__(self, node: str, context: zmq.Context | None = None, rcvhwm: int = 1000) -> None:
-        self._context = context or zmq.Context.instance()
+    def __init__(self, node: str, context: zmq.Context[zmq.Socket[bytes]] | None = None, rcvhwm: int = 1000) -> None:
+        self._context: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, rcvhwm)

@@ -12,8 +12,8 @@ Needs root and iproute2.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 PREFIX = "mlc"
 BRIDGE = "mlcbr0"
@@ -22,7 +22,7 @@ BRIDGE_ADDRESS = SUBNET_PREFIX + "1"
 NETNS_ETC = Path("/etc/netns")
 
 
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 

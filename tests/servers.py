@@ -15,8 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on tcp://(\[?[^\]\s]*\]?|[^:\s]+):(\d+)")
@@ -110,11 +110,12 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def run_cli(*args: str, input: str | bytes | None = None, timeout_s: float = 30.0,
-            env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
+            env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """Run ``python -m client ARGS``; returns the finished process (text output)."""
     data = input.encode() if isinstance(input, str) else input
     proc = subprocess.run(
@@ -125,12 +126,10 @@ def run_cli(*args: str, input: str | bytes | None = None, timeout_s: float = 30.
         timeout=timeout_s,
         env={**os.environ, **(env or {})},
     )
-    proc.stdout = proc.stdout.decode("utf-8")  # type: ignore[assignment]
-    proc.stderr = proc.stderr.decode("utf-8")  # type: ignore[assignment]
-    return proc
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
-def run_server(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess:
+def run_server(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run ``python -m server ARGS`` expecting it to exit on its own (refusing to start)."""
     return subprocess.run(
         [sys.executable, "-m", "server", "--port", "0", *args],

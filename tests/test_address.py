@@ -24,8 +24,10 @@ def test_accepted_forms(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "tcp://", ":9000", "host:", "host:0", "host:65536", "host:http", "[::1", "[::1]x", "[nothex]:1",
-     "fe80::1:99999"],
+    [
+        "", "tcp://", ":9000", "host:", "host:0", "host:65536", "host:http", "[::1", "[::1]x", "[nothex]:1",
+        "fe80::1:99999",
+    ],
 )
 def test_rejected_forms_say_why(text: str) -> None:
     with pytest.raises(ValueError, match=r"\S"):

@@ -12,7 +12,7 @@ from client import Client
 from tests.servers import ROOT
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess:
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 

@@ -78,14 +78,18 @@ def _shared_by_threads(kind: str, nodes: list[str], results: Any) -> None:
         table: Any = Client(nodes[0], timeout_s=10, retries=0)
     else:
         table = ClusterClient(nodes, replicas=2, timeout_s=10, retries=0)
-    totals = [0, [], []]
+    done = 0
+    errors: list[str] = []
+    wrong: list[str] = []
     lock = threading.Lock()
 
     def run(thread_no: int) -> None:
-        outcome = _hammer(table, thread_no, OPS_PER_THREAD, seed=thread_no)
+        nonlocal done
+        count, thread_errors, thread_wrong = _hammer(table, thread_no, OPS_PER_THREAD, seed=thread_no)
         with lock:
-            for slot, part in enumerate(outcome):
-                totals[slot] += part
+            done += count
+            errors.extend(thread_errors)
+            wrong.extend(thread_wrong)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
     for thread in threads:
@@ -93,7 +97,7 @@ def _shared_by_threads(kind: str, nodes: list[str], results: Any) -> None:
     for thread in threads:
         thread.join()
     table.close()
-    results.put(totals)
+    results.put([done, errors, wrong])
 
 
 def _result_of(child: Any, results: Any, default: Any, timeout_s: float = 100.0) -> Any:
@@ -220,6 +224,7 @@ def _in_forked_child(work: Callable[[], None]) -> int:
     if child.is_alive():
         child.kill()
         child.join()
+    assert child.exitcode is not None  # joined, so it has one
     return child.exitcode
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -100,7 +100,7 @@ def readable_share(table: ClusterClient, expected: dict[str, str]) -> float:
     """Fraction of ``expected`` read back with the right value."""
     keys = list(expected)
     values = table.mget(keys)
-    return sum(1 for key, value in zip(keys, values) if value == expected[key]) / len(keys)
+    return sum(1 for key, value in zip(keys, values, strict=True) if value == expected[key]) / len(keys)
 
 
 def copies_in_place(names: list[str], nodes: Nodes, expected: dict[str, str]) -> float:
@@ -111,7 +111,7 @@ def copies_in_place(names: list[str], nodes: Nodes, expected: dict[str, str]) ->
     for name in names:
         with Client(nodes.node(name), timeout_s=2.0) as direct:
             values = [v for start in range(0, len(keys), BATCH) for v in direct.mget(keys[start:start + BATCH])]
-            held[nodes.node(name)] = dict(zip(keys, values))
+            held[nodes.node(name)] = dict(zip(keys, values, strict=True))
     good = sum(
         1 for key in keys if all(held[owner][key] == expected[key] for owner in placement.owners(key))
     )

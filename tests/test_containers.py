@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.servers import ROOT
+from tests.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
 
@@ -57,19 +57,14 @@ NODES = [name for name in COMPOSE["services"] if name != "client"]
 LOCK = Path("/tmp/memlookup-containers.lock")
 
 
-def run(command: list[str], timeout_s: float = 120, **kwargs: object) -> subprocess.CompletedProcess:
+def run(command: list[str], timeout_s: float = 120, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
-                          stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+                          stdin=subprocess.DEVNULL, env=env)
 
 
-def podman(*args: str) -> subprocess.CompletedProcess:
+def podman(*args: str) -> subprocess.CompletedProcess[str]:
     return run(["podman", *args])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers(port: int) -> bool:
@@ -82,7 +77,9 @@ def wheelhouse_port() -> int:
     found = podman("image", "inspect", BASE_IMAGE, "--format", "{{json .Config.Env}}")
     assert found.returncode == 0, f"no base image {BASE_IMAGE}: run .ci/podman-setup.sh\n{found.stderr}"
     links = next(item for item in json.loads(found.stdout) if item.startswith("PIP_FIND_LINKS="))
-    return int(re.fullmatch(r"PIP_FIND_LINKS=http://127\.0\.0\.1:(\d+)/", links).group(1))  # type: ignore[union-attr]
+    port = re.fullmatch(r"PIP_FIND_LINKS=http://127\.0\.0\.1:(\d+)/", links)
+    assert port is not None, f"unexpected {links}"
+    return int(port.group(1))
 
 
 def download_wheelhouse(folder: Path) -> None:
@@ -168,7 +165,7 @@ class Stack:
     def __init__(self) -> None:
         self.host_port = free_port()
 
-    def compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         profile = ["--profile", "client"] if args[:1] == ("run",) else []
         done = run(["podman-compose", "-p", PROJECT, *profile, *args], timeout_s=timeout_s,
                    env={**os.environ, "MEMLOOKUP_HOST_PORT": str(self.host_port)})
@@ -176,7 +173,7 @@ class Stack:
         done.stdout = done.stdout.replace("\r\n", "\n")
         return done
 
-    def client(self, *args: str) -> subprocess.CompletedProcess:
+    def client(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.compose("run", "--rm", "client", *args)
 
     def up(self) -> None:
@@ -225,7 +222,7 @@ def flat(pairs: dict[str, str]) -> list[str]:
     return [word for pair in pairs.items() for word in pair]
 
 
-def lines(done: subprocess.CompletedProcess) -> list[str]:
+def lines(done: subprocess.CompletedProcess[str]) -> list[str]:
     return done.stdout.splitlines()
 
 

@@ -21,8 +21,9 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -36,21 +37,21 @@ KIND_CONFIG = ROOT / "kind" / "cluster.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 
-def check_compose(path: Path) -> subprocess.CompletedProcess:
+def check_compose(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(path)],
         capture_output=True, text=True, timeout=60,
     )
 
 
-def check_manifests(path: Path) -> subprocess.CompletedProcess:
+def check_manifests(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.37.0", str(path)],
         capture_output=True, text=True, timeout=60,
     )
 
 
-def manifests() -> dict[str, dict]:
+def manifests() -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in yaml.safe_load_all(MANIFESTS.read_text()) if doc}
 
 
@@ -124,10 +125,11 @@ def test_compose_network_addresses_agree():
     assert len(published) == 1 and published[0].startswith("127.0.0.1:")
 
 
-def dockerfile() -> dict[str, list[str] | dict[str, str] | str]:
-    """The Dockerfile's instructions that matter here (continuation lines joined)."""
+def dockerfile() -> dict[str, Any]:
+    """The Dockerfile's instructions that matter here (continuation lines joined): a
+    string, or the list a JSON-form instruction holds; ``ENV`` a dict."""
     text = DOCKERFILE.read_text().replace("\\\n", " ")
-    found: dict = {"ENV": {}}
+    found: dict[str, Any] = {"ENV": {}}
     for line in text.splitlines():
         word, _, rest = line.strip().partition(" ")
         if word == "ENV":
@@ -174,7 +176,7 @@ class Containers:
         self.lab = lab
         self.path = path
         self.volumes = volumes
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def env(self, environment: dict[str, str]) -> dict[str, str]:
         return {**os.environ, "PATH": self.path, "PYTHONPATH": str(ROOT), **environment}
@@ -191,7 +193,7 @@ class Containers:
         ))
 
     def run(self, host: str, command: list[str], environment: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
+            ) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.lab.prefix(host), *command], env=self.env(environment or {}), cwd="/",
                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 

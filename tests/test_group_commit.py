@@ -19,7 +19,7 @@ PEERS = 6
 PAIRS = 150  # per peer: a set and a get of its own key each
 
 
-def _run_peer(node: str, index: int, context: zmq.Context, problems: list[str]) -> None:
+def _run_peer(node: str, index: int, context: zmq.Context[zmq.Socket[bytes]], problems: list[str]) -> None:
     peer = RawPeer(node, context)
     try:
         expected = []

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,20 +100,21 @@ MODES = {
 class Servers:
     """The mode's servers; restarts keep a node's port and data directory.
 
-    ``keys``: the CurveZMQ options for clients (empty without CURVE).
+    ``server_key``, ``client_key``: the CurveZMQ options for clients (None without CURVE).
     """
 
-    def __init__(self, start_server: Callable[..., ServerProcess], mode: Mode, tmp_path: Any) -> None:
+    def __init__(self, start_server: Callable[..., ServerProcess], mode: Mode, tmp_path: Path) -> None:
         self.start_server = start_server
-        self.keys: dict[str, str] = {}
+        self.server_key: str | None = None
+        self.client_key: str | None = None
         secured: list[str] = []
         if mode.curve:
             create_key_pair(tmp_path / "server", "server")
             create_key_pair(tmp_path / "authorized", "worker")
             secured = ["--curve-secret-key", str(tmp_path / "server" / "server.key_secret"),
                        "--authorized-keys", str(tmp_path / "authorized")]
-            self.keys = {"server_key": str(tmp_path / "server" / "server.key"),
-                         "client_key": str(tmp_path / "authorized" / "worker.key_secret")}
+            self.server_key = str(tmp_path / "server" / "server.key")
+            self.client_key = str(tmp_path / "authorized" / "worker.key_secret")
         self.args = [[*mode.args, *secured, *(["--data-dir", str(tmp_path / f"data{i}")] if mode.data_dir else [])]
                      for i in range(mode.nodes)]
         self.servers = [start_server(*args) for args in self.args]
@@ -140,7 +142,8 @@ class Servers:
         self.faults += 1
 
     def client(self, index: int = 0) -> Client:
-        return Client(self.nodes[index], timeout_s=5, retries=2, **self.keys)
+        return Client(self.nodes[index], timeout_s=5, retries=2, server_key=self.server_key,
+                      client_key=self.client_key)
 
 
 def _faults(servers: Servers, mode: Mode, duration_s: float, seed: int) -> Callable[[], None]:
@@ -198,7 +201,8 @@ def test_concurrent_history_passes_the_checker(name, start_server, tmp_path):
     mode = MODES[name]
     servers = Servers(start_server, mode, tmp_path)
     seed = random.randrange(1 << 30)
-    workload = Workload(nodes=servers.nodes, prefix=f"{name}.{seed}", seed=seed, **mode.workload, **servers.keys)
+    workload = Workload(nodes=servers.nodes, prefix=f"{name}.{seed}", seed=seed, server_key=servers.server_key,
+                        client_key=servers.client_key, **mode.workload)
     if LONG:
         workload = replace(workload, duration_s=LONG_SECONDS, max_ops=100_000, registers=12, counters=4)
     stop = threading.Event()

@@ -4,17 +4,19 @@ catch each kind of anomaly (so that a green run of tests/test_history.py means s
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
 from tests.history import FAIL, INFO, OK, History, Op, check, linearizable, split_by_key
 
 
-def op(kind: str, args: tuple, start: float, end: float, result=None, outcome: str = OK, worker: str = "w") -> Op:
+def op(kind: str, args: tuple[Any, ...], start: float, end: float, result: Any = None, outcome: str = OK,
+       worker: str = "w") -> Op:
     return Op(worker, kind, args, start, math.inf if outcome == INFO else end, outcome, result)
 
 
-def anomalies(*ops: Op, **options) -> list[str]:
+def anomalies(*ops: Op, **options: Any) -> list[str]:
     return check(History(list(ops)), **options).anomalies
 
 

@@ -17,7 +17,7 @@ import pytest
 from tests.servers import ROOT
 
 
-def keygen(*args: str) -> subprocess.CompletedProcess:
+def keygen(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "client.keygen", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
 

@@ -7,11 +7,12 @@ import subprocess
 import sys
 import urllib.request
 
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
-from prometheus_client.exposition import generate_latest
 
 from client import Client, InvalidRequestError, NotAnIntegerError
+from common.limits import MAX_PEER_OUTPUT_BYTES
 from server.handler import Handler
 from server.metrics import BatchLatency, MetricsCollector
 from server.store import Store
@@ -21,7 +22,8 @@ from tests.servers import ROOT
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,6 +64,11 @@ def test_scrape_counts_operations_errors_keys_and_latency(start_server):
     assert found[("memlookup_request_duration_seconds_count", ())] == 7
     assert found[("memlookup_request_duration_seconds_bucket", (("le", "+Inf"),))] == 7
     assert found[("memlookup_batches_total", ())] >= 1
+    # Every extra section of stats, as gauges: the output budgets among them.
+    assert found[("memlookup_output_max_peer_output_bytes", ())] == MAX_PEER_OUTPUT_BYTES
+    assert found[("memlookup_output_disconnected_peers", ())] == 0
+    assert found[("memlookup_persistence_enabled", ())] == 0
+    assert found[("memlookup_auth_accepted_connections", ())] >= 1
 
 
 def test_metrics_are_off_by_default_and_a_bad_port_is_refused(start_server):
@@ -71,14 +78,13 @@ def test_metrics_are_off_by_default_and_a_bad_port_is_refused(start_server):
     assert result.returncode == 2 and "metrics port 70000" in result.stderr
 
 
-def run_cli_server(*args: str) -> subprocess.CompletedProcess:
+def run_cli_server(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
 
 
 def test_a_persistence_section_is_exported_when_present():
-    handler = Handler(Store())
-    handler.stats_sections["persistence"] = lambda: {"lag_s": 0.25, "enabled": True, "mode": "always"}
+    handler = Handler(Store(), sections={"persistence": lambda: {"lag_s": 0.25, "enabled": True, "mode": "always"}})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(handler, BatchLatency()))
     found = samples(generate_latest(registry).decode())

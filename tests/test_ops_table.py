@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import Any, TypeVar
 
+import msgpack
 import pytest
 
 from client import AsyncClient, AsyncClusterClient, AsyncPipeline, Client, ClusterClient, Pipeline, Stream, routing
@@ -25,6 +26,11 @@ from client.commands_async import AsyncCommands
 from client.commands_pipeline import PipelineCommands
 from client.requests import NO_MISS, Command, Request
 from common.ops import OPS_TABLE, Kind, Op, Route
+from common.protocol import ProtocolError, Status, check_request, decode_reply
+from server.eviction import NoEviction
+from server.handler import Handler
+from server.memory import MemoryGuard
+from server.store import Store
 from tests.servers import ROOT
 
 T = TypeVar("T")
@@ -55,7 +61,7 @@ class Recorder(Commands):
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> T:
         self.sent.append(command.request(args, options))
-        return None  # type: ignore[return-value]
+        return None  # type: ignore[return-value]  # nothing is sent, so there is no result
 
 
 @pytest.mark.parametrize("client_class", CLIENT_CLASSES, ids=lambda c: c.__name__)
@@ -143,3 +149,90 @@ def test_protocol_md_operation_tables_are_current() -> None:
     result = subprocess.run([sys.executable, "docs/ops_reference.py", "--check"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# -- the server's consumers: decoder, handler, memory guard ------------------------
+
+#: A valid argument of each kind (a new Kind without one here fails these tests), for a table
+#: holding "k" = "1": every write among them makes the table larger, but a delete.
+STORED_SAMPLES: dict[Kind, object] = {
+    Kind.KEY: "k", Kind.VALUE: "a longer value", Kind.KEYS: ["k", "other"], Kind.PAIRS: {"k": "1", "other": "2"},
+    Kind.INT: 41, Kind.PATTERN: "*", Kind.CURSOR: 0, Kind.COUNT: 10, Kind.REQUESTS: [["ping"]],
+}
+#: Where a parameter needs another value than its kind's sample: a cas finds what it expects.
+NAMED_SAMPLES: dict[str, object] = {"expected": "1"}
+
+#: A valid value, and one its check refuses, of each option kind.
+OPTION_SAMPLES: dict[str, tuple[object, object]] = {"ttl": (60, -1), "flag": (False, "yes")}
+
+
+def _request(op: Op, **options: object) -> list[object]:
+    args = [NAMED_SAMPLES.get(param.name, STORED_SAMPLES[param.kind]) for param in op.params]
+    return [op.name, *args, *([options] if options else [])]
+
+
+def _answer(handler: Handler, request: list[object]) -> tuple[int, object]:
+    return decode_reply(handler.handle(msgpack.packb(request)))
+
+
+@pytest.mark.parametrize("op", OPS_TABLE, ids=lambda op: op.name)
+def test_the_handler_answers_every_row_with_a_function_of_its_own(op: Op) -> None:
+    assert callable(getattr(Handler, f"op_{op.name}", None)), f"server/handler.py has no op_{op.name}"
+    handler = Handler(Store())
+    handler.store.set("k", "1")
+    status, payload = _answer(handler, _request(op))
+    assert status == Status.OK, payload
+    assert handler.op_counts[op.name] == 1
+
+
+@pytest.mark.parametrize("op", OPS_TABLE, ids=lambda op: op.name)
+def test_the_decoder_takes_each_rows_arity_and_option_names(op: Op) -> None:
+    request = _request(op)
+    assert check_request(request) == (op.name, request[1:], {})
+    for wrong in (request[:-1], [*request, "extra"]) if op.params else ([*request, "extra"],):
+        with pytest.raises(ProtocolError) as refused:
+            check_request(wrong)
+        assert refused.value.status == Status.WRONG_ARITY
+    for option in op.options:
+        assert check_request(_request(op, **{option.name: OPTION_SAMPLES[option.kind][0]}))[2]
+    others = {option.name for row in OPS_TABLE for option in row.options} - op.allowed_options
+    for name in others | {"colour"}:
+        with pytest.raises(ProtocolError, match=f"{op.name} has no option '{name}'"):
+            check_request(_request(op, **{name: None}))
+
+
+@pytest.mark.parametrize("op", [op for op in OPS_TABLE if op.options], ids=lambda op: op.name)
+def test_each_option_is_checked_by_its_kind_and_a_refused_one_changes_nothing(op: Op) -> None:
+    for option in op.options:
+        handler = Handler(Store())
+        handler.store.set("k", "1")
+        status, message = _answer(handler, _request(op, **{option.name: OPTION_SAMPLES[option.kind][1]}))
+        assert status == Status.BAD_REQUEST and option.name in str(message)
+        assert sorted(handler.store.items()) == [("k", "1", None)]
+        assert _answer(handler, _request(op, **{option.name: OPTION_SAMPLES[option.kind][0]}))[0] == Status.OK
+        if option.excludes:
+            both = {option.name: True, option.excludes: True}
+            status, message = _answer(Handler(Store()), _request(op, **both))
+            assert (status, "exclude each other" in str(message)) == (Status.BAD_REQUEST, True)
+
+
+@pytest.mark.parametrize("op", [op for op in OPS_TABLE if op.writes], ids=lambda op: op.name)
+def test_the_memory_guard_refuses_at_its_limit_every_write_that_stores_something(op: Op) -> None:
+    # What the write adds to the table, uncapped...
+    plain = Handler(Store())
+    plain.store.set("k", "1")
+    before = plain.store.memory_bytes
+    assert _answer(plain, _request(op))[0] == Status.OK
+    grows = plain.store.memory_bytes > before
+    # ...and the same write on a table at its limit (nothing more fits, nothing may be evicted).
+    store = Store()
+    store.set("k", "1")
+    guard = MemoryGuard(store, 10_001 + store.memory_bytes, NoEviction, baseline_bytes=10_000)
+    capped = Handler(store, memory=guard)
+    status, payload = _answer(capped, _request(op))
+    if grows:
+        assert status == Status.OUT_OF_MEMORY, f"{op.name} grew the table but the guard let it through"
+        assert sorted(store.items()) == [("k", "1", None)]
+    else:
+        assert status == Status.OK, payload  # a delete frees memory: never refused
+        assert not any(param.stored for param in op.params)

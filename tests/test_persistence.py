@@ -20,6 +20,7 @@ import pytest
 
 from client import Client
 from common.errors import PersistenceError
+from server.journal import FsyncAlways
 from server.journaled_store import JournaledStore
 from server.persistence import Persistence
 from server.records import JOURNAL_MAGIC, JOURNAL_MAGIC_V1, SNAPSHOT_MAGIC, frame, scan
@@ -54,10 +55,10 @@ def _flip_byte(path: Path, offset: int, mask: int) -> bytes:
     return bytes(data)
 
 
-def _table(server: ServerProcess) -> dict[str, str]:
+def _table(server: ServerProcess) -> dict[str, str | None]:
     with Client(server.node, timeout_s=5.0) as client:
         keys = sorted(client.keys())
-        return dict(zip(keys, client.mget(keys)))
+        return dict(zip(keys, client.mget(keys), strict=True))
 
 
 def _record_offsets(path: Path, magic: bytes) -> list[int]:
@@ -163,7 +164,7 @@ def test_torn_tail_at_every_offset_of_the_last_record_loads_every_complete_one(t
         shutil.copytree(source, data_dir)
         os.truncate(data_dir / "journal.00000001", cut)
         store = JournaledStore()
-        persistence = Persistence(data_dir, "always", store)
+        persistence = Persistence(data_dir, FsyncAlways, store)
         report = persistence.open()
         persistence.close()
         assert {k: v for k, v, _ in store.items()} == complete, f"cut at {cut}"
@@ -525,9 +526,9 @@ def test_leftovers_of_an_interrupted_compaction_are_ignored_and_removed(tmp_path
     # As if a compaction to generation 2 finished its snapshot but died before deleting
     # generation 1, while a later one (3) had only begun its temp file.
     store = JournaledStore()
-    persistence = Persistence(data_dir, "always", store)
+    persistence = Persistence(data_dir, FsyncAlways, store)
     persistence.open()
-    persistence._compact_in_process()
+    persistence.compaction.write_now()
     persistence.close()
     journal.write_bytes(JOURNAL_MAGIC + b"garbage that must never be read")
     (data_dir / "snapshot.00000003.tmp").write_bytes(b"half a snapshot")
@@ -546,7 +547,7 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
 
     rng = random.Random(7)
     now = time.time()
-    entries = []
+    entries: list[tuple[str, str | None, float | None]] = []
     for _ in range(5000):
         key = f"k{rng.randrange(300)}"
         roll = rng.random()
@@ -578,17 +579,12 @@ def test_failed_fsync_under_always_refuses_writes_until_restart_and_reads_keep_w
     import errno
     import threading
 
+    from server.app import build_server
     from server.config import ServerConfig
-    from server.handler import Handler
-    from server.loop import Server
 
-    store = JournaledStore()
-    persistence = Persistence(tmp_path, "always", store)
-    persistence.open()
-    server = Server(ServerConfig(port=0), Handler(store))
-    persistence.attach(server)
-    node = server.bind().replace("tcp://", "")
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    app = build_server(ServerConfig(port=0, data_dir=str(tmp_path), fsync="always"))
+    node = app.server.endpoint.replace("tcp://", "")
+    loop = threading.Thread(target=app.server.serve_forever, daemon=True)
     loop.start()
     try:
         with Client(node, timeout_s=5.0) as client:
@@ -609,9 +605,9 @@ def test_failed_fsync_under_always_refuses_writes_until_restart_and_reads_keep_w
             stats = client.stats()["persistence"]
             assert "fsync of the journal failed" in stats["broken"] and stats["failed_batches"] == 2
     finally:
-        server.stop()
+        app.server.stop()
         loop.join(5)
-        persistence.close()
+        app.close()
     restarted = _start(tmp_path)
     try:
         assert _table(restarted) == {"kept": "1"}

@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ KEYS_PER_WRITER = 12
 COMPACT_AFTER_BYTES = "16384"
 
 
-def _writer(node: str, wid: int, round_no: int, stop: threading.Event, history: list, seed: int) -> None:
+def _writer(node: str, wid: int, round_no: int, stop: threading.Event, history: list[list[Any]], seed: int) -> None:
     """Set or delete this writer's keys until the server dies; log every attempt, mark acknowledged ones."""
     rng = random.Random(seed)
     with Client(node, timeout_s=0.3, retries=0) as client:
@@ -48,9 +49,9 @@ def _writer(node: str, wid: int, round_no: int, stop: threading.Event, history: 
             n += 1
 
 
-def _allowed(known: dict[str, str | None], history: list) -> dict[str, set]:
+def _allowed(known: dict[str, str | None], history: list[list[Any]]) -> dict[str, set[str | None]]:
     """For each key, the values a restart may show: the last acknowledged state, or later attempts."""
-    allowed: dict[str, set] = {key: {value} for key, value in known.items()}
+    allowed: dict[str, set[str | None]] = {key: {value} for key, value in known.items()}
     for key, value, acked in history:
         if acked:
             allowed[key] = {value}
@@ -69,7 +70,7 @@ def _rounds(tmp_path, policy: str, rounds: int, seed: int) -> None:
     server = ServerProcess(args)
     try:
         for round_no in range(rounds):
-            histories: list[list] = [[] for _ in range(WRITERS)]
+            histories: list[list[list[Any]]] = [[] for _ in range(WRITERS)]
             stop = threading.Event()
             threads = [
                 threading.Thread(target=_writer, args=(server.node, w, round_no, stop, histories[w], rng.random()))
@@ -88,7 +89,7 @@ def _rounds(tmp_path, policy: str, rounds: int, seed: int) -> None:
 
             server = ServerProcess(args)  # the next round writes to this one
             with Client(server.node, timeout_s=5.0) as client:
-                found = dict(zip(keys, client.mget(keys)))
+                found = dict(zip(keys, client.mget(keys), strict=True))
                 stray = set(client.keys()) - set(keys)
             assert not stray, f"round {round_no}: keys nobody wrote: {sorted(stray)[:5]}"
             for key in keys:

@@ -23,8 +23,8 @@ import zmq
 
 from client import Client
 from common.protocol import encode_batch, encode_request
-from server.handler import RECENT_REPLIES
 from server.records import frame
+from server.replies import RECENT_REPLIES
 from tests.servers import ServerProcess
 from tests.test_retry import DropFirstReplyProxy
 
@@ -175,7 +175,8 @@ def test_a_data_dir_of_the_first_format_loads_and_from_then_on_keeps_request_ids
     server = _start(data_dir, "--fsync", "always")
     try:
         with Client(server.node, timeout_s=5.0) as client:
-            assert dict(zip("abcn", client.mget(list("abcn")))) == {"a": "1", "b": None, "c": "3", "n": "10"}
+            found = dict(zip("abcn", client.mget(list("abcn")), strict=True))
+            assert found == {"a": "1", "b": None, "c": "3", "n": "10"}
             assert 990 < client.ttl("c") <= 1000
         lost = _send(server.node, frame_)
         _crash(server)

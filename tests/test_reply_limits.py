@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from common.limits import Limits
 from common.protocol import Status, decode_reply, encode_batch, encode_request
+from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
 from server.memory import MemoryGuard
 from server.output import OutputQueue
@@ -14,7 +17,7 @@ from server.store import Store
 KIB = 1024
 
 
-def call(handler: Handler, op: str, *args, **options):
+def call(handler: Handler, op: str, *args: Any, **options: Any) -> tuple[int, Any]:
     return decode_reply(handler.handle(encode_request(op, *args, options=options or None)))
 
 
@@ -63,12 +66,10 @@ def test_a_batch_shares_the_limit_and_what_no_longer_fits_is_not_run(limited):
 
 
 def _capped(policy: str) -> tuple[Handler, MemoryGuard, OutputQueue]:
-    handler = Handler(Store())
-    guard = MemoryGuard(handler.store, 8 * 1024 * KIB, policy, baseline_bytes=0)
-    guard.install(handler)
+    store = Store()
     output = OutputQueue(1 << 30, 1 << 30)
-    guard.count_output(handler, output)
-    return handler, guard, output
+    guard = MemoryGuard(store, 8 * 1024 * KIB, EVICTION_POLICIES[policy], output, baseline_bytes=0)
+    return Handler(store, memory=guard), guard, output
 
 
 def test_under_a_cap_a_full_table_still_answers_a_reply_of_the_largest_size():

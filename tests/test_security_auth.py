@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -25,7 +26,7 @@ def keys(tmp_path):
     """A server pair, an authorized client (alice) and a stranger (mallory)."""
     server_public, server_secret = create_key_pair(tmp_path / "server", "server")
     authorized = tmp_path / "authorized"
-    alice_public, alice_secret = create_key_pair(authorized, "alice")
+    _, alice_secret = create_key_pair(authorized, "alice")
     mallory_public, mallory_secret = create_key_pair(tmp_path / "other", "mallory")
     return {
         "server": str(server_public), "server_secret": str(server_secret), "authorized": str(authorized),
@@ -38,7 +39,7 @@ def curve_server(start_server, keys):
     return start_server("--curve-secret-key", keys["server_secret"], "--authorized-keys", keys["authorized"])
 
 
-def _fails_within(call, retries: int) -> tuple[BaseException, float]:
+def _fails_within(call: Callable[[], object], retries: int) -> tuple[BaseException, float]:
     started = time.monotonic()
     with pytest.raises(NodeUnavailableError) as caught:
         call()
@@ -76,7 +77,8 @@ def test_unknown_key_is_refused_within_the_timeout_while_alice_keeps_working(cur
     with pytest.raises(AuthenticationError):
         mallory.set("shared", "mallory was here")
     assert alice.get("shared") == "after"
-    alice.close(), mallory.close()
+    alice.close()
+    mallory.close()
 
 
 def test_no_client_key_is_refused(curve_server, keys, make_client):
@@ -89,7 +91,7 @@ def test_no_client_key_is_refused(curve_server, keys, make_client):
 
 def test_a_plaintext_client_gets_no_reply_and_the_server_logs_it(curve_server, keys):
     plain = Client(curve_server.node, timeout_s=TIMEOUT_S, retries=1)
-    error, waited = _fails_within(lambda: plain.ping(), retries=1)
+    _, waited = _fails_within(lambda: plain.ping(), retries=1)
     assert waited < TIMEOUT_S * 2 + 0.5
     assert curve_server.wait_for_log("handshake failed")
     with Client(curve_server.node, timeout_s=2, server_key=keys["server"], client_key=keys["alice"]) as alice:
@@ -135,7 +137,7 @@ def test_keygen_writes_a_private_secret_and_refuses_to_overwrite(tmp_path):
     import subprocess
     import sys
 
-    def keygen(*args):
+    def keygen(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "client.keygen", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 
@@ -156,7 +158,7 @@ def test_bad_security_settings_stop_the_server_with_a_message(tmp_path, keys):
     import subprocess
     import sys
 
-    def server(*args):
+    def server(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "server", "--port", "0", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
 

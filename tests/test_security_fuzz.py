@@ -11,13 +11,13 @@ import random
 import time
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pytest
-
 from client import Client
-from common.protocol import WRITE_OPS, ProtocolError, decode_reply, decode_request, encode_request
+from common.ops import WRITE_OPS
+from common.protocol import ProtocolError, decode_reply, decode_request, encode_request
 from server.handler import Handler
 from server.store import Store
 from tests.hostile import RawPeer
@@ -31,7 +31,13 @@ VALID = [
 ]
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.sampled_from(['get', 'set', 'mget', 'mset', 'keys', 'incr', 'cas']) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.sampled_from(["get", "set", "mget", "mset", "keys", "incr", "cas"])
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=5), children, max_size=5),
     max_leaves=20,
 )
@@ -44,7 +50,8 @@ def _mutate(rng: random.Random, frame: bytes) -> bytes:
         if choice < 0.4 and data:
             data[rng.randrange(len(data))] = rng.randrange(256)
         elif choice < 0.6:
-            data.insert(rng.randrange(len(data) + 1), rng.choice((0xDC, 0xDD, 0xDE, 0xDF, 0xDB, 0xC1, rng.randrange(256))))
+            at = rng.randrange(len(data) + 1)
+            data.insert(at, rng.choice((0xDC, 0xDD, 0xDE, 0xDF, 0xDB, 0xC1, rng.randrange(256))))
         elif choice < 0.8 and data:
             del data[rng.randrange(len(data)):]
         else:

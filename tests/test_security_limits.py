@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def tight(start_server):
         yield table
 
 
-def _too_large(call) -> None:
+def _too_large(call: Callable[[], object]) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         call()
     assert caught.value.code == Status.TOO_LARGE

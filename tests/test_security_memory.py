@@ -142,18 +142,16 @@ def test_a_bad_size_is_a_usage_error():
 
 def _handler_with_guard(policy: str, keys_that_fit: int):
     from common.protocol import encode_request
+    from server.eviction import EVICTION_POLICIES
     from server.handler import Handler
     from server.memory import MemoryGuard
     from server.store import Store
 
     store = Store()
-    handler = Handler(store)
-    probe = MemoryGuard(Store(), 1 << 40, policy, baseline_bytes=0)
-    probe_handler = Handler(probe.store)
-    probe.install(probe_handler)
-    probe_handler.handle(encode_request("set", "k00", "x" * 100))
-    guard = MemoryGuard(store, probe.used_bytes * keys_that_fit + 50, policy, baseline_bytes=0)
-    guard.install(handler)
+    probe = MemoryGuard(Store(), 1 << 40, EVICTION_POLICIES[policy], baseline_bytes=0)
+    Handler(probe.store, memory=probe).handle(encode_request("set", "k00", "x" * 100))
+    guard = MemoryGuard(store, probe.used_bytes * keys_that_fit + 50, EVICTION_POLICIES[policy], baseline_bytes=0)
+    handler = Handler(store, memory=guard)
 
     def call(op, *args, **options):
         return msgpack.unpackb(handler.handle(encode_request(op, *args, options=options or None)))
@@ -194,6 +192,22 @@ def test_a_write_bigger_than_the_whole_limit_is_refused_without_evicting_anythin
     status, message = call("set", "huge", "x" * guard.max_memory_bytes)
     assert status == 6 and message.startswith("out of memory")
     assert len(store) == 5 and guard.evicted_keys == 0
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "noeviction"])
+def test_at_the_limit_a_bad_write_gets_its_own_error_and_evicts_nothing(policy):
+    # The memory check comes after every argument and option check (docs/PROTOCOL.md 4.4).
+    store, guard, call = _handler_with_guard(policy, keys_that_fit=5)
+    for name in "abcde":
+        call("set", f"k{name}0", "x" * 100)
+    assert call("set", "kf0", "x" * 100)[0] == (0 if policy == "allkeys-lru" else 6)  # full: room is made or not
+    keys, evicted = sorted(store.scan(0, "*", 100)[1]), guard.evicted_keys
+    for request, status in [(("set", "new", "x" * 100, {"ttl_s": -1}), 1), (("set", 5, "x" * 100), 1),
+                            (("set", "new", "x" * 100, {"nx": True, "xx": True}), 1), (("incr", "new", 1.5), 1),
+                            (("mset", {"a": "x" * 100, "b": 7}), 1), (("cas", "new", 5, "x"), 1)]:
+        reply = call(*request[:-1], **request[-1]) if isinstance(request[-1], dict) else call(*request)
+        assert reply[0] == status, (request, reply)
+    assert sorted(store.scan(0, "*", 100)[1]) == keys and guard.evicted_keys == evicted
 
 
 def test_evictions_are_made_durable_with_a_data_dir(start_server, tmp_path):

@@ -7,7 +7,7 @@ namespace on 10.78.0.1 (bridge ``mlsbr0``), listening on every interface.
 from __future__ import annotations
 
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +22,7 @@ HOST_VETH, PEER_VETH = "mlsv0", "mlsv1"
 SERVER_IP, PEER_IP = "10.78.0.1", "10.78.0.2"
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
@@ -55,7 +55,7 @@ def peer_namespace() -> Iterator[list[str]]:
         _teardown()
 
 
-def _remote(prefix: list[str], port: int, *args: str, keys: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def _remote(prefix: list[str], port: int, *args: str, keys: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     return run_cli("--timeout", "0.5", "--retries", "1", *keys, f"{SERVER_IP}:{port}", *args, prefix=prefix)
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 
 import msgpack
-import zmq
-
 import pytest
+import zmq
 
 from client import Client
 from common.errors import InvalidRequestError
 from common.protocol import Status, decode_reply, encode_batch, encode_request
 from tests.hostile import RawPeer, read_status_kib
+from tests.servers import ServerProcess
 
 MIB = 1024 * 1024
 CAP_BYTES = 64 * MIB
@@ -35,11 +35,11 @@ def capped(start_server):
     return server
 
 
-def _peak_bytes(server) -> int:
+def _peak_bytes(server: ServerProcess) -> int:
     return read_status_kib(server.proc.pid, "VmHWM") * 1024
 
 
-def _answers_ping(server) -> bool:
+def _answers_ping(server: ServerProcess) -> bool:
     with Client(server.node, timeout_s=5, retries=0) as table:
         return table.ping()
 
@@ -139,7 +139,7 @@ def test_a_peer_whose_queue_overflows_never_gets_replies_out_of_order(start_serv
             peer.send(encode_request("get", f"k{i % 100}"))
         with Client(server.node, timeout_s=5.0, retries=0) as other:
             deadline = time.monotonic() + 60
-            while not (dropped := other.stats()["output"]["dropped_replies"]):  # our queue is full
+            while not other.stats()["output"]["dropped_replies"]:  # our queue is full
                 assert time.monotonic() < deadline, "the test never filled the peer's queue"
                 time.sleep(0.01)
         replies = []  # read while the server still answers the rest: room opens in our queue

@@ -44,7 +44,7 @@ def test_200_clients_each_get_an_answer_or_a_clean_timeout_and_memory_stays_boun
             table.close()
 
     def rounds(table: Client) -> None:
-        for round_ in range(ROUNDS):
+        for _ in range(ROUNDS):
             began = time.monotonic()
             try:
                 table.mset({f"shared:{i}": value for i in range(KEYS)})

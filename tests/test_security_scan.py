@@ -88,7 +88,7 @@ def test_a_batch_of_five_scans_does_not_hold_up_a_ping(filled):
                 peer.send(encode_batch([encode_request("keys", SEARCHED, cursors[i], KEYS) for i in live]))
                 status, replies = decode_reply(peer.recv(60))
                 assert status == Status.OK
-                for i, (item_status, (cursor, keys)) in zip(live, replies):
+                for i, (item_status, (cursor, keys)) in zip(live, replies, strict=True):
                     assert item_status == Status.OK
                     cursors[i], finished[i] = cursor, cursor == 0
                     pages[i] += keys

@@ -30,7 +30,7 @@ def test_stop_signal_answers_requests_in_flight_and_exits_0_within_a_second(star
         time.sleep(0.05)
         stopped = time.monotonic()
         server.signal(signum)
-        replies = []
+        replies: list[tuple[int, object]] = []
         while len(replies) < 10 and sock.poll(3000):
             replies.append(decode_reply(sock.recv_multipart()[-1]))
         assert replies == [(0, True)] * 10

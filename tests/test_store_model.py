@@ -62,7 +62,7 @@ class StoreModel(RuleBasedStateMachine):
             result = self.store.incr(key, delta)
         except NotAnInteger:
             valid = current is None or (current.lstrip("-").isdigit() and current.isascii())
-            assert not valid or abs(int(current) + delta) > INT64_MAX
+            assert not valid or abs(int(current or 0) + delta) > INT64_MAX
             return
         base = 0 if current is None else int(current)
         assert result == base + delta
@@ -93,7 +93,9 @@ class StoreModel(RuleBasedStateMachine):
         elif self.model[key][1] is None:
             assert self.store.ttl(key) == -1
         else:
-            assert self.store.ttl(key) == pytest.approx(self.model[key][1] - self.clock.now)
+            deadline = self.model[key][1]
+            assert deadline is not None
+            assert self.store.ttl(key) == pytest.approx(deadline - self.clock.now)
 
     @invariant()
     def scan_returns_exactly_the_live_keys(self):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from server.store import BUCKETS, SCAN_POSITIONS, SUB_BUCKETS, WHOLE_BUCKET_KEYS, Store
 
 KEYS = 40 * BUCKETS  # about 40 per bucket: every bucket is scanned in sub-buckets
 
 
-def _scan_in_steps(store: Store, pattern: str, between_pages) -> list[str]:
+def _scan_in_steps(store: Store, pattern: str, between_pages: Callable[[], None]) -> list[str]:
     """One step per page (the deadline has always passed); ``between_pages`` changes the table."""
     found, cursor, pages = [], 0, 0
     while True:

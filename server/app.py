@@ -1,0 +1,182 @@
+"""The server assembled in one place: every part built from the config and wired through explicit hooks.
+
+:func:`build_server` makes the parts in this order, each given what it works
+with in its constructor (nothing overwrites another's attributes):
+
+1. the store and the write replies remembered by request id;
+2. with ``--data-dir``, persistence, which loads both (server/persistence.py);
+3. the output budgets (server/output.py), and with ``--max-memory`` the
+   memory guard, which counts them (server/memory.py);
+4. the access policy (server/auth.py);
+5. the handler, with the guard's hooks and every extra ``stats`` section;
+6. the loop's hooks: the handler (wrapped by persistence), persistence's
+   batch hooks, the metrics' latency histogram, the periodic sweeps;
+7. the loop and its socket, then CURVE and ZAP on it (server/security.py),
+   the bind, and the metrics endpoint.
+
+Whatever must be released (the data directory's lock and journal, the
+ZeroMQ context and sockets, the ZAP thread, the metrics endpoint) goes on one
+``ExitStack`` as it is made: a failure at any step, or the end of serving,
+releases exactly what was made, newest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from common import __version__
+from server.auth import AccessPolicy
+from server.config import ServerConfig
+from server.datadir import RecoveryError
+from server.eviction import EVICTION_POLICIES
+from server.handler import Handler
+from server.journal import FSYNC_POLICIES
+from server.journaled_store import JournaledStore
+from server.loop import LoopHooks, Server
+from server.memory import cap_memory
+from server.output import OutputQueue
+from server.persistence import Persistence, in_memory_stats
+from server.replies import RememberedReplies
+from server.security import secure
+from server.store import Store
+
+#: The start-up lines are the server's own (``server: ... listening on``), as operators and tests read them.
+log = logging.getLogger("server")
+
+
+class StartupError(Exception):
+    """The server cannot start; the message says why (``python -m server`` logs it and exits 1)."""
+
+
+class App:
+    """A built server: serve it once, then close it (or use it as a context manager)."""
+
+    def __init__(self, server: Server, handler: Handler, persistence: Persistence | None, policy: AccessPolicy,
+                 where: str, stack: contextlib.ExitStack) -> None:
+        self.server = server
+        self.handler = handler
+        self.persistence = persistence
+        self._policy = policy
+        self._where = where
+        self._stack = stack
+
+    def serve_forever(self) -> None:
+        """Answer requests until SIGTERM or SIGINT (or :meth:`Server.stop`)."""
+        self.server.install_signal_handlers()
+        log.info("%s", self._policy.describe())
+        log.info("memlookup %s listening on %s (%s)", __version__, self.server.endpoint, self._where)
+        self.server.serve_forever()
+
+    def close(self) -> None:
+        """Release every part, newest first (the journal is fsynced, the data dir unlocked)."""
+        self._stack.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def build_server(config: ServerConfig) -> App:
+    """Every part of a server for ``config``, bound and ready to serve.
+
+    Raises:
+        StartupError: the data directory cannot be loaded, a key file or the
+            authorized keys cannot be read, the memory limit is below what the
+            empty server needs, or the address or the metrics port cannot be
+            bound. Whatever was made is released first.
+    """
+    stack = contextlib.ExitStack()
+    try:
+        return _build(config, stack)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
+    limits = config.limits
+    replies = RememberedReplies()
+    persistence: Persistence | None = None
+    store: Store
+    if config.data_dir is None:
+        store = Store()
+        where = "in memory"
+    else:
+        store = journaled = JournaledStore()
+        persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
+                                  config.compact_after_bytes, config.repair)
+        try:
+            report = persistence.open()
+        except RecoveryError as exc:
+            raise StartupError(str(exc)) from None
+        stack.callback(persistence.close)
+        for line in report.repaired:
+            log.warning("repaired: %s", line)
+        log.info("loaded %d keys from %d journal records in %.2f s", report.keys, report.records, report.load_s)
+        where = f"data dir {config.data_dir}, fsync {config.fsync}"
+
+    output = OutputQueue(limits.max_peer_output_bytes, limits.max_output_bytes)
+    try:
+        guard = cap_memory(store, config.max_memory_bytes, EVICTION_POLICIES[config.eviction], output)
+        policy = AccessPolicy.build(config.allow, config.insecure_allow_all, config.curve_secret_key is not None,
+                                    config.authorized_keys)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "output": output.stats,
+        "persistence": persistence.stats if persistence is not None else in_memory_stats,
+    }
+    if guard is not None:
+        sections["memory"] = guard.stats
+    sections["auth"] = policy.stats
+    handler = Handler(store, limits, replies, guard, sections)
+
+    latency = None
+    if config.metrics_port:
+        from server.metrics import BatchLatency  # prometheus_client is imported only when metrics are on
+
+        latency = BatchLatency()
+    hooks = LoopHooks(
+        handle=persistence.durable(handler.handle) if persistence is not None else handler.handle,
+        max_reply_bytes=handler.max_reply_bytes,
+        before_reply=persistence.before_reply if persistence is not None else None,
+        after_batch=latency.observe if latency is not None else None,
+        batch_linger=persistence.batch_linger if persistence is not None and persistence.fsync.syncs_each_batch
+        else None,
+        periodic=(store.sweep, persistence.periodic) if persistence is not None else (store.sweep,),
+    )
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stack.callback(context.term)
+    server = Server(config, hooks, output, context)
+    stack.callback(server.close)
+    try:
+        zap = secure(server.socket, policy, config.curve_secret_key, context)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    stack.callback(zap.stop)
+    try:
+        server.bind()
+    except (zmq.ZMQError, ValueError) as exc:  # address in use, bad interface
+        raise StartupError(f"cannot listen on {config.bind} port {config.port}: {exc}") from None
+
+    if latency is not None:
+        from server.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(handler, latency, config.bind, config.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {config.bind} port {config.metrics_port}: {exc}") from None
+        stack.callback(metrics.server_close)
+        stack.callback(metrics.shutdown)
+        log.info("metrics on http://%s:%d/metrics", config.bind, metrics.server_port)
+    return App(server, handler, persistence, policy, where, stack)

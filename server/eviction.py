@@ -1,0 +1,155 @@
+"""Eviction policies: what the memory cap (server/memory.py) does when a write does not fit.
+
+``--eviction`` names one of :data:`EVICTION_POLICIES`:
+
+``noeviction`` (:class:`NoEviction`)
+    nothing is evicted: the write is refused with ``OUT_OF_MEMORY``
+    (``error: out of memory``); reads and deletes still work, as in Redis.
+``allkeys-lru`` (:class:`AllKeysLru`)
+    the least recently used keys are removed until the write fits. Recency is
+    exact: every key an operation names is moved to the end of an ordered
+    dict after it ran (about 100 bytes per key, counted in the limit), or
+    dropped from it if the key is gone. Keys nobody touched since the server
+    started are evicted first.
+``volatile-ttl`` (:class:`VolatileTtl`)
+    keys with a TTL are removed, nearest deadline first; with none left,
+    writes are refused as under ``noeviction``.
+
+Which keys an operation names comes from its row in :mod:`common.ops`: its
+KEY, KEYS and PAIRS parameters.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from common.ops import Kind, Op
+from server.store import Store
+
+if TYPE_CHECKING:
+    from server.handler import ArgsHook
+
+#: What tracking one key's recency costs under allkeys-lru (ordered dict node
+#: and slot), measured with ``tests/test_security_memory.py``.
+LRU_ENTRY_BYTES = 100
+
+
+class EvictionPolicy:
+    """Chooses the keys to remove when a write does not fit; the base refuses (evicts nothing)."""
+
+    #: The ``--eviction`` name.
+    name: ClassVar[str]
+    #: Bookkeeping bytes per key, counted in the limit.
+    entry_bytes: ClassVar[int] = 0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def evict_one(self) -> bool:
+        """Remove one key; False if there is none this policy may remove."""
+        return False
+
+    @property
+    def bookkeeping_bytes(self) -> int:
+        """What the policy's own records take now, as the limit counts it."""
+        return 0
+
+    def used(self, op: Op) -> ArgsHook | None:
+        """What to note after ``op`` ran (called with its checked arguments), if anything."""
+        return None
+
+
+class NoEviction(EvictionPolicy):
+    name = "noeviction"
+
+
+class VolatileTtl(EvictionPolicy):
+    name = "volatile-ttl"
+
+    def evict_one(self) -> bool:
+        key = self.store.soonest_expiring()
+        if key is None:
+            return False
+        self.store.delete(key)
+        return True
+
+
+class AllKeysLru(EvictionPolicy):
+    name = "allkeys-lru"
+    entry_bytes = LRU_ENTRY_BYTES
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self._recency: OrderedDict[str, None] = OrderedDict()
+        self._scan_cursor = 0
+
+    @property
+    def bookkeeping_bytes(self) -> int:
+        return len(self._recency) * LRU_ENTRY_BYTES
+
+    def evict_one(self) -> bool:
+        store, recency = self.store, self._recency
+        # Keys untouched since start (loaded from disk) are older than any tracked one.
+        if len(store) > len(recency) and self._evict_untracked():
+            return True
+        while recency:
+            key, _ = recency.popitem(last=False)
+            if store.delete(key):
+                return True
+        return self._evict_untracked()
+
+    def _evict_untracked(self) -> bool:
+        recency, store = self._recency, self.store
+        for _ in range(2):  # the rest of this pass over the buckets, then the start of the next
+            cursor, keys = store.scan(self._scan_cursor, "*", 64)
+            self._scan_cursor = cursor
+            for key in keys:
+                if key not in recency:
+                    store.delete(key)
+                    return True
+            if cursor == 0 and not keys and len(store) == 0:
+                return False
+        return False
+
+    def used(self, op: Op) -> ArgsHook | None:
+        """Every key ``op`` names is noted as just used if it exists after the op, and forgotten if not
+        (reads of keys found, every write but a delete, and deletes)."""
+        named = tuple((index, param.kind) for index, param in enumerate(op.params)
+                      if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS))
+        if not named:
+            return None
+        seen = self._seen
+
+        def note(args: list[Any]) -> None:
+            for index, kind in named:
+                if kind is Kind.KEY:
+                    seen(args[index])
+                else:
+                    for key in args[index]:
+                        seen(key)
+
+        return note
+
+    def _seen(self, key: str) -> None:
+        recency = self._recency
+        if self.store.get(key) is None:
+            recency.pop(key, None)
+            return
+        try:
+            recency.move_to_end(key)
+        except KeyError:
+            recency[key] = None
+            if len(recency) > 2 * len(self.store) + 1024:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop recency entries of keys that expired or were deleted meanwhile."""
+        get = self.store.get
+        self._recency = OrderedDict((key, None) for key in self._recency if get(key) is not None)
+
+
+#: Every policy by its ``--eviction`` name, in the order ``--help`` lists them.
+EVICTION_POLICIES: dict[str, type[EvictionPolicy]] = {
+    policy.name: policy for policy in (NoEviction, AllKeysLru, VolatileTtl)
+}
