@@ -103,7 +103,7 @@ class Connection(Generic[S]):
     def _open(self) -> S:
         try:
             # Looked up again by every new socket: a node recreated under the same name has a new address.
-            address = resolve_endpoint(self.endpoint)
+            address = resolve_endpoint(self.endpoint, self.timeout_s)
         except ValueError as exc:
             raise NodeUnavailableError(f"{self.label}: {exc}", node=self.label) from None
         socket = self._new_socket()

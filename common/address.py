@@ -11,7 +11,10 @@ node that is down, not a mistake in the command.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
+import os
+import threading
 from collections.abc import Iterable
 
 #: The port a server listens on and a client dials when none is given.
@@ -63,24 +66,63 @@ def split_node(node: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def resolve(host: str) -> list[str]:
+def resolve(host: str, timeout_s: float | None = None) -> list[str]:
     """All addresses ``host`` resolves to, IPv4 first, without duplicates.
 
+    With ``timeout_s``, a lookup that has not finished by then counts as a name
+    that does not resolve. A resolver that drops a query (aardvark-dns, the
+    DNS of podman's networks, drops queries while it reloads because a
+    container was created or removed; Kubernetes' DNS has its own UDP races)
+    leaves glibc waiting its own timeout, 5 s a try and several tries, far
+    past a call's. The lookup goes on in the background, and a later lookup
+    of the same name waits for it rather than starting another.
+
     Raises:
-        ValueError: the name does not resolve.
+        ValueError: the name does not resolve (within ``timeout_s``).
     """
+    future = _lookup(host)
+    try:
+        return future.result(timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise ValueError(f"cannot resolve {host!r}: no answer from the resolver within {timeout_s:g} s") from None
+
+
+def _lookup(host: str) -> concurrent.futures.Future[list[str]]:
+    """The lookup of ``host`` under way, or a new one in a thread of its own."""
+    with _LOOKUPS_LOCK:
+        future = _LOOKUPS.get(host)
+        if future is None:
+            future = _LOOKUPS[host] = concurrent.futures.Future()
+            threading.Thread(target=_run_lookup, args=(host, future), name=f"lookup {host}", daemon=True).start()
+    return future
+
+
+def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None:
     import socket  # only names need it; a one-shot CLI with an IP address starts faster
 
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
-    seen: dict[str, int] = {}
-    for family, _, _, _, sockaddr in infos:
-        address = sockaddr[0]
-        if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, which cannot dial it
-            seen.setdefault(address, 0 if family == socket.AF_INET else 1)
-    return sorted(seen, key=seen.__getitem__)
+        future.set_exception(ValueError(f"cannot resolve {host!r}: {exc.strerror}"))
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        seen: dict[str, int] = {}
+        for family, _, _, _, sockaddr in infos:
+            address = sockaddr[0]
+            if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, cannot dial it
+                seen.setdefault(address, 0 if family == socket.AF_INET else 1)
+        future.set_result(sorted(seen, key=seen.__getitem__))
+    finally:
+        with _LOOKUPS_LOCK:
+            _LOOKUPS.pop(host, None)
+
+
+#: Lookups under way, by name (one at a time per name, however many callers wait).
+_LOOKUPS: dict[str, concurrent.futures.Future[list[str]]] = {}
+_LOOKUPS_LOCK = threading.Lock()
+# A forked child has none of its parent's lookup threads: it starts its own.
+os.register_at_fork(after_in_child=_LOOKUPS.clear)
 
 
 def endpoint(host: str, port: int) -> str:
@@ -90,16 +132,16 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def _addresses(host: str) -> list[str]:
+def _addresses(host: str, timeout_s: float | None = None) -> list[str]:
     """``[host]`` for an IP address, else every address the name resolves to now.
 
     Raises:
-        ValueError: the name does not resolve.
+        ValueError: the name does not resolve (within ``timeout_s``).
     """
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return resolve(host)
+        return resolve(host, timeout_s)
     return [host]
 
 
@@ -113,17 +155,19 @@ def node_endpoints(node: str, default_port: int = DEFAULT_PORT) -> list[str]:
     return [endpoint(address, port) for address in _addresses(host)]
 
 
-def resolve_endpoint(zmq_endpoint: str) -> str:
+def resolve_endpoint(zmq_endpoint: str, timeout_s: float | None = None) -> str:
     """``tcp://host:port`` with a host name replaced by its first address now (IPv4 first).
 
     Called each time a client opens a connection, so a node whose address
-    changed under the same name is found at its new one.
+    changed under the same name is found at its new one; ``timeout_s`` is the
+    client's, so that a resolver that does not answer delays a call no more
+    than a node that does not answer (:func:`resolve`).
 
     Raises:
-        ValueError: the name does not resolve (now).
+        ValueError: the name does not resolve (now, within ``timeout_s``).
     """
     host, port = split_node(zmq_endpoint)
-    return endpoint(_addresses(host)[0], port)
+    return endpoint(_addresses(host, timeout_s)[0], port)
 
 
 def expand_nodes(nodes: str | Iterable[str], default_port: int = DEFAULT_PORT) -> list[str]:

@@ -152,3 +152,43 @@ def test_a_name_is_looked_up_again_after_a_failure_and_finds_the_new_address(
     serve(start_server, "127.0.0.4", port, "third")
     client.name("127.0.0.4")
     assert client.get() == "third"
+
+
+#: A client in a mount namespace whose resolver is ``argv[1]``'s resolv.conf: two pings, each's outcome and time.
+_PATIENT_CLIENT = """
+import sys, time
+from client import Client, NodeUnavailableError
+with Client("slowname:7400", timeout_s=0.5, retries=1) as table:
+    for _ in range(2):
+        started = time.monotonic()
+        try:
+            table.ping()
+        except NodeUnavailableError as exc:
+            print(f"{time.monotonic() - started:.2f}", exc, flush=True)
+"""
+
+
+def test_a_resolver_that_does_not_answer_delays_a_call_no_more_than_its_timeout(tmp_path: Path) -> None:
+    """As aardvark-dns (podman's network DNS) does while it reloads for a container created or removed:
+    the query is dropped, and glibc would wait its own timeout (here its defaults, 5 s a try, 2 tries)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # reads queries, never answers
+        silent.bind(("127.0.0.9", 53))
+        resolv = tmp_path / "resolv.conf"
+        resolv.write_text("nameserver 127.0.0.9\noptions timeout:5 attempts:2\n")
+        hosts = tmp_path / "hosts"
+        hosts.write_text("127.0.0.1 localhost\n")
+        done = subprocess.run(
+            ["unshare", "--mount", "sh", "-c",
+             'mount --bind "$0" /etc/resolv.conf && mount --bind "$1" /etc/hosts && exec "$2" -c "$3"',
+             str(resolv), str(hosts), sys.executable, _PATIENT_CLIENT],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        silent.settimeout(0)
+        assert silent.recv(512)  # the query did come
+    calls = [line.split(" ", 1) for line in done.stdout.splitlines()]
+    assert len(calls) == 2
+    for took_s, error in calls:
+        assert "cannot resolve 'slowname': no answer from the resolver within 0.5 s" in error
+        assert float(took_s) < 2.0  # (retries + 1) x timeout_s with slack; the resolver alone would take 10 s
