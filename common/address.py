@@ -69,22 +69,28 @@ def split_node(node: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
 def resolve(host: str, timeout_s: float | None = None) -> list[str]:
     """All addresses ``host`` resolves to, IPv4 first, without duplicates.
 
-    With ``timeout_s``, a lookup that has not finished by then counts as a name
-    that does not resolve. A resolver that drops a query (aardvark-dns, the
-    DNS of podman's networks, drops queries while it reloads because a
-    container was created or removed; Kubernetes' DNS has its own UDP races)
-    leaves glibc waiting its own timeout, 5 s a try and several tries, far
-    past a call's. The lookup goes on in the background, and a later lookup
-    of the same name waits for it rather than starting another.
+    With ``timeout_s``, a lookup that has not finished by then gives the
+    name's last answer, or counts as a name that does not resolve when there
+    was none. A resolver that drops a query (aardvark-dns, the DNS of
+    podman's networks, drops queries while it reloads because a container was
+    created or removed; Kubernetes' DNS has its own UDP races) leaves glibc
+    waiting its own timeout, 5 s a try and several tries, far past a call's.
+    The lookup goes on in the background, and a later lookup of the same name
+    waits for it rather than starting another. A name the resolver says does
+    not exist has no last answer any more (a stopped container is a node
+    down, not its old address).
 
     Raises:
-        ValueError: the name does not resolve (within ``timeout_s``).
+        ValueError: the name does not resolve (within ``timeout_s``, with no earlier answer).
     """
     future = _lookup(host)
     try:
         return future.result(timeout_s)
     except concurrent.futures.TimeoutError:
-        raise ValueError(f"cannot resolve {host!r}: no answer from the resolver within {timeout_s:g} s") from None
+        last = _LAST_ANSWERS.get(host)
+        if last is None:
+            raise ValueError(f"cannot resolve {host!r}: no answer from the resolver within {timeout_s:g} s") from None
+        return last
 
 
 def _lookup(host: str) -> concurrent.futures.Future[list[str]]:
@@ -103,23 +109,37 @@ def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        future.set_exception(ValueError(f"cannot resolve {host!r}: {exc.strerror}"))
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        seen: dict[str, int] = {}
-        for family, _, _, _, sockaddr in infos:
-            address = sockaddr[0]
-            if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, cannot dial it
-                seen.setdefault(address, 0 if family == socket.AF_INET else 1)
-        future.set_result(sorted(seen, key=seen.__getitem__))
-    finally:
         with _LOOKUPS_LOCK:
             _LOOKUPS.pop(host, None)
+            if exc.errno != socket.EAI_AGAIN:  # the resolver answered: no such name
+                _LAST_ANSWERS.pop(host, None)
+            last = _LAST_ANSWERS.get(host)
+        if last is None:
+            future.set_exception(ValueError(f"cannot resolve {host!r}: {exc.strerror}"))
+        else:  # the resolver did not answer (glibc gave up on it first)
+            future.set_result(last)
+        return
+    except BaseException as exc:
+        with _LOOKUPS_LOCK:
+            _LOOKUPS.pop(host, None)
+        future.set_exception(exc)
+        return
+    seen: dict[str, int] = {}
+    for family, _, _, _, sockaddr in infos:
+        address = sockaddr[0]
+        if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, which cannot dial it
+            seen.setdefault(address, 0 if family == socket.AF_INET else 1)
+    addresses = sorted(seen, key=seen.__getitem__)
+    with _LOOKUPS_LOCK:
+        _LOOKUPS.pop(host, None)
+        _LAST_ANSWERS[host] = addresses
+    future.set_result(addresses)
 
 
 #: Lookups under way, by name (one at a time per name, however many callers wait).
 _LOOKUPS: dict[str, concurrent.futures.Future[list[str]]] = {}
+#: Each name's last answer, given when the resolver does not answer in time.
+_LAST_ANSWERS: dict[str, list[str]] = {}
 _LOOKUPS_LOCK = threading.Lock()
 # A forked child has none of its parent's lookup threads: it starts its own.
 os.register_at_fork(after_in_child=_LOOKUPS.clear)
