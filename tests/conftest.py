@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests import awaited
+from tests.containers import image, machine, wheelhouse  # noqa: F401 (session fixtures: one image build)
 from tests.servers import ServerProcess
 
 
