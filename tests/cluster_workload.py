@@ -16,7 +16,7 @@ at the stop, every key is read once more (the *final* read).
 Run as a program (``python -m tests.cluster_workload --nodes n1,n2,n3``, in a
 container on the cluster's network, since only that network resolves the
 nodes' names) it is driven through its standard input, one command a line
-(``begin LABEL``, ``end LABEL``, ``holdings NODES``, ``stop``), and answers
+(``begin LABEL``, ``end LABEL``, ``stop``), and answers
 each with one JSON line; :class:`RecorderProcess` is that driver. It needs
 only what the memlookup image holds: no pytest here.
 
@@ -311,21 +311,6 @@ class Recorder:
             changes[index] = Change(label, changes[index].start, now)
         return now
 
-    def holdings(self, nodes: Iterable[str]) -> dict[str, list[int]]:
-        """Which static keys (by index) each node holds itself, read from it directly (a node that does
-        not answer: none)."""
-        keys = self.spec.static
-        held: dict[str, list[int]] = {}
-        for node in nodes:
-            with Client(node, timeout_s=2.0, retries=1) as direct:
-                try:
-                    values = [value for first in range(0, len(keys), 500)
-                              for value in direct.mget(keys[first:first + 500])]
-                except NodeUnavailableError:
-                    values = [None] * len(keys)
-            held[node] = [index for index, value in enumerate(values) if value is not None]
-        return held
-
     def stop(self, final_attempts_s: float = 30.0) -> History:
         """Stop the workers, read every key once more (until the cluster answers), and return the history."""
         self._stopping.set()
@@ -365,8 +350,6 @@ def _serve(recorder: Recorder, commands: IO[str], answers: IO[str]) -> None:
             answer({"begun": rest, "at": recorder.begin(rest)})
         elif word == "end":
             answer({"ended": rest, "at": recorder.end(rest)})
-        elif word == "holdings":
-            answer({"holdings": recorder.holdings(rest.split(","))})
         elif word == "stop":
             break
         else:
@@ -431,10 +414,6 @@ class RecorderProcess:
 
     def end(self, label: str) -> None:
         self._ask(f"end {label}")
-
-    def holdings(self, nodes: Iterable[str]) -> dict[str, set[int]]:
-        held = self._ask("holdings " + ",".join(nodes))["holdings"]
-        return {node: set(indexes) for node, indexes in held.items()}
 
     def stop(self) -> History:
         history = History.from_json(self._ask("stop", timeout_s=180.0)["history"])
