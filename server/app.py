@@ -32,6 +32,7 @@ import zmq
 
 from common import __version__
 from server.auth import AccessPolicy
+from server.clock import HybridLogicalClock
 from server.config import ServerConfig
 from server.datadir import RecoveryError
 from server.eviction import EVICTION_POLICIES
@@ -107,11 +108,12 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     replies = RememberedReplies()
     persistence: Persistence | None = None
     store: Store
+    hlc = HybridLogicalClock(config.node_name)
     if config.data_dir is None:
-        store = Store()
+        store = Store(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         where = "in memory"
     else:
-        store = journaled = JournaledStore()
+        store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
         try:
@@ -138,7 +140,13 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    handler = Handler(store, limits, replies, guard, sections)
+    server: Server | None = None
+
+    def node() -> dict[str, Any]:
+        port = server.endpoint.rsplit(":", 1)[-1] if server is not None else str(config.port)
+        return {"name": config.node_name, "address": f"{config.node_name}:{port}", "state": "ready", "epoch": 0}
+
+    handler = Handler(store, limits, replies, guard, sections, node=node)
 
     latency = None
     if config.metrics_port:

@@ -7,7 +7,9 @@ shows all three for every setting.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import socket
 from dataclasses import dataclass, field
 
 from common import __version__, limits
@@ -18,6 +20,7 @@ from server.eviction import EVICTION_POLICIES
 from server.journal import FSYNC_POLICIES
 from server.memory import parse_bytes
 from server.snapshot import COMPACT_AFTER_BYTES
+from server.store import TOMBSTONE_GRACE_S
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -65,6 +68,9 @@ class ServerConfig:
     fsync: str = "everysec"
     repair: bool = False
     compact_after_bytes: int = COMPACT_AFTER_BYTES
+    # Versions and tombstones (server/clock.py, server/store.py)
+    node_name: str = field(default_factory=socket.gethostname)
+    tombstone_grace_s: float = TOMBSTONE_GRACE_S
 
 
 def _env(name: str, default: object) -> object:
@@ -151,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --data-dir: if a data file is corrupt, keep the valid part before the "
                              "damage, drop the rest and say how much, instead of refusing to start "
                              "(env MEMLOOKUP_REPAIR=1, default: off)")
+    parser.add_argument("--node-name", default=_env("MEMLOOKUP_NODE_NAME", None), metavar="NAME",
+                        help="this node's name, which survives restarts (a compose service or StatefulSet pod "
+                        "name): it names the versions of the writes this node applies, and the node in a "
+                        "cluster (env MEMLOOKUP_NODE_NAME, default: the host name)")
+    add("--tombstone-grace-s", "MEMLOOKUP_TOMBSTONE_GRACE_S", TOMBSTONE_GRACE_S,
+        "seconds a delete's tombstone is kept, so that a replica that missed the delete cannot bring the "
+        "key back (Cassandra's gc_grace_seconds); a node away for longer must not rejoin with its old data",
+        type=float, metavar="S")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -186,6 +200,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             fsync=str(args.fsync).lower(),
             repair=bool(args.repair),
             compact_after_bytes=int(args.compact_after_bytes),
+            node_name=str(args.node_name or socket.gethostname()),
+            tombstone_grace_s=float(args.tombstone_grace_s),
         )
     except ValueError as exc:
         parser.error(f"bad setting: {exc}")
@@ -207,6 +223,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
     if config.compact_after_bytes < 1:
         parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
+    if not config.node_name or len(config.node_name.encode("utf-8", "surrogatepass")) > limits.MAX_NODE_NAME_BYTES:
+        parser.error(f"node name must be 1 to {limits.MAX_NODE_NAME_BYTES} bytes, not {config.node_name!r}")
+    if not (math.isfinite(config.tombstone_grace_s) and config.tombstone_grace_s > 0):
+        parser.error(f"tombstone-grace-s must be a number of seconds above 0, not {config.tombstone_grace_s}")
     for name, value in vars(config.limits).items():
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")
