@@ -15,6 +15,7 @@ import concurrent.futures
 import ipaddress
 import os
 import threading
+import time
 from collections.abc import Iterable
 
 #: The port a server listens on and a client dials when none is given.
@@ -75,10 +76,12 @@ def resolve(host: str, timeout_s: float | None = None) -> list[str]:
     podman's networks, drops queries while it reloads because a container was
     created or removed; Kubernetes' DNS has its own UDP races) leaves glibc
     waiting its own timeout, 5 s a try and several tries, far past a call's.
-    The lookup goes on in the background, and a later lookup of the same name
-    waits for it rather than starting another. A name the resolver says does
-    not exist has no last answer any more (a stopped container is a node
-    down, not its old address).
+    The lookup goes on in the background; a later lookup of the same name
+    waits for it rather than starting another, unless it has been waiting
+    for :data:`LOOKUP_AGAIN_S` (the resolver may be back, and glibc would
+    wait out its timeouts before asking again). A name the resolver says
+    does not exist has no last answer any more (a stopped container is a
+    node down, not its old address).
 
     Raises:
         ValueError: the name does not resolve (within ``timeout_s``, with no earlier answer).
@@ -96,11 +99,19 @@ def resolve(host: str, timeout_s: float | None = None) -> list[str]:
 def _lookup(host: str) -> concurrent.futures.Future[list[str]]:
     """The lookup of ``host`` under way, or a new one in a thread of its own."""
     with _LOOKUPS_LOCK:
-        future = _LOOKUPS.get(host)
-        if future is None:
-            future = _LOOKUPS[host] = concurrent.futures.Future()
+        started, future = _LOOKUPS.get(host, (0.0, None))
+        now = time.monotonic()
+        if future is None or now - started > LOOKUP_AGAIN_S:
+            future = concurrent.futures.Future()
+            _LOOKUPS[host] = (now, future)
             threading.Thread(target=_run_lookup, args=(host, future), name=f"lookup {host}", daemon=True).start()
     return future
+
+
+def _done(host: str, future: concurrent.futures.Future[list[str]]) -> None:
+    """Forget the lookup ``future`` of ``host`` if it is still the latest (call with the lock held)."""
+    if _LOOKUPS.get(host, (0.0, None))[1] is future:
+        del _LOOKUPS[host]
 
 
 def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None:
@@ -110,7 +121,7 @@ def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         with _LOOKUPS_LOCK:
-            _LOOKUPS.pop(host, None)
+            _done(host, future)
             if exc.errno != socket.EAI_AGAIN:  # the resolver answered: no such name
                 _LAST_ANSWERS.pop(host, None)
             last = _LAST_ANSWERS.get(host)
@@ -121,7 +132,7 @@ def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None
         return
     except BaseException as exc:
         with _LOOKUPS_LOCK:
-            _LOOKUPS.pop(host, None)
+            _done(host, future)
         future.set_exception(exc)
         return
     seen: dict[str, int] = {}
@@ -131,13 +142,15 @@ def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None
             seen.setdefault(address, 0 if family == socket.AF_INET else 1)
     addresses = sorted(seen, key=seen.__getitem__)
     with _LOOKUPS_LOCK:
-        _LOOKUPS.pop(host, None)
+        _done(host, future)
         _LAST_ANSWERS[host] = addresses
     future.set_result(addresses)
 
 
-#: Lookups under way, by name (one at a time per name, however many callers wait).
-_LOOKUPS: dict[str, concurrent.futures.Future[list[str]]] = {}
+#: After this long unanswered, a lookup of a name is started again beside the one under way.
+LOOKUP_AGAIN_S = 1.0
+#: The latest lookup under way of each name, with when it started (``time.monotonic``).
+_LOOKUPS: dict[str, tuple[float, concurrent.futures.Future[list[str]]]] = {}
 #: Each name's last answer, given when the resolver does not answer in time.
 _LAST_ANSWERS: dict[str, list[str]] = {}
 _LOOKUPS_LOCK = threading.Lock()

@@ -20,7 +20,7 @@ import pytest
 
 from client import Client, ClusterClient, NodeUnavailableError
 from client.placement import Placement
-from common.address import expand_nodes
+from common.address import LOOKUP_AGAIN_S, expand_nodes
 from tests.servers import ROOT, ServerProcess, run_cli
 
 GONE = "nosuchnode.invalid"  # .invalid never resolves (RFC 2606)
@@ -214,6 +214,7 @@ def test_a_resolver_that_does_not_answer_delays_a_call_no_more_than_its_timeout(
         silent.bind(("127.0.0.9", 53))
         never = PatientClient(resolv, hosts, f"slowname:{port}")
         known = PatientClient(resolv, hosts, f"known:{port}")
+        later = PatientClient(resolv, hosts, f"later:{port}")
         try:
             for took_s, answer in (never.ping(), never.ping()):
                 assert "cannot resolve 'slowname': no answer from the resolver within 0.5 s" in answer
@@ -225,8 +226,18 @@ def test_a_resolver_that_does_not_answer_delays_a_call_no_more_than_its_timeout(
             known.send("close")
             took_s, answer = known.ping()
             assert answer == "True" and took_s < 2.0
+
+            # The resolver comes back (here: the name is in the hosts file) while the first lookup still waits.
+            assert "no answer from the resolver" in later.ping()[1]
+            with hosts.open("r+") as rewritten:
+                rewritten.truncate()
+                rewritten.write("127.0.0.1 localhost\n127.0.0.1 later\n")
+            time.sleep(LOOKUP_AGAIN_S)
+            later.send("close")
+            assert later.ping()[1] == "True"  # looked up again, not waiting on the first lookup's 10 s
         finally:
             never.close()
             known.close()
+            later.close()
         silent.settimeout(0)
         assert silent.recv(512)  # the queries did come
