@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from client.routing import DEAD_FOR_S
 from tests.netlab import NetLab, build_lab
 from tests.servers import ROOT
 
@@ -95,6 +96,8 @@ def test_statefulset_has_volumes_probes_requests_and_matching_services():
     assert container["readinessProbe"]["exec"]["command"] and container["livenessProbe"]["exec"]["command"]
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # A rolling update waits until clients use a restarted pod again before taking the next one down.
+    assert sts["spec"]["minReadySeconds"] > DEAD_FOR_S
     hpa = manifests()["HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == sts["metadata"]["name"]
     # The kind cluster publishes the client Service's node port on the host.
