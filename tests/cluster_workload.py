@@ -16,7 +16,7 @@ at the stop, every key is read once more (the *final* read).
 Run as a program (``python -m tests.cluster_workload --nodes n1,n2,n3``, in a
 container on the cluster's network, since only that network resolves the
 nodes' names) it is driven through its standard input, one command a line
-(``begin LABEL``, ``end LABEL``, ``stop``), and answers
+(``begin LABEL``, ``reach NODE``, ``end LABEL``, ``stop``), and answers
 each with one JSON line; :class:`RecorderProcess` is that driver. It needs
 only what the memlookup image holds: no pytest here.
 
@@ -311,6 +311,22 @@ class Recorder:
             changes[index] = Change(label, changes[index].start, now)
         return now
 
+    def reach(self, node: str, timeout_s: float = 120.0) -> float:
+        """Wait until this process reaches ``node`` by its name (a new connection answers a ping), and
+        return how long that took. Name lookups are shared by the process's clients (common.address),
+        so the workers' client then finds the node too."""
+        started = time.monotonic()
+        with Client(node, timeout_s=0.5, retries=0) as fresh:
+            while True:
+                try:
+                    fresh.ping()
+                    return time.monotonic() - started
+                except NodeUnavailableError:
+                    if time.monotonic() - started > timeout_s:
+                        raise
+                    fresh.close()
+                    time.sleep(0.2)
+
     def stop(self, final_attempts_s: float = 30.0) -> History:
         """Stop the workers, read every key once more (until the cluster answers), and return the history."""
         self._stopping.set()
@@ -348,6 +364,8 @@ def _serve(recorder: Recorder, commands: IO[str], answers: IO[str]) -> None:
         word, _, rest = line.strip().partition(" ")
         if word == "begin":
             answer({"begun": rest, "at": recorder.begin(rest)})
+        elif word == "reach":
+            answer({"reached": rest, "after_s": recorder.reach(rest)})
         elif word == "end":
             answer({"ended": rest, "at": recorder.end(rest)})
         elif word == "stop":
@@ -414,6 +432,11 @@ class RecorderProcess:
 
     def end(self, label: str) -> None:
         self._ask(f"end {label}")
+
+    def reach(self, node: str) -> float:
+        """Seconds until the recorder reached ``node`` by its name (:meth:`Recorder.reach`)."""
+        after_s: float = self._ask(f"reach {node}", timeout_s=180.0)["after_s"]
+        return after_s
 
     def stop(self) -> History:
         history = History.from_json(self._ask("stop", timeout_s=180.0)["history"])

@@ -207,4 +207,7 @@ class Stack:
                 time.sleep(0.3)
 
     def down(self) -> None:
+        """Remove the containers and the data volumes: also a volume podman made by itself, unlabelled,
+        for a service started alone, which ``down -v`` leaves (its data would be the next run's)."""
         self.compose("down", "-v", "--remove-orphans", "-t", "5")
+        podman("volume", "rm", "--force", *(f"{PROJECT}_{volume}" for volume in COMPOSE["volumes"]))

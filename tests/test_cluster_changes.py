@@ -10,7 +10,16 @@ One compose project serves the module (each scenario uses keys of its own).
 * A node stopped, so that it misses writes and deletes, then started again
   with its old volume.
 * A rolling restart: each node recreated in turn (a new container, a new
-  address, the same name and volume).
+  address, the same name and volume). The next node goes only when the
+  recorder has reached the last one by its name and clients have had time
+  to use it again (``AFTER_S``), as a rollout waits for each pod to be
+  ready (and ``minReadySeconds``, kind/memlookup.yaml). podman's network DNS
+  (aardvark-dns) answers nothing for 25 to 35 s after a container is
+  recreated, so that is how long clients need to learn the new address (the
+  nodes that kept theirs are reached at their last answer, common/address.py).
+
+Every anomaly the checker knows must be absent: no key unreadable at any
+moment, none lost, no delete undone, no older value read outside a change.
 
 Each test prints its figures (``pytest -s -m containers
 tests/test_cluster_changes.py``); docs/CLUSTER.md ("Consistency, as
@@ -35,10 +44,11 @@ from tests.servers import ROOT
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
 
 RECORDER = f"{PROJECT}-recorder"
-#: How long the workload runs before a change, and between changes.
+#: How long the workload runs before a change (and a node stays away).
 STEADY_S = 4.0
-#: How long it runs after a change: long enough for clients to try again a node they found down
-#: during it, so that reads reach what it came back with (judged strictly: no older value).
+#: How long it runs after a change, and between two nodes of a rolling restart: long enough for clients
+#: to try again a node they found down (they skip it for DEAD_FOR_S), so that reads reach what it came
+#: back with, and the next node down does not leave a key they share with no owner in use.
 AFTER_S = DEAD_FOR_S + STEADY_S
 
 
@@ -72,16 +82,6 @@ def recording(prefix: str) -> Iterator[RecorderProcess]:
         podman("rm", "-f", "-t", "0", RECORDER)
 
 
-def without(report: Report, *kinds: str) -> dict[str, int]:
-    """The report's counts but ``kinds``: what these clients cannot avoid yet (printed, not asserted).
-
-    Keys carry no versions and a node that comes back does not catch up on what it missed (issue 10): it
-    answers with older values and deleted keys as the first owner, and a key written while it was away
-    has one copy, which the next node recreated in a rolling restart takes away for a while.
-    """
-    return {kind: count for kind, count in report.counts().items() if kind not in kinds}
-
-
 def judged(history: History, title: str, request: pytest.FixtureRequest, tmp_path: Path) -> Report:
     """The checker's report, printed with its figures; the history kept in a file for a closer look."""
     report = check(history)
@@ -100,13 +100,14 @@ def test_a_node_that_missed_writes_and_deletes_returns_with_its_old_volume(clust
         time.sleep(2 * STEADY_S)  # the writers go on: node2 misses sets and deletes of its keys
         assert cluster.compose("start", "node2").returncode == 0
         cluster.wait_healthy(["node2"])
+        recorder.reach("node2")
         recorder.end("node2 away")
         time.sleep(AFTER_S)
         history = recorder.stop()
     report = judged(history, "node2 stopped, then started with its old volume", request, tmp_path)
     assert report.figures["writes acknowledged during 'node2 away'"] > 0
-    avoided = without(report, "resurrected", "stale", "lost")
-    assert avoided == dict.fromkeys(avoided, 0), report.summary()
+    counts = report.counts()
+    assert counts == dict.fromkeys(counts, 0), report.summary()
 
 
 def test_a_rolling_restart_gives_every_node_a_new_address_and_hides_no_key(cluster: Stack, request, tmp_path):
@@ -116,11 +117,11 @@ def test_a_rolling_restart_gives_every_node_a_new_address_and_hides_no_key(clust
             before = cluster.address(node)
             recorder.begin(f"recreate {node}")
             cluster.recreate(node)
+            recorder.reach(node)  # as a rollout waits for the pod to be ready: here, found by its name
             recorder.end(f"recreate {node}")
             assert cluster.address(node) != before
-            time.sleep(STEADY_S / 2)
-        time.sleep(AFTER_S)
+            time.sleep(AFTER_S)
         history = recorder.stop()
     report = judged(history, "rolling restart: node1, node2, node3 recreated in turn", request, tmp_path)
-    avoided = without(report, "unreadable", "resurrected", "stale", "lost")
-    assert avoided == dict.fromkeys(avoided, 0), report.summary()
+    counts = report.counts()
+    assert counts == dict.fromkeys(counts, 0), report.summary()
