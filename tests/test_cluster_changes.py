@@ -61,7 +61,7 @@ def cluster(image: str) -> Iterator[Stack]:
         stack.up()
         yield stack
     finally:
-        podman("rm", "-f", "-t", "0", RECORDER)
+        podman("rm", "-f", "-v", "-t", "0", RECORDER)
         stack.down()
         assert stack.containers() == []
 
@@ -69,7 +69,7 @@ def cluster(image: str) -> Iterator[Stack]:
 @contextmanager
 def recording(prefix: str) -> Iterator[RecorderProcess]:
     """The recorder running (its static keys written, its workers started) on the compose network."""
-    podman("rm", "-f", "-t", "0", RECORDER)
+    podman("rm", "-f", "-v", "-t", "0", RECORDER)
     recorder = RecorderProcess([
         "podman", "run", "--rm", "-i", "--name", RECORDER, "--network", NETWORK,
         "-v", f"{ROOT}:/src:ro", "-w", "/src", "-e", "PYTHONPATH=/src", "-e", "PYTHONDONTWRITEBYTECODE=1",
@@ -79,7 +79,7 @@ def recording(prefix: str) -> Iterator[RecorderProcess]:
         yield recorder
     finally:
         recorder.kill()
-        podman("rm", "-f", "-t", "0", RECORDER)
+        podman("rm", "-f", "-v", "-t", "0", RECORDER)
 
 
 def judged(history: History, title: str, request: pytest.FixtureRequest, tmp_path: Path) -> Report:
