@@ -11,7 +11,6 @@ node that is down, not a mistake in the command.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import os
 import threading
@@ -86,71 +85,72 @@ def resolve(host: str, timeout_s: float | None = None) -> list[str]:
     Raises:
         ValueError: the name does not resolve (within ``timeout_s``, with no earlier answer).
     """
-    future = _lookup(host)
-    try:
-        return future.result(timeout_s)
-    except concurrent.futures.TimeoutError:
+    lookup = _lookup(host)
+    if not lookup.done.wait(timeout_s):
         last = _LAST_ANSWERS.get(host)
         if last is None:
-            raise ValueError(f"cannot resolve {host!r}: no answer from the resolver within {timeout_s:g} s") from None
+            raise ValueError(f"cannot resolve {host!r}: no answer from the resolver within {timeout_s:g} s")
         return last
+    if lookup.addresses is None:
+        raise ValueError(f"cannot resolve {host!r}: {lookup.error}")
+    return lookup.addresses
 
 
-def _lookup(host: str) -> concurrent.futures.Future[list[str]]:
-    """The lookup of ``host`` under way, or a new one in a thread of its own."""
-    with _LOOKUPS_LOCK:
-        started, future = _LOOKUPS.get(host, (0.0, None))
-        now = time.monotonic()
-        if future is None or now - started > LOOKUP_AGAIN_S:
-            future = concurrent.futures.Future()
-            _LOOKUPS[host] = (now, future)
-            threading.Thread(target=_run_lookup, args=(host, future), name=f"lookup {host}", daemon=True).start()
-    return future
+class _Lookup:
+    """One lookup of a name, in a thread of its own; ``addresses`` or ``error`` once ``done`` is set."""
 
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.started = time.monotonic()
+        self.done = threading.Event()
+        self.addresses: list[str] | None = None
+        self.error = ""
+        threading.Thread(target=self._run, name=f"lookup {host}", daemon=True).start()
 
-def _done(host: str, future: concurrent.futures.Future[list[str]]) -> None:
-    """Forget the lookup ``future`` of ``host`` if it is still the latest (call with the lock held)."""
-    if _LOOKUPS.get(host, (0.0, None))[1] is future:
-        del _LOOKUPS[host]
+    def _run(self) -> None:
+        import socket  # only names need it; a one-shot CLI with an IP address starts faster
 
-
-def _run_lookup(host: str, future: concurrent.futures.Future[list[str]]) -> None:
-    import socket  # only names need it; a one-shot CLI with an IP address starts faster
-
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
+        try:
+            infos = socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:  # gaierror, or a name IDNA cannot encode
+            with _LOOKUPS_LOCK:
+                self._forget()
+                if not (isinstance(exc, socket.gaierror) and exc.errno == socket.EAI_AGAIN):
+                    _LAST_ANSWERS.pop(self.host, None)  # the resolver answered: no such name
+                # Else the resolver did not answer (glibc gave up on it first): the last answer stands.
+                self.addresses = _LAST_ANSWERS.get(self.host)
+            self.error = getattr(exc, "strerror", None) or str(exc)
+            self.done.set()
+            return
+        seen: dict[str, int] = {}
+        for family, _, _, _, sockaddr in infos:
+            address = sockaddr[0]
+            if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, cannot dial it
+                seen.setdefault(address, 0 if family == socket.AF_INET else 1)
         with _LOOKUPS_LOCK:
-            _done(host, future)
-            if exc.errno != socket.EAI_AGAIN:  # the resolver answered: no such name
-                _LAST_ANSWERS.pop(host, None)
-            last = _LAST_ANSWERS.get(host)
-        if last is None:
-            future.set_exception(ValueError(f"cannot resolve {host!r}: {exc.strerror}"))
-        else:  # the resolver did not answer (glibc gave up on it first)
-            future.set_result(last)
-        return
-    except BaseException as exc:
-        with _LOOKUPS_LOCK:
-            _done(host, future)
-        future.set_exception(exc)
-        return
-    seen: dict[str, int] = {}
-    for family, _, _, _, sockaddr in infos:
-        address = sockaddr[0]
-        if isinstance(address, str):  # not (int, bytes): IPv6 in a Python built without it, which cannot dial it
-            seen.setdefault(address, 0 if family == socket.AF_INET else 1)
-    addresses = sorted(seen, key=seen.__getitem__)
+            self._forget()
+            self.addresses = _LAST_ANSWERS[self.host] = sorted(seen, key=seen.__getitem__)
+        self.done.set()
+
+    def _forget(self) -> None:
+        """No longer the lookup under way of its name, if it still was (call with the lock held)."""
+        if _LOOKUPS.get(self.host) is self:
+            del _LOOKUPS[self.host]
+
+
+def _lookup(host: str) -> _Lookup:
+    """The lookup of ``host`` under way, or a new one."""
     with _LOOKUPS_LOCK:
-        _done(host, future)
-        _LAST_ANSWERS[host] = addresses
-    future.set_result(addresses)
+        lookup = _LOOKUPS.get(host)
+        if lookup is None or time.monotonic() - lookup.started > LOOKUP_AGAIN_S:
+            lookup = _LOOKUPS[host] = _Lookup(host)
+    return lookup
 
 
 #: After this long unanswered, a lookup of a name is started again beside the one under way.
 LOOKUP_AGAIN_S = 1.0
-#: The latest lookup under way of each name, with when it started (``time.monotonic``).
-_LOOKUPS: dict[str, tuple[float, concurrent.futures.Future[list[str]]]] = {}
+#: The latest lookup under way of each name.
+_LOOKUPS: dict[str, _Lookup] = {}
 #: Each name's last answer, given when the resolver does not answer in time.
 _LAST_ANSWERS: dict[str, list[str]] = {}
 _LOOKUPS_LOCK = threading.Lock()
