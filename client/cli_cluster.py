@@ -19,7 +19,7 @@ def open_table(
     """A plain :class:`Client` for one node, a :class:`ClusterClient` for several (or with ``leaving`` nodes).
 
     Raises:
-        ValueError: a node is not an address or does not resolve, or R < 1.
+        ValueError: a node is not an address, or R < 1.
     """
     names = expand_nodes(node)
     if len(names) == 1 and not leaving:

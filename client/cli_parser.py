@@ -57,7 +57,8 @@ EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (EXIT_NOT_FOUND, "not found, or a condition not met (--nx, --xx, cas; exists: no such key)"),
     (EXIT_USAGE, "bad usage"),
     (EXIT_REFUSED, "the server refused the request (--pipe: some line failed)"),
-    (EXIT_UNAVAILABLE, "nothing listens at NODE, it refused the connection, or no reply in time"),
+    (EXIT_UNAVAILABLE, "nothing listens at NODE, its name does not resolve, it refused the connection, or no "
+                       "reply in time"),
     (EXIT_CLOSED_PIPE, "standard output was closed early (memlookup ... | head)"),
 )
 

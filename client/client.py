@@ -37,8 +37,12 @@ class Client(NodeSettings["zmq.Context[zmq.Socket[bytes]]"], MappingSugar):
             table["sweden"]         # raises KeyError
 
     ``node`` is ``host``, ``host:port``, ``tcp://host:port`` or
-    ``[ipv6]:port``; a hostname is resolved once, here, and the first address
-    is used. Nothing is sent until the first call, and a node that is down at
+    ``[ipv6]:port``. A hostname is resolved each time a connection opens (the
+    first call, and after a timeout) and its first address used, so a node
+    recreated under the same name with a new address (a container, a pod) is
+    found there; a name that does not resolve (a stopped container's leaves
+    its network's DNS) makes the call raise :class:`NodeUnavailableError` at
+    once. Nothing is sent until the first call, and a node that is down at
     construction is not an error.
 
     Keys and values are ``str`` (UTF-8 on the wire). The server limits their
@@ -126,7 +130,7 @@ class Client(NodeSettings["zmq.Context[zmq.Socket[bytes]]"], MappingSugar):
             refused connection raises it at once (the CLI's choice).
 
     Raises:
-        ValueError: ``node`` is not an address or does not resolve,
+        ValueError: ``node`` is not an address,
             ``timeout_s`` is not positive, ``retries`` is negative, or a key
             file cannot be read.
 

@@ -65,7 +65,11 @@ class ClusterClient(MembershipView, MappingSugar):
         Use short timeouts (``timeout_s=0.5, retries=1`` by default). A node
         that does not answer in time is marked dead for ``dead_for_s``
         seconds: calls skip it, then try it again. When every owner of a key
-        is marked dead, they are all tried anyway.
+        is marked dead, they are all tried anyway. A member whose name does
+        not resolve (a stopped container's leaves its network's DNS) is a
+        node down like one that does not answer, failing at once; its name
+        is looked up again whenever a connection to it opens, so a node
+        recreated with a new address is found there.
 
     Versions (docs/CLUSTER.md, "Consistency"):
         Every write is applied by one node, which stamps the key with a
@@ -90,7 +94,9 @@ class ClusterClient(MembershipView, MappingSugar):
         or may not have been applied. A refusal (out of memory, say) is
         raised; owners asked before keep the write. ``mset`` is all-or-none
         on each node, not across nodes. ``delete`` goes to the key's owners
-        only: its tombstone outvotes any older copy.
+        only: its tombstone outvotes any older copy; when the first owner
+        deleted nothing (no value, or an older tombstone), each other owner
+        deletes too.
 
     Reads (``get``, ``exists``, ``ttl``, ``mget``; routes READ, READ_MANY):
         Every live owner is asked for its record at once (``getv``); the

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from client.requests import RequestIds
-from common.address import node_endpoints
+from common.address import endpoint, split_node
 
 if TYPE_CHECKING:
     from client.curve import CurveKeys
@@ -24,13 +24,14 @@ DEFAULT_PER_MESSAGE = 16
 
 
 class NodeSettings(Generic[C]):
-    """The node's address (resolved once, here), the timeout and retries of
-    each call, the CurveZMQ keys, and the ids this client gives its writes.
+    """The node's address (checked here, its name looked up by each new
+    connection), the timeout and retries of each call, the CurveZMQ keys,
+    and the ids this client gives its writes.
 
     Arguments as :class:`client.Client`'s.
 
     Raises:
-        ValueError: ``node`` is not an address or does not resolve;
+        ValueError: ``node`` is not an address;
             ``timeout_s`` is not positive or ``retries`` negative; a key file
             is missing or holds no key.
     """
@@ -51,7 +52,8 @@ class NodeSettings(Generic[C]):
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries!r}")
         self.node = node
-        self.endpoint = node_endpoints(node, default_port)[0]
+        #: ``tcp://host:port`` as given: a host name is resolved when a connection opens.
+        self.endpoint = endpoint(*split_node(node, default_port))
         self._curve: CurveKeys | None = None
         if server_key is not None or client_key is not None:
             from client.curve import CurveKeys  # only secured clients pay for its imports

@@ -202,8 +202,10 @@ def _read(membership: Membership, request: Request[Any]) -> Plan[Any]:
 def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
     """WRITE, DECIDE, DELETE: the first live owner applies the write (and decides a
     condition) and returns the record it left, which is copied to the other live
-    owners with ``putv`` (newer wins there). A ``del`` whose first owner held
-    nothing (so left no tombstone to copy) is applied by each other owner instead."""
+    owners with ``putv`` (newer wins there). A ``del`` whose first owner deleted
+    nothing (it held no value, or the tombstone of an earlier delete: no newer
+    tombstone to copy) is applied by each other owner instead, since one of them
+    may hold a value the first owner missed."""
     key = request.args[0]
     applying = with_records(request)
     names = membership.live_first(membership.owners(key))
@@ -216,9 +218,10 @@ def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
         outcome, records = got[0]
         others = [other for other in names[index + 1:] if not membership.is_dead(other)]
         copies = [record for record in records if record is not None]
-        if others and copies:
+        deleted_nothing = request.command.op.route is Route.DELETE and not outcome
+        if others and copies and not deleted_nothing:
             yield {other: [Request(PUTV, [copies], None)] for other in others}
-        elif others and request.command.op.route is Route.DELETE:
+        elif others and deleted_nothing:
             answers = yield {other: [applying] for other in others}
             outcome = outcome or any(not isinstance(got, NodeUnavailableError) and got[0][0] is True
                                      for got in answers.values())

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import zmq
 
 from client.diagnose import ConnectionWatch, unavailable
+from common.address import resolve_endpoint
 from common.errors import NodeUnavailableError, TransportError
 
 if TYPE_CHECKING:
@@ -49,7 +50,10 @@ class Connection(Generic[S]):
     """One socket to one endpoint at a time, reopened after a failure.
 
     Args:
-        endpoint: ``tcp://host:port``.
+        endpoint: ``tcp://host:port``; a host name is looked up each time a
+            socket opens (the first request, and after every timeout), and a
+            name that does not resolve fails the request at once with
+            :class:`NodeUnavailableError`.
         timeout_s: how long to wait for each attempt's reply.
         retries: how many times to resend after the first attempt times out.
         context: the ZeroMQ context to open sockets in (the process-wide
@@ -97,6 +101,11 @@ class Connection(Generic[S]):
         raise NotImplementedError
 
     def _open(self) -> S:
+        try:
+            # Looked up again by every new socket: a node recreated under the same name has a new address.
+            address = resolve_endpoint(self.endpoint, self.timeout_s)
+        except ValueError as exc:
+            raise NodeUnavailableError(f"{self.label}: {exc}", node=self.label) from None
         socket = self._new_socket()
         try:
             socket.setsockopt(zmq.LINGER, 0)
@@ -108,9 +117,9 @@ class Connection(Generic[S]):
                 socket.setsockopt(zmq.IPV6, 1)
             if self.curve is not None:
                 self.curve.apply(socket)
-            self._watch = self._last_watch = ConnectionWatch(socket, self.timeout_s, self.label, self.endpoint,
+            self._watch = self._last_watch = ConnectionWatch(socket, self.timeout_s, self.label, address,
                                                              self.curve is not None)
-            socket.connect(self.endpoint)
+            socket.connect(address)
         except BaseException:
             self._socket = socket
             self._discard()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests import awaited
+from tests.containers import image, machine, wheelhouse  # noqa: F401 (session fixtures: one image build)
 from tests.servers import ServerProcess
 
 
@@ -51,3 +52,9 @@ def client(server: ServerProcess, make_client: Callable[..., Any]) -> Iterator[A
     """A client of ``server`` (each kind, see ``make_client``) with a short timeout, so a broken test fails fast."""
     with make_client(server.node, timeout_s=2.0, retries=1) as c:
         yield c
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Container tests run last: a session holds the machine's container lock (tests/containers.py) from its
+    first container test to its end, so other sessions on the machine wait only while those run."""
+    items.sort(key=lambda item: item.get_closest_marker("containers") is not None)

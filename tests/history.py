@@ -213,7 +213,7 @@ def _shape_problem(op: str, args: tuple[Any, ...], result: Any) -> str | None:
     return None if good else f"{op}{args!r:.120} answered {result!r:.120}"
 
 
-def _failure(exc: BaseException) -> tuple[str, str]:
+def outcome_of(exc: BaseException) -> tuple[str, str]:
     """(outcome, "Class: message") for an exception a call raised."""
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, NodeUnavailableError):
@@ -312,7 +312,7 @@ class _Worker:
             try:
                 result = _call(table, op, args, ttl_s)
             except Exception as exc:
-                self.record(op, args, start, 0.0, *_failure(exc))
+                self.record(op, args, start, 0.0, *outcome_of(exc))
             else:
                 self.record(op, args, start, time.monotonic(), OK, result)
 
@@ -325,7 +325,7 @@ class _Worker:
             try:
                 result = await _call(table, op, args, ttl_s)
             except Exception as exc:
-                self.record(op, args, start, 0.0, *_failure(exc))
+                self.record(op, args, start, 0.0, *outcome_of(exc))
             else:
                 self.record(op, args, start, time.monotonic(), OK, result)
 
@@ -341,14 +341,14 @@ class _Worker:
                 results = pipeline.execute(raise_on_error=False)
             except Exception as exc:
                 for op, args in commands:
-                    self.record(op, args, start, 0.0, *_failure(exc))
+                    self.record(op, args, start, 0.0, *outcome_of(exc))
                 continue
             end = time.monotonic()
             if len(results) != len(commands):
                 self.anomalies.append(f"shape: {self.tag}: {len(results)} results for {len(commands)} commands")
             for (op, args), result in zip(commands, results, strict=False):
                 if isinstance(result, BaseException):
-                    self.record(op, args, start, end, *_failure(result))
+                    self.record(op, args, start, end, *outcome_of(result))
                 else:
                     self.record(op, args, start, end, OK, result)
 
@@ -479,7 +479,7 @@ class _BatchSender:
             try:
                 result = reply_result(item[0], item[1])
             except MemlookupError as exc:
-                worker.record(op, args, start, end, *_failure(exc))
+                worker.record(op, args, start, end, *outcome_of(exc))
                 continue
             except (TypeError, IndexError, KeyError):
                 worker.anomalies.append(f"shape: {worker.tag}: item {item!r:.80} for {op}")

@@ -113,6 +113,27 @@ def test_a_delete_is_not_undone_by_a_copy_that_missed_it(
     assert direct_mget(outsider.node, ["k"]) == [None]
 
 
+def test_a_delete_reaches_the_newer_copy_when_the_first_owner_holds_an_older_delete(
+        start_server: Callable[..., ServerProcess], tmp_path: Path, make_cluster: Callable[..., Any]) -> None:
+    """The first owner was away when the key was set again: it holds the tombstone of an earlier delete.
+    Found by tests/test_cluster_changes.py: the delete was acknowledged and reads went on returning the
+    value (resurrected), since the old tombstone was all the first owner had to copy."""
+    data_dirs = [str(tmp_path / f"data{i}") for i in range(2)]
+    servers = [start_server("--data-dir", data_dir, "--fsync", "always") for data_dir in data_dirs]
+    nodes = [server.node for server in servers]
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        table.set("k", "v1")
+        assert table.delete("k") is True
+        first = next(server for server in servers if server.node == table.owners("k")[0])
+        first.stop()
+        table.set("k", "v2")  # the second owner alone
+    start_server("--data-dir", data_dirs[servers.index(first)], "--port", str(first.port))
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        assert table.delete("k") is True
+        assert table.get("k") is None
+    assert direct_mget(nodes[0], ["k"]) == direct_mget(nodes[1], ["k"]) == [None]
+
+
 def test_rebalance_brings_a_returning_node_up_to_date_and_never_undoes_newer_data(
         start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
     data_dirs = [str(tmp_path / f"data{i}") for i in range(3)]

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from client.routing import DEAD_FOR_S
 from tests.netlab import NetLab, build_lab
 from tests.servers import ROOT
 
@@ -95,6 +96,8 @@ def test_statefulset_has_volumes_probes_requests_and_matching_services():
     assert container["readinessProbe"]["exec"]["command"] and container["livenessProbe"]["exec"]["command"]
     assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # A rolling update waits until clients use a restarted pod again before taking the next one down.
+    assert sts["spec"]["minReadySeconds"] > DEAD_FOR_S
     hpa = manifests()["HorizontalPodAutoscaler"]
     assert hpa["spec"]["scaleTargetRef"]["name"] == sts["metadata"]["name"]
     # The kind cluster publishes the client Service's node port on the host.
@@ -105,18 +108,18 @@ def test_statefulset_has_volumes_probes_requests_and_matching_services():
 
 
 def test_compose_network_addresses_agree():
-    """The nodes' fixed addresses lie in the network's subnet, the servers allow exactly that
-    subnet, the client's host names point at those addresses, and one service builds the one image."""
+    """Every service is on the network, the servers allow exactly its subnet, no node has a fixed
+    address (a recreated container gets a new one, as a pod does) and the client names the nodes,
+    with no addresses of its own for them; one service builds the one image."""
     compose = yaml.safe_load(COMPOSE.read_text())
     subnet = ipaddress.ip_network(compose["networks"]["memlookup"]["ipam"]["config"][0]["subnet"])
     services = compose["services"]
     nodes = {name: s for name, s in services.items() if name != "client"}
     client = services["client"]
-    hosts = dict(entry.split(":") for entry in client["extra_hosts"])
-    assert set(hosts) == set(nodes) == set(client["environment"]["MEMLOOKUP_NODES"].split(","))
-    for name, node in nodes.items():
-        address = node["networks"]["memlookup"]["ipv4_address"]
-        assert ipaddress.ip_address(address) in subnet and hosts[name] == address
+    assert set(nodes) == set(client["environment"]["MEMLOOKUP_NODES"].split(","))
+    assert "extra_hosts" not in client and client["networks"] == ["memlookup"]
+    for node in nodes.values():
+        assert node["networks"] == ["memlookup"]  # a list: no ipv4_address
         assert node["environment"]["MEMLOOKUP_ALLOW"] == str(subnet)
     assert "client" in client["profiles"]
     assert [name for name, s in services.items() if "build" in s] == ["node1"]
