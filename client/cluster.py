@@ -57,7 +57,7 @@ class ClusterClient(MembershipView, MappingSugar):
 
     Placement:
         A key's owners are the first ``replicas`` distinct nodes on a ketama
-        consistent-hash ring (see :mod:`client.placement`); every client
+        consistent-hash ring (see :mod:`common.placement`); every client
         listing the same members places keys the same way. With fewer nodes
         than ``replicas``, every node holds every key.
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 from client.commands import SET, TTL
-from client.placement import Placement
+from common.placement import Placement
 from client.requests import Request
 from common.address import expand_nodes
 from common.errors import InvalidRequestError, NodeUnavailableError
@@ -42,7 +42,7 @@ DEAD_FOR_S = 5.0
 
 
 class Membership:
-    """The members, where each key lives (:class:`client.placement.Placement`), and who is down.
+    """The members, where each key lives (:class:`common.placement.Placement`), and who is down.
 
     Args:
         nodes: the members (a list, or a comma-separated string; a name with

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from client import Client, ClusterClient, NodeUnavailableError
-from client.placement import Placement
+from common.placement import Placement
 from client.rebalance import rebalance
 from tests.netlab import NetLab, build_lab
 from tests.servers import ServerProcess, run_cli
