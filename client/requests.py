@@ -144,6 +144,7 @@ _CHECKS: dict[Kind, Callable[[str, Any], Any]] = {
     Kind.CURSOR: _integer,
     Kind.COUNT: _count,
     Kind.REQUESTS: _unchecked,  # batch: built by pipelines from checked requests
+    Kind.ENTRIES: _unchecked,  # announce: sent by nodes, checked by the server (common/membership.py)
 }
 
 

@@ -21,12 +21,12 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 from client.commands import SET, TTL
-from common.placement import Placement
 from client.requests import Request
 from common.address import expand_nodes
 from common.errors import InvalidRequestError, NodeUnavailableError
 from common.limits import MAX_BATCH_KEYS
 from common.ops import Kind, Route
+from common.placement import Placement
 
 T = TypeVar("T")
 

@@ -48,6 +48,7 @@ class Kind(enum.Enum):
     CURSOR = "cursor"  # int: 0, or a cursor this server run returned
     COUNT = "count"  # int >= 1
     REQUESTS = "requests"  # array of requests (batch)
+    ENTRIES = "entries"  # map member name -> member entry (common/membership.py), at most MAX_MEMBERS
 
 
 class Route(enum.Enum):
@@ -177,6 +178,11 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("stats", (), "the node's counters", "map (section 9.8)", route=Route.EVERY_NODE),
     Op("batch", (Param("requests", Kind.REQUESTS),), "several requests in one message, each answered alone",
        "array of replies, one per request, in order", route=Route.NONE, cli=False),
+    Op("members", (), "this node's view of the cluster's membership (docs/CLUSTER.md)",
+       'map `{"epoch": int, "replicas": int, "dynamic": bool, "members": {name: entry}}` (section 9.9)',
+       route=Route.NONE, cli=False),
+    Op("announce", (Param("entries", Kind.ENTRIES),), "merge member entries into this node's view, newest wins",
+       "map name → bool: whether that entry was newer and applied (section 9.9)", route=Route.NONE, cli=False),
 )
 
 #: Every op by its wire name.

@@ -12,10 +12,13 @@ with in its constructor (nothing overwrites another's attributes):
 6. the loop's hooks: the handler (wrapped by persistence), persistence's
    batch hooks, the metrics' latency histogram, the periodic sweeps;
 7. the loop and its socket, then CURVE and ZAP on it (server/security.py),
-   the bind, and the metrics endpoint.
+   the bind, and the metrics endpoint;
+8. with ``--join``, the membership thread (server/membership_thread.py),
+   once the view knows the address the port was bound at.
 
 Whatever must be released (the data directory's lock and journal, the
-ZeroMQ context and sockets, the ZAP thread, the metrics endpoint) goes on one
+ZeroMQ context and sockets, the ZAP thread, the metrics endpoint, the
+membership thread) goes on one
 ``ExitStack`` as it is made: a failure at any step, or the end of serving,
 releases exactly what was made, newest first.
 """
@@ -39,6 +42,8 @@ from server.handler import Handler
 from server.journal import FSYNC_POLICIES
 from server.journaled_store import JournaledStore
 from server.loop import LoopHooks, Server
+from server.membership import MemberView
+from server.membership_thread import MembershipThread
 from server.memory import cap_memory
 from server.output import OutputQueue
 from server.persistence import Persistence, in_memory_stats
@@ -138,7 +143,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    handler = Handler(store, limits, replies, guard, sections)
+    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir)
+    handler = Handler(store, limits, replies, guard, sections, members=members)
 
     latency = None
     if config.metrics_port:
@@ -179,4 +185,9 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         stack.callback(metrics.server_close)
         stack.callback(metrics.shutdown)
         log.info("metrics on http://%s:%d/metrics", config.bind, metrics.server_port)
+    members.listening_at(config.advertised(int(server.endpoint.rsplit(":", 1)[1])))
+    if config.join:
+        gossip = MembershipThread(members, config.join, config.curve_secret_key)
+        gossip.start()
+        stack.callback(gossip.stop)
     return App(server, handler, persistence, policy, where, stack)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass, field
 
 from common import __version__, limits
-from common.address import DEFAULT_PORT
+from common.address import DEFAULT_PORT, split_node
 from common.limits import Limits
+from common.membership import MAX_MEMBER_NAME_CHARS
 from server.auth import parse_networks
 from server.eviction import EVICTION_POLICIES
 from server.journal import FSYNC_POLICIES
@@ -65,6 +67,16 @@ class ServerConfig:
     fsync: str = "everysec"
     repair: bool = False
     compact_after_bytes: int = COMPACT_AFTER_BYTES
+    # Membership (server/membership.py, docs/CLUSTER.md)
+    node_name: str = field(default_factory=socket.gethostname)
+    advertise: str = ""  # HOST[:PORT] others reach this node at; empty: NODE_NAME and the bound port
+    join: list[str] = field(default_factory=list)  # seed addresses; empty: a cluster of one
+    replicas: int = 2
+
+    def advertised(self, bound_port: int) -> str:
+        """``host:port`` where clients and other nodes reach this node (its entry's address)."""
+        host, port = split_node(self.advertise or self.node_name, bound_port)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _env(name: str, default: object) -> object:
@@ -79,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Stop with SIGTERM or SIGINT: the request in flight is answered, then the server exits 0.",
     )
 
-    def add(flag: str, env: str, default: object, help: str, **kwargs: object) -> None:
+    def add(flag: str, env: str, default: object, help: str, shown: str = "", **kwargs: object) -> None:
         parser.add_argument(
             flag,
             default=_env(env, default),
-            help=f"{help} (env {env}, default: {default})",
+            help=f"{help} (env {env}, default: {shown or default})",
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -151,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --data-dir: if a data file is corrupt, keep the valid part before the "
                              "damage, drop the rest and say how much, instead of refusing to start "
                              "(env MEMLOOKUP_REPAIR=1, default: off)")
+    add("--node-name", "MEMLOOKUP_NODE_NAME", "",
+        "this node's name in its cluster: keys are placed by node names, so it must survive restarts "
+        "(a compose service name, a StatefulSet pod name)", shown="the host name", metavar="NAME")
+    add("--advertise", "MEMLOOKUP_ADVERTISE", "",
+        "HOST[:PORT] where clients and the other nodes reach this node; without a port, the one bound",
+        shown="NODE_NAME and the bound port", metavar="HOST:PORT")
+    add("--join", "MEMLOOKUP_JOIN", "",
+        "comma-separated addresses of nodes of the cluster to join (this node's own address may be among "
+        "them); the nodes then keep the membership and move keys when a node joins or leaves; without it "
+        "the server is a cluster of one", shown="none", metavar="SEEDS")
+    add("--replicas", "MEMLOOKUP_REPLICAS", 2,
+        "with --join: copies of each key in the cluster; every node of a cluster must have the same",
+        type=int, metavar="R")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -186,6 +211,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             fsync=str(args.fsync).lower(),
             repair=bool(args.repair),
             compact_after_bytes=int(args.compact_after_bytes),
+            node_name=str(args.node_name) or socket.gethostname(),
+            advertise=str(args.advertise),
+            join=[seed.strip() for seed in str(args.join).split(",") if seed.strip()],
+            replicas=int(args.replicas),
         )
     except ValueError as exc:
         parser.error(f"bad setting: {exc}")
@@ -205,6 +234,15 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.fsync not in FSYNC_POLICIES:
         parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    if config.replicas < 1:
+        parser.error(f"replicas must be at least 1, not {config.replicas}")
+    if not config.node_name or len(config.node_name) > MAX_MEMBER_NAME_CHARS:
+        parser.error(f"node name must be 1 to {MAX_MEMBER_NAME_CHARS} characters")
+    try:
+        for address in (*config.join, config.advertise or config.node_name):
+            split_node(address)
+    except ValueError as exc:
+        parser.error(str(exc))
     if config.compact_after_bytes < 1:
         parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
     for name, value in vars(config.limits).items():

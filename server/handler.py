@@ -29,6 +29,7 @@ import msgpack
 from common import __version__
 from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
 from common.limits import utf8_over as _utf8_over
+from common.membership import Entry, parse_entries
 from common.ops import OPS, OPS_TABLE, Kind, Op, Option
 from common.protocol import (
     PROTOCOL_VERSION,
@@ -41,6 +42,7 @@ from common.protocol import (
     unpack_request,
 )
 from server.glob_match import PatternTooComplex
+from server.membership import MemberView, now_ms
 from server.replies import RememberedReplies
 from server.store import SCAN_POSITIONS, NotAnInteger, Store
 
@@ -124,6 +126,8 @@ class Handler:
         sections: extra sections for ``stats`` (output budgets, persistence,
             memory, auth...), each a callable returning a dict, by name.
         clock: wall-clock seconds, for uptime (tests may fake it).
+        members: this node's view of the membership; when omitted, a
+            cluster of one named by the host name.
     """
 
     def __init__(
@@ -134,8 +138,10 @@ class Handler:
         memory: MemoryHooks | None = None,
         sections: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
         clock: Callable[[], float] = time.time,
+        members: MemberView | None = None,
     ) -> None:
         self.store = store
+        self.members = members if members is not None else MemberView.single()
         self.limits = limits = limits or Limits()
         self.replies = replies if replies is not None else RememberedReplies()
         self._clock = clock
@@ -174,6 +180,7 @@ class Handler:
             Kind.KEY: self._check_key, Kind.VALUE: self._check_value, Kind.KEYS: self._check_keys,
             Kind.PAIRS: self._check_pairs, Kind.INT: self._check_int, Kind.PATTERN: self._check_pattern,
             Kind.CURSOR: self._check_cursor, Kind.COUNT: self._check_count, Kind.REQUESTS: self._check_requests,
+            Kind.ENTRIES: self._check_entries,
         }
         self._prepared = {op.name: self._prepare(op, memory) for op in OPS_TABLE}
         self._track_get = memory.after(OPS["get"]) if memory is not None else None
@@ -383,6 +390,13 @@ class Handler:
             raise Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
         return requests
 
+    @staticmethod
+    def _check_entries(entries: Any, name: str) -> dict[str, Entry]:
+        try:
+            return parse_entries(entries, now_ms())
+        except ValueError as exc:
+            raise Refused(Status.BAD_REQUEST, str(exc)) from None
+
     # -- operations: one per row of the table, each with its checked arguments --
 
     def op_ping(self) -> str:
@@ -469,6 +483,12 @@ class Handler:
         for name, section in self._sections.items():
             stats[name] = section()
         return stats
+
+    def op_members(self) -> dict[str, Any]:
+        return self.members.reply()
+
+    def op_announce(self, entries: dict[str, Entry]) -> dict[str, bool]:
+        return self.members.merge(entries)
 
     @property
     def sections(self) -> Mapping[str, Callable[[], dict[str, Any]]]:

@@ -1,0 +1,165 @@
+"""What servers and clients agree on about membership: member entries, their states, the epoch and the two rings.
+
+A cluster whose servers run with ``--join`` keeps its membership itself: each
+node holds a view, ``name -> Entry(address, state, version)``, and answers it
+to the ``members`` op. An entry is written only by the node it names (so two
+nodes joining at once never conflict) and spreads by ``announce`` and by
+gossip; views merge entry by entry, the newer version winning. A version is
+``(ms, counter, name)``: wall-clock milliseconds, a counter for changes within
+one millisecond, and the writer's name, compared in that order.
+
+States, in the order a node goes through them::
+
+    joining   an owner for writes, not yet trusted for reads (it is pulling its keys)
+    ready     an owner for reads and writes
+    leaving   no longer an owner for new writes; still read (it is pushing its keys away)
+    left      gone; kept as an entry so that gossip does not bring the old one back
+
+Keys are placed (:class:`common.placement.Placement`) over member names on two
+rings: the *write ring* of the members joining or ready, and the *read ring*
+of those ready or leaving. They differ only while a node joins or leaves;
+then a key's owners are the union of its owners on both, so a write reaches
+the node that will hold the key and a read finds it where it still is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from common.address import split_node
+from common.placement import Placement
+
+JOINING, READY, LEAVING, LEFT = "joining", "ready", "leaving", "left"
+STATES = (JOINING, READY, LEAVING, LEFT)
+#: States whose members own keys for writes, and for reads.
+WRITE_STATES = frozenset({JOINING, READY})
+READ_STATES = frozenset({READY, LEAVING})
+
+#: How often a node pulls ``members`` from another member.
+GOSSIP_INTERVAL_S = 1.0
+
+#: How often a cluster client in use asks for the membership.
+REFRESH_INTERVAL_S = 1.0
+
+#: How long a node waits after announcing ``joining`` or ``leaving`` before it
+#: moves keys: every node gossips and every client in use refreshes within it,
+#: so the writes made after it reach the owners of the new ring.
+SETTLE_S = 2.5
+
+#: Most entries a view (or an ``announce``) may hold.
+MAX_MEMBERS = 1024
+
+#: Longest member name or address, in characters (a DNS name is at most 253).
+MAX_MEMBER_NAME_CHARS = 255
+
+#: How far ahead of the receiver's clock an entry's version may be: a version
+#: further in the future would win against every later change of that node.
+MAX_VERSION_AHEAD_MS = 24 * 3600 * 1000
+
+#: A member's entry version: (wall-clock ms, counter, the member's name).
+Version = tuple[int, int, str]
+
+
+class Entry(NamedTuple):
+    """One member as a view holds it."""
+
+    address: str  # host:port, where clients and other nodes reach it
+    state: str  # one of STATES
+    version: Version
+
+    def wire(self) -> dict[str, Any]:
+        """As the ``members`` reply and ``announce`` carry it."""
+        return {"address": self.address, "state": self.state, "version": list(self.version)}
+
+
+def parse_entries(raw: Any, now_ms: int) -> dict[str, Entry]:
+    """Member entries from the wire (an ``announce``'s argument, a ``members`` reply's map), checked.
+
+    Raises:
+        ValueError: what is wrong with them (nothing of them is to be used).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("member entries must be a map of name -> entry")
+    if len(raw) > MAX_MEMBERS:
+        raise ValueError(f"more than {MAX_MEMBERS} member entries")
+    entries: dict[str, Entry] = {}
+    for name, fields in raw.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_MEMBER_NAME_CHARS:
+            raise ValueError(f"a member name must be a string of 1 to {MAX_MEMBER_NAME_CHARS} characters")
+        if not isinstance(fields, dict):
+            raise ValueError(f"member {name!r}: an entry must be a map with address, state and version")
+        address, state, version = fields.get("address"), fields.get("state"), fields.get("version")
+        if not isinstance(address, str) or len(address) > MAX_MEMBER_NAME_CHARS:
+            raise ValueError(f"member {name!r}: address must be a string host:port")
+        split_node(address)  # raises ValueError naming what is wrong
+        if state not in STATES:
+            raise ValueError(f"member {name!r}: state must be one of {', '.join(STATES)}")
+        entries[name] = Entry(address, state, _version(name, version, now_ms))
+    return entries
+
+
+def _version(name: str, raw: Any, now_ms: int) -> Version:
+    if not (isinstance(raw, (list, tuple)) and len(raw) == 3):
+        raise ValueError(f"member {name!r}: version must be an array [ms, counter, name]")
+    ms, counter, writer = raw
+    if type(ms) is not int or type(counter) is not int or not 0 <= counter <= 0xFFFF or ms < 0:
+        raise ValueError(f"member {name!r}: version ms and counter must be integers (counter 0..65535)")
+    if writer != name:
+        raise ValueError(f"member {name!r}: an entry is written only by the member it names")
+    if ms > now_ms + MAX_VERSION_AHEAD_MS:
+        raise ValueError(f"member {name!r}: version more than {MAX_VERSION_AHEAD_MS} ms ahead of this clock")
+    return (ms, counter, writer)
+
+
+def next_version(name: str, last: Version | None, now_ms: int) -> Version:
+    """A version for ``name``'s next entry: newer than ``last``, from the clock when it moved on."""
+    if last is None or now_ms > last[0]:
+        return (now_ms, 0, name)
+    if last[1] < 0xFFFF:
+        return (last[0], last[1] + 1, name)
+    return (last[0] + 1, 0, name)
+
+
+def epoch(entries: Mapping[str, Entry]) -> int:
+    """A number that changes whenever the view does, and is the same for the same view on every node."""
+    text = "\n".join(f"{name} {entry.version[0]} {entry.version[1]}" for name, entry in sorted(entries.items()))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+class Rings:
+    """A view's write ring and read ring, and a key's owners on them.
+
+    Args:
+        entries: the view.
+        replicas: owners per key (R).
+
+    Raises:
+        ValueError: no member owns keys (every one has left).
+    """
+
+    def __init__(self, entries: Mapping[str, Entry], replicas: int) -> None:
+        writers = [name for name, entry in entries.items() if entry.state in WRITE_STATES]
+        readers = [name for name, entry in entries.items() if entry.state in READ_STATES]
+        # A cluster of only joining (or only leaving) nodes still has a ring for each.
+        self.write = Placement(writers or readers, replicas)
+        self.read = Placement(readers or writers, replicas)
+        #: True while a node joins or leaves: the rings differ.
+        self.changing = self.write.nodes != self.read.nodes
+        #: Every member that owns keys on either ring.
+        self.nodes = sorted(set(self.write.nodes) | set(self.read.nodes))
+
+    def write_owners(self, key: str) -> list[str]:
+        """Where a write of ``key`` goes: its write-ring owners, and during a change its read-ring owners after."""
+        owners = self.write.owners(key)
+        if self.changing:
+            owners += [name for name in self.read.owners(key) if name not in owners]
+        return owners
+
+    def read_owners(self, key: str) -> list[str]:
+        """Where ``key`` is read: its read-ring owners, and during a change its write-ring owners after."""
+        owners = self.read.owners(key)
+        if self.changing:
+            owners += [name for name in self.write.owners(key) if name not in owners]
+        return owners
