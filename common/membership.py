@@ -150,6 +150,11 @@ class Rings:
         #: Every member that owns keys on either ring.
         self.nodes = sorted(set(self.write.nodes) | set(self.read.nodes))
 
+    @classmethod
+    def of(cls, names: list[str], replicas: int) -> Rings:
+        """The one ring of a static cluster: ``names``, every one ready."""
+        return cls({name: Entry(name, READY, (0, 0, name)) for name in names}, replicas)
+
     def write_owners(self, key: str) -> list[str]:
         """Where a write of ``key`` goes: its write-ring owners, and during a change its read-ring owners after."""
         owners = self.write.owners(key)

@@ -1,60 +1,15 @@
-"""Nodes started with --join keep the cluster's membership: members, announce, gossip, the data dir.
-
-Every server is a real process on a free port; a node's name is given
-(``--node-name``) and its address is 127.0.0.1 with the bound port
-(``--advertise 127.0.0.1``).
-"""
+"""Nodes started with --join keep the cluster's membership: members, announce, gossip, the data dir."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import Client, InvalidRequestError
-from client.membership import ANNOUNCE, MEMBERS
+from client import InvalidRequestError
+from tests.kept_cluster import Start, announce, entry, eventually, members, node, now_ms, states
 from tests.servers import ServerProcess, free_port, run_server
-
-Start = Callable[..., ServerProcess]
-
-
-def node(start_server: Start, name: str, *seeds: ServerProcess | str, args: tuple[str, ...] = ()) -> ServerProcess:
-    """A node named ``name`` joining through ``seeds`` (servers, or addresses)."""
-    join = ",".join(seed if isinstance(seed, str) else seed.node for seed in seeds)
-    return start_server("--node-name", name, "--advertise", "127.0.0.1", "--join", join, *args)
-
-
-def members(server: ServerProcess) -> dict[str, Any]:
-    with Client(server.node, timeout_s=2.0) as client:
-        return client._execute(MEMBERS)
-
-
-def states(server: ServerProcess) -> dict[str, str]:
-    return {name: entry["state"] for name, entry in members(server)["members"].items()}
-
-
-def announce(server: ServerProcess, entries: Any) -> Any:
-    with Client(server.node, timeout_s=2.0) as client:
-        return client._execute(ANNOUNCE, entries)
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    """Wait until ``check()`` holds (membership spreads by gossip, about one round a second)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "did not happen in time"
-        time.sleep(0.1)
-
-
-def entry(address: str, state: str, ms: int, name: str, counter: int = 0) -> dict[str, Any]:
-    return {"address": address, "state": state, "version": [ms, counter, name]}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @pytest.fixture
