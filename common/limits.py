@@ -71,11 +71,29 @@ KEYS_SLICE_S = 0.005
 MAX_PATTERN_SEARCH_CHARS = 32
 
 
+#: Longest node name, in UTF-8 bytes (``--node-name``, and the node of a
+#: version in a ``putv`` record): a DNS name is at most 253.
+MAX_NODE_NAME_BYTES = 255
+
+#: How far ahead of this server's wall clock a version it receives may be,
+#: in seconds; a ``putv`` carrying a later one is refused. The clock moves
+#: past every version it accepts, so without a bound one record stamped
+#: years ahead would make every later write of the cluster carry that date.
+#: CockroachDB refuses a node whose clock is more than 500 ms off; a minute
+#: leaves room for clocks that NTP has not yet corrected.
+MAX_VERSION_AHEAD_S = 60.0
+
+
 def utf8_over(text: str, limit: int) -> bool:
     """True if ``text`` takes more than ``limit`` bytes as UTF-8 (cheap when short)."""
     if len(text) * 4 <= limit:
         return False
     return len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def text_bytes(text: str) -> int:
+    """``text``'s UTF-8 bytes (encoded to count only if it is not ASCII)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass(frozen=True)

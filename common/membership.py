@@ -6,7 +6,9 @@ to the ``members`` op. An entry is written only by the node it names (so two
 nodes joining at once never conflict) and spreads by ``announce`` and by
 gossip; views merge entry by entry, the newer version winning. A version is
 ``(ms, counter, name)``: wall-clock milliseconds, a counter for changes within
-one millisecond, and the writer's name, compared in that order.
+one millisecond, and the writer's name, compared in that order: a version
+of common/versions.py, though not from the node's hybrid logical clock (an
+entry's version only has to grow with each change of that one node).
 
 States, in the order a node goes through them::
 
@@ -29,7 +31,9 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from common.address import split_node
+from common.limits import MAX_NODE_NAME_BYTES, utf8_over
 from common.placement import Placement
+from common.versions import MAX_COUNTER, Version, as_version
 
 JOINING, READY, LEAVING, LEFT = "joining", "ready", "leaving", "left"
 STATES = (JOINING, READY, LEAVING, LEFT)
@@ -51,15 +55,12 @@ SETTLE_S = 2.5
 #: Most entries a view (or an ``announce``) may hold.
 MAX_MEMBERS = 1024
 
-#: Longest member name or address, in characters (a DNS name is at most 253).
-MAX_MEMBER_NAME_CHARS = 255
+#: Longest member address (``host:port``), in characters (a DNS name is at most 253).
+MAX_ADDRESS_CHARS = 300
 
 #: How far ahead of the receiver's clock an entry's version may be: a version
 #: further in the future would win against every later change of that node.
 MAX_VERSION_AHEAD_MS = 24 * 3600 * 1000
-
-#: A member's entry version: (wall-clock ms, counter, the member's name).
-Version = tuple[int, int, str]
 
 
 class Entry(NamedTuple):
@@ -86,12 +87,12 @@ def parse_entries(raw: Any, now_ms: int) -> dict[str, Entry]:
         raise ValueError(f"more than {MAX_MEMBERS} member entries")
     entries: dict[str, Entry] = {}
     for name, fields in raw.items():
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_MEMBER_NAME_CHARS:
-            raise ValueError(f"a member name must be a string of 1 to {MAX_MEMBER_NAME_CHARS} characters")
+        if not isinstance(name, str) or not name or utf8_over(name, MAX_NODE_NAME_BYTES):
+            raise ValueError(f"a member name must be a string of 1 to {MAX_NODE_NAME_BYTES} bytes")
         if not isinstance(fields, dict):
             raise ValueError(f"member {name!r}: an entry must be a map with address, state and version")
         address, state, version = fields.get("address"), fields.get("state"), fields.get("version")
-        if not isinstance(address, str) or len(address) > MAX_MEMBER_NAME_CHARS:
+        if not isinstance(address, str) or len(address) > MAX_ADDRESS_CHARS:
             raise ValueError(f"member {name!r}: address must be a string host:port")
         split_node(address)  # raises ValueError naming what is wrong
         if state not in STATES:
@@ -101,23 +102,22 @@ def parse_entries(raw: Any, now_ms: int) -> dict[str, Entry]:
 
 
 def _version(name: str, raw: Any, now_ms: int) -> Version:
-    if not (isinstance(raw, (list, tuple)) and len(raw) == 3):
-        raise ValueError(f"member {name!r}: version must be an array [ms, counter, name]")
-    ms, counter, writer = raw
-    if type(ms) is not int or type(counter) is not int or not 0 <= counter <= 0xFFFF or ms < 0:
-        raise ValueError(f"member {name!r}: version ms and counter must be integers (counter 0..65535)")
+    try:
+        ms, _, writer = version = as_version(raw, MAX_NODE_NAME_BYTES)
+    except ValueError as exc:
+        raise ValueError(f"member {name!r}: {exc}") from None
     if writer != name:
         raise ValueError(f"member {name!r}: an entry is written only by the member it names")
     if ms > now_ms + MAX_VERSION_AHEAD_MS:
         raise ValueError(f"member {name!r}: version more than {MAX_VERSION_AHEAD_MS} ms ahead of this clock")
-    return (ms, counter, writer)
+    return version
 
 
 def next_version(name: str, last: Version | None, now_ms: int) -> Version:
     """A version for ``name``'s next entry: newer than ``last``, from the clock when it moved on."""
     if last is None or now_ms > last[0]:
         return (now_ms, 0, name)
-    if last[1] < 0xFFFF:
+    if last[1] < MAX_COUNTER:
         return (last[0], last[1] + 1, name)
     return (last[0] + 1, 0, name)
 

@@ -49,6 +49,7 @@ class Kind(enum.Enum):
     COUNT = "count"  # int >= 1
     REQUESTS = "requests"  # array of requests (batch)
     ENTRIES = "entries"  # map member name -> member entry (common/membership.py), at most MAX_MEMBERS
+    RECORDS = "records"  # array of records [KEY, VALUE or nil, version, deadline or nil], at most max_batch_keys
 
 
 class Route(enum.Enum):
@@ -107,13 +108,18 @@ class Option(NamedTuple):
 #: Options every request may carry: protocol version and request id.
 COMMON_OPTIONS = frozenset({"v", "rid"})
 
+#: The option (``true``) that makes a write answer ``[result, records]``: the records it left, which a cluster
+#: client copies to the other replicas with ``putv``. Not a row's :class:`Option`: it is for cluster clients, not
+#: for people (no CLI flag, no client method keyword).
+REC_OPTION = "rec"
+
 _TTL = Option("ttl_s", "ttl", "expire after S seconds", flag="--ttl", metavar="S")
 
 
 class Op:
     """One operation of the wire protocol (a row; not changed once the table is built)."""
 
-    __slots__ = ("allowed_options", "arity", "cli", "method", "name", "options", "params", "reply", "route",
+    __slots__ = ("allowed_options", "arity", "cli", "method", "name", "options", "params", "rec", "reply", "route",
                  "summary", "writes")
 
     def __init__(
@@ -127,11 +133,13 @@ class Op:
         method: str = "",  # the client method; the op's name when empty
         options: tuple[Option, ...] = (),
         cli: bool = True,  # a COMMAND of the memlookup CLI
+        rec: bool = False,  # takes the option REC_OPTION: the reply carries the records the write left
     ) -> None:
         self.name, self.params, self.summary, self.reply = name, params, summary, reply
-        self.writes, self.route, self.options, self.cli = writes, route, options, cli
+        self.writes, self.route, self.options, self.cli, self.rec = writes, route, options, cli, rec
         self.method = method or name
-        self.allowed_options: frozenset[str] = COMMON_OPTIONS | {o.name for o in options}
+        self.allowed_options: frozenset[str] = COMMON_OPTIONS | {o.name for o in options} | (
+            {REC_OPTION} if rec else set())
         #: Positional parameters on the wire (a slot, not a property: the decoder reads it per request).
         self.arity = len(params)
 
@@ -150,15 +158,15 @@ OPS_TABLE: tuple[Op, ...] = (
        "store VALUE under KEY", "bool: `true` stored; `false` not stored because `nx`/`xx` failed",
        writes=True, route=Route.WRITE,
        options=(_TTL, Option("nx", "flag", "only if KEY does not exist", excludes="xx"),
-                Option("xx", "flag", "only if KEY exists", excludes="nx"))),
+                Option("xx", "flag", "only if KEY exists", excludes="nx")), rec=True),
     Op("del", (_KEY,), "remove KEY", "bool: `true` if the key existed (and was not expired)",
-       writes=True, route=Route.DELETE, method="delete"),
+       writes=True, route=Route.DELETE, method="delete", rec=True),
     Op("exists", (_KEY,), "whether KEY exists", "bool"),
     Op("mget", (Param("keys", Kind.KEYS, metavar="KEY"),), "the values of several keys",
        "array of the same length and order; each element str or nil", route=Route.READ_MANY),
     Op("mset", (Param("pairs", Kind.PAIRS, stored=True, metavar="KEY VALUE"),),
        "store several pairs at once: all or none", "bool, always `true`",
-       writes=True, route=Route.WRITE_MANY, options=(_TTL,)),
+       writes=True, route=Route.WRITE_MANY, options=(_TTL,), rec=True),
     Op("keys", (Param("pattern", Kind.PATTERN, metavar="PATTERN", default="*",
                       help="a glob: *, ?, [abc], [!abc] (default: *, every key)"),
                 Param("cursor", Kind.CURSOR, cli=False),
@@ -170,19 +178,30 @@ OPS_TABLE: tuple[Op, ...] = (
        "int `-2` missing/expired; int `-1` no expiry; otherwise **float64** seconds left, ≥ 0.0"),
     Op("incr", (Param("key", Kind.KEY, stored=True, metavar="KEY"),
                 Param("delta", Kind.INT, stored=True, metavar="DELTA", default=1, help="a whole number (default: 1)")),
-       "add DELTA to the integer at KEY", "int: the new value", writes=True, route=Route.DECIDE),
+       "add DELTA to the integer at KEY", "int: the new value", writes=True, route=Route.DECIDE, rec=True),
     Op("cas", (Param("key", Kind.KEY, stored=True, metavar="KEY"), Param("expected", Kind.VALUE, metavar="EXPECTED"),
                Param("value", Kind.VALUE, stored=True, metavar="NEW")),
        "set KEY to NEW only if its value is EXPECTED", "bool: `true` swapped; `false` nothing changed",
-       writes=True, route=Route.DECIDE, options=(_TTL,)),
+       writes=True, route=Route.DECIDE, options=(_TTL,), rec=True),
     Op("stats", (), "the node's counters", "map (section 9.8)", route=Route.EVERY_NODE),
     Op("batch", (Param("requests", Kind.REQUESTS),), "several requests in one message, each answered alone",
        "array of replies, one per request, in order", route=Route.NONE, cli=False),
     Op("members", (), "this node's view of the cluster's membership (docs/CLUSTER.md)",
-       'map `{"epoch": int, "replicas": int, "dynamic": bool, "members": {name: entry}}` (section 9.9)',
+       'map `{"epoch": int, "replicas": int, "dynamic": bool, "members": {name: entry}}` (section 9.11)',
        route=Route.NONE, cli=False),
     Op("announce", (Param("entries", Kind.ENTRIES),), "merge member entries into this node's view, newest wins",
-       "map name → bool: whether that entry was newer and applied (section 9.9)", route=Route.NONE, cli=False),
+       "map name → bool: whether that entry was newer and applied (section 9.11)", route=Route.NONE, cli=False),
+    # Versioned ops, for cluster clients and nodes (docs/PROTOCOL.md, "Versions"): not commands.
+    Op("getv", (Param("keys", Kind.KEYS),), "each key's record, a tombstone's included",
+       "array of the same length and order; each element a record, or nil if the node holds nothing for the key",
+       route=Route.NONE, cli=False),
+    Op("putv", (Param("records", Kind.RECORDS, stored=True),), "apply each record whose version is newer",
+       "array of bool, one per record: `true` applied, `false` the node holds the same or a newer version",
+       writes=True, route=Route.NONE, cli=False),
+    Op("scanv", (Param("cursor", Kind.CURSOR), Param("count", Kind.COUNT)),
+       "every record, tombstones included, a page at a time", "array `[next_cursor (int), [record, ...]]`",
+       route=Route.NONE, cli=False),
+    Op("node", (), "who this node is", 'map `{"name", "address", "state", "epoch"}`', route=Route.NONE, cli=False),
 )
 
 #: Every op by its wire name.

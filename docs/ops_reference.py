@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.ops import COMMON_OPTIONS, OPS_TABLE, Kind, Op, Param  # noqa: E402
+from common.ops import COMMON_OPTIONS, OPS_TABLE, REC_OPTION, Kind, Op, Param  # noqa: E402
 
 PROTOCOL = ROOT / "docs" / "PROTOCOL.md"
 
@@ -28,6 +28,7 @@ _ARGUMENT = {
     Kind.PAIRS: "map key → value",
     Kind.REQUESTS: "array of requests",
     Kind.ENTRIES: "map name → member entry",
+    Kind.RECORDS: "array of records",
 }
 
 
@@ -49,12 +50,17 @@ def _code(names: list[str]) -> str:
     return ", ".join(f"`{name}`" for name in names) or "—"
 
 
+def _option_names(op: Op) -> list[str]:
+    """The op's own options, then ``rec`` if it takes it."""
+    return [o.name for o in op.options] + ([REC_OPTION] if op.rec else [])
+
+
 def table() -> str:
     """Section 4.2: every op's arguments, options, payload, and whether it writes; then the arities."""
     rows = ["| op | Arguments (in order) | Options used | Success payload | Write |", "|---|---|---|---|---|"]
     for op in OPS_TABLE:
         arguments = ", ".join(_argument(param) for param in op.params) or "—"
-        rows.append(f"| `{op.name}` | {arguments} | {_code([o.name for o in op.options])} | {op.reply} "
+        rows.append(f"| `{op.name}` | {arguments} | {_code(_option_names(op))} | {op.reply} "
                     f"| {_writes(op)} |")
     arities = ", ".join(f"`{op.name}` {op.arity}" for op in OPS_TABLE)
     return "\n".join(rows) + f"\n\nArities: {arities}."
@@ -65,8 +71,8 @@ def options() -> str:
     common = sorted(COMMON_OPTIONS, reverse=True)  # v, rid: the order the text gives them
     groups: dict[tuple[str, ...], list[str]] = {}
     for op in OPS_TABLE:
-        if op.options:
-            groups.setdefault(tuple(o.name for o in op.options), []).append(op.name)
+        if op.options or op.rec:
+            groups.setdefault(tuple(_option_names(op)), []).append(op.name)
     rows = ["| op | Allowed option keys |", "|---|---|"]
     for names, ops in groups.items():
         rows.append(f"| {_code(ops)} | {_code([*common, *names])} |")

@@ -35,6 +35,7 @@ import zmq
 
 from common import __version__
 from server.auth import AccessPolicy
+from server.clock import HybridLogicalClock
 from server.config import ServerConfig
 from server.datadir import RecoveryError
 from server.eviction import EVICTION_POLICIES
@@ -112,11 +113,12 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     replies = RememberedReplies()
     persistence: Persistence | None = None
     store: Store
+    hlc = HybridLogicalClock(config.node_name)
     if config.data_dir is None:
-        store = Store()
+        store = Store(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         where = "in memory"
     else:
-        store = journaled = JournaledStore()
+        store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
         try:

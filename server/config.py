@@ -7,6 +7,7 @@ shows all three for every setting.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 from dataclasses import dataclass, field
@@ -14,12 +15,12 @@ from dataclasses import dataclass, field
 from common import __version__, limits
 from common.address import DEFAULT_PORT, split_node
 from common.limits import Limits
-from common.membership import MAX_MEMBER_NAME_CHARS
 from server.auth import parse_networks
 from server.eviction import EVICTION_POLICIES
 from server.journal import FSYNC_POLICIES
 from server.memory import parse_bytes
 from server.snapshot import COMPACT_AFTER_BYTES
+from server.store import TOMBSTONE_GRACE_S
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -67,8 +68,10 @@ class ServerConfig:
     fsync: str = "everysec"
     repair: bool = False
     compact_after_bytes: int = COMPACT_AFTER_BYTES
-    # Membership (server/membership.py, docs/CLUSTER.md)
+    # Versions and tombstones (server/clock.py, server/store.py)
     node_name: str = field(default_factory=socket.gethostname)
+    tombstone_grace_s: float = TOMBSTONE_GRACE_S
+    # Membership (server/membership.py, docs/CLUSTER.md)
     advertise: str = ""  # HOST[:PORT] others reach this node at; empty: NODE_NAME and the bound port
     join: list[str] = field(default_factory=list)  # seed addresses; empty: a cluster of one
     replicas: int = 2
@@ -163,9 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --data-dir: if a data file is corrupt, keep the valid part before the "
                              "damage, drop the rest and say how much, instead of refusing to start "
                              "(env MEMLOOKUP_REPAIR=1, default: off)")
-    add("--node-name", "MEMLOOKUP_NODE_NAME", "",
-        "this node's name in its cluster: keys are placed by node names, so it must survive restarts "
-        "(a compose service name, a StatefulSet pod name)", shown="the host name", metavar="NAME")
+    parser.add_argument("--node-name", default=_env("MEMLOOKUP_NODE_NAME", None), metavar="NAME",
+                        help="this node's name, which survives restarts (a compose service or StatefulSet pod "
+                        "name): it names the versions of the writes this node applies, and the node in a "
+                        "cluster, where keys are placed by node names (env MEMLOOKUP_NODE_NAME, default: the "
+                        "host name)")
+    add("--tombstone-grace-s", "MEMLOOKUP_TOMBSTONE_GRACE_S", TOMBSTONE_GRACE_S,
+        "seconds a delete's tombstone is kept, so that a replica that missed the delete cannot bring the "
+        "key back (Cassandra's gc_grace_seconds); a node away for longer must not rejoin with its old data",
+        type=float, metavar="S")
     add("--advertise", "MEMLOOKUP_ADVERTISE", "",
         "HOST[:PORT] where clients and the other nodes reach this node; without a port, the one bound",
         shown="NODE_NAME and the bound port", metavar="HOST:PORT")
@@ -211,7 +220,8 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             fsync=str(args.fsync).lower(),
             repair=bool(args.repair),
             compact_after_bytes=int(args.compact_after_bytes),
-            node_name=str(args.node_name) or socket.gethostname(),
+            node_name=str(args.node_name or socket.gethostname()),
+            tombstone_grace_s=float(args.tombstone_grace_s),
             advertise=str(args.advertise),
             join=[seed.strip() for seed in str(args.join).split(",") if seed.strip()],
             replicas=int(args.replicas),
@@ -236,8 +246,6 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
     if config.replicas < 1:
         parser.error(f"replicas must be at least 1, not {config.replicas}")
-    if not config.node_name or len(config.node_name) > MAX_MEMBER_NAME_CHARS:
-        parser.error(f"node name must be 1 to {MAX_MEMBER_NAME_CHARS} characters")
     try:
         for address in (*config.join, config.advertise or config.node_name):
             split_node(address)
@@ -245,6 +253,10 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(str(exc))
     if config.compact_after_bytes < 1:
         parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
+    if not config.node_name or len(config.node_name.encode("utf-8", "surrogatepass")) > limits.MAX_NODE_NAME_BYTES:
+        parser.error(f"node name must be 1 to {limits.MAX_NODE_NAME_BYTES} bytes, not {config.node_name!r}")
+    if not (math.isfinite(config.tombstone_grace_s) and config.tombstone_grace_s > 0):
+        parser.error(f"tombstone-grace-s must be a number of seconds above 0, not {config.tombstone_grace_s}")
     for name, value in vars(config.limits).items():
         if value < 1:
             parser.error(f"{name.replace('_', '-')} must be at least 1, not {value}")

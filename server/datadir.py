@@ -35,9 +35,19 @@ from typing import Any
 
 import msgpack
 
+from common.versions import ZERO_VERSION
 from server.journal import FSYNC_POLICIES, fsync_dir, journal_start
 from server.journaled_store import JournaledStore
-from server.records import JOURNAL_MAGIC, JOURNAL_MAGIC_V1, SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1, Scan, scan
+from server.records import (
+    JOURNAL_MAGIC,
+    JOURNAL_MAGIC_V1,
+    JOURNAL_MAGIC_V2,
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_MAGIC_V1,
+    SNAPSHOT_MAGIC_V2,
+    Scan,
+    scan,
+)
 from server.replies import RECENT_REPLIES, Remembered
 
 log = logging.getLogger(__name__)
@@ -244,14 +254,15 @@ class DataDir:
     def _load_snapshot(self, store: JournaledStore, generation: int, now: float, replies: deque[Any]) -> bool:
         """Load one snapshot; True if repair cut it short."""
         path = self.file("snapshot", generation)
-        result = self._read(path, (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V1))
+        result = self._read(path, (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V2, SNAPSHOT_MAGIC_V1))
         ended = bool(result.payloads) and len(result.payloads[-1]) == 0
         problem_at = result.corrupt_at if result.corrupt_at is not None else result.torn_at
         if problem_at is None and not ended:
             problem_at, result.reason = result.valid_bytes, "snapshot has no end record"
         if problem_at is not None:
             self._refuse_or_repair(path, problem_at, result.reason or "snapshot cut short", result.size)
-        store.load(self._entries(path, result.payloads, result.magic == SNAPSHOT_MAGIC, replies), now)
+        store.load(self._entries(path, result.payloads, result.magic != SNAPSHOT_MAGIC_V1,
+                                 result.magic == SNAPSHOT_MAGIC, replies), now)
         return problem_at is not None
 
     def _load_journal(self, store: JournaledStore, generation: int, now: float, last: bool, policy: str,
@@ -262,16 +273,17 @@ class DataDir:
         append to it (``_newest_reusable``).
         """
         path = self.file("journal", generation)
-        result = self._read(path, (JOURNAL_MAGIC, JOURNAL_MAGIC_V1))
+        result = self._read(path, (JOURNAL_MAGIC, JOURNAL_MAGIC_V2, JOURNAL_MAGIC_V1))
         current = result.magic == JOURNAL_MAGIC
+        headed = result.magic != JOURNAL_MAGIC_V1
         batches = result.payloads
         written_under = None
-        if current and batches:
+        if headed and batches:
             written_under = self._journal_policy(path, batches[0])
             batches = batches[1:]
-        store.load(self._entries(path, batches, current, replies), now)
+        store.load(self._entries(path, batches, headed, current, replies), now)
         self.report.records += len(batches)
-        reusable = written_under == policy
+        reusable = current and written_under == policy
         if result.corrupt_at is None and result.torn_at is None:
             if last:
                 if not batches and not reusable:  # nothing in it: make it this run's journal
@@ -316,11 +328,14 @@ class DataDir:
         self.report.repaired.append(message)
 
     @staticmethod
-    def _entries(path: Path, payloads: list[memoryview], with_replies: bool, replies: deque[Any]) -> Iterator[Any]:
-        """Every ``(key, value, deadline)`` in the records, in order.
+    def _entries(path: Path, payloads: list[memoryview], with_replies: bool, versioned: bool,
+                 replies: deque[Any]) -> Iterator[Any]:
+        """Every ``(key, value, version, deadline)`` in the records, in order.
 
-        ``with_replies``: the records are ``[entries, replies]`` (the current
-        format); their replies go to ``replies``, which keeps the newest.
+        ``with_replies``: the records are ``[entries, replies]`` (formats 2
+        and 3); their replies go to ``replies``, which keeps the newest.
+        ``versioned``: the entries are records (format 3); older entries
+        ``(key, value, deadline)`` get :data:`~common.versions.ZERO_VERSION`.
         """
         for payload in payloads:
             if not payload:
@@ -332,6 +347,9 @@ class DataDir:
                     replies.extend(remembered)
                 else:
                     entries = record
+                if not versioned:
+                    entries = [(key, value, None if value is None else ZERO_VERSION, deadline)
+                               for key, value, deadline in entries]
             except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
                 raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
             yield from entries

@@ -71,7 +71,7 @@ class VolatileTtl(EvictionPolicy):
         key = self.store.soonest_expiring()
         if key is None:
             return False
-        self.store.delete(key)
+        self.store.evict(key)
         return True
 
 
@@ -95,7 +95,7 @@ class AllKeysLru(EvictionPolicy):
             return True
         while recency:
             key, _ = recency.popitem(last=False)
-            if store.delete(key):
+            if store.evict(key):
                 return True
         return self._evict_untracked()
 
@@ -106,7 +106,7 @@ class AllKeysLru(EvictionPolicy):
             self._scan_cursor = cursor
             for key in keys:
                 if key not in recency:
-                    store.delete(key)
+                    store.evict(key)
                     return True
             if cursor == 0 and not keys and len(store) == 0:
                 return False
@@ -116,7 +116,7 @@ class AllKeysLru(EvictionPolicy):
         """Every key ``op`` names is noted as just used if it exists after the op, and forgotten if not
         (reads of keys found, every write but a delete, and deletes)."""
         named = tuple((index, param.kind) for index, param in enumerate(op.params)
-                      if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS))
+                      if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS, Kind.RECORDS))
         if not named:
             return None
         seen = self._seen
@@ -125,6 +125,9 @@ class AllKeysLru(EvictionPolicy):
             for index, kind in named:
                 if kind is Kind.KEY:
                     seen(args[index])
+                elif kind is Kind.RECORDS:
+                    for record in args[index]:
+                        seen(record[0])
                 else:
                     for key in args[index]:
                         seen(key)

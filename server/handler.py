@@ -27,10 +27,11 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from common import __version__
-from common.limits import KEYS_SLICE_S, SMALL_REPLY_BYTES, Limits
+from common.limits import KEYS_SLICE_S, MAX_NODE_NAME_BYTES, MAX_VERSION_AHEAD_S, SMALL_REPLY_BYTES, Limits
+from common.limits import text_bytes as _text_bytes
 from common.limits import utf8_over as _utf8_over
 from common.membership import Entry, parse_entries
-from common.ops import OPS, OPS_TABLE, Kind, Op, Option
+from common.ops import OPS, OPS_TABLE, REC_OPTION, Kind, Op, Option
 from common.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -41,6 +42,7 @@ from common.protocol import (
     renew_packer,
     unpack_request,
 )
+from common.versions import Record, as_version
 from server.glob_match import PatternTooComplex
 from server.membership import MemberView, now_ms
 from server.replies import RememberedReplies
@@ -141,7 +143,7 @@ class Handler:
         members: MemberView | None = None,
     ) -> None:
         self.store = store
-        self.members = members if members is not None else MemberView.single()
+        self.members = members if members is not None else MemberView.single(store.hlc.node)
         self.limits = limits = limits or Limits()
         self.replies = replies if replies is not None else RememberedReplies()
         self._clock = clock
@@ -181,6 +183,7 @@ class Handler:
             Kind.PAIRS: self._check_pairs, Kind.INT: self._check_int, Kind.PATTERN: self._check_pattern,
             Kind.CURSOR: self._check_cursor, Kind.COUNT: self._check_count, Kind.REQUESTS: self._check_requests,
             Kind.ENTRIES: self._check_entries,
+            Kind.RECORDS: self._check_records,
         }
         self._prepared = {op.name: self._prepare(op, memory) for op in OPS_TABLE}
         self._track_get = memory.after(OPS["get"]) if memory is not None else None
@@ -260,8 +263,15 @@ class Handler:
             cached = self.replies.get(rid)
             if cached is not None:
                 return cached
+        rec = options.get(REC_OPTION) if options and not plain else None
         try:
-            reply = ok(call(args) if plain else call_with_options(args, options))
+            if rec is not None:
+                if type(rec) is not bool:
+                    raise Refused(Status.BAD_REQUEST, f"option {REC_OPTION} must be true or false")
+                if rec:
+                    self._admit_records(op, args)
+            result = call(args) if plain else call_with_options(args, options)
+            reply = ok([result, self._records_after(op, args)] if rec else result)
             if self._renew_packer:
                 self._renew_packer = False
                 renew_packer()
@@ -275,6 +285,35 @@ class Handler:
         if rid is not None:  # only applied writes: a refused one may be retried
             self.replies.remember(rid, reply)
         return reply
+
+    def _admit_records(self, op: str, args: list[Any]) -> None:
+        """Room for the records a write with ``rec`` answers with, made before the write runs.
+
+        Afterwards a refusal would hide a write that was applied. The records
+        hold the key's value after the write: the new one, or the one held
+        when a condition failed; the larger of both is counted. The
+        arguments are not checked yet: what is not a str counts nothing
+        (the write is then refused by its check).
+        """
+        if op == "mset":
+            pairs = args[0] if type(args[0]) is dict else {}
+            size = sum(_text_bytes(k) + _text_bytes(v) + 32 for k, v in pairs.items()
+                       if type(k) is str and type(v) is str)
+        else:
+            key = args[0]
+            if type(key) is not str:
+                return
+            held = self.store.get(key) or ""
+            new = args[-1] if op in ("set", "cas") and type(args[-1]) is str else ""
+            size = _text_bytes(key) + max(_text_bytes(held), _text_bytes(new)) + 48
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size)
+
+    def _records_after(self, op: str, args: list[Any]) -> list[Record | None]:
+        """The records a write left: one per pair for ``mset``, else the key's (nil: the node holds nothing)."""
+        keys = args[0] if op == "mset" else (args[0],)
+        record = self.store.record
+        return [record(key) for key in keys]
 
     def _admit_reply(self, size: int) -> None:
         """Refuse to build a reply of ``size`` bytes that the limits have no room for.
@@ -383,6 +422,43 @@ class Handler:
             raise Refused(Status.BAD_REQUEST, f"{name} must be a positive integer")
         return count
 
+    def _check_records(self, records: Any, name: str) -> list[Record]:
+        """Records ``[key, value or nil, version, deadline or nil]``, all checked before any is applied.
+
+        A version more than :data:`~common.limits.MAX_VERSION_AHEAD_S`
+        ahead of this server's clock is refused: applying it would move the
+        clock, and so every later write, that far ahead.
+        """
+        if not isinstance(records, list):
+            raise Refused(Status.BAD_REQUEST, f"{name} must be an array of records")
+        if len(records) > self.limits.max_batch_keys:
+            raise Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} records in one request")
+        latest_ms = self.store.hlc.now_ms() + int(MAX_VERSION_AHEAD_S * 1000)
+        latest_deadline = self._clock() + MAX_TTL_S
+        checked: list[Record] = []
+        for record in records:
+            if not isinstance(record, list) or len(record) != 4:
+                raise Refused(Status.BAD_REQUEST, "a record must be an array [key, value, version, deadline]")
+            key, value, version, deadline = record
+            key = self._check_key(key, name)
+            if value is not None:
+                value = self._check_value(value, name)
+            try:
+                version = as_version(version, MAX_NODE_NAME_BYTES)
+            except ValueError as exc:
+                raise Refused(Status.BAD_REQUEST, f"record of {key[:64]!r}: {exc}") from None
+            if version[0] > latest_ms:
+                raise Refused(Status.BAD_REQUEST, f"record of {key[:64]!r}: its version is more than "
+                              f"{MAX_VERSION_AHEAD_S:.0f} s ahead of this server's clock")
+            if deadline is not None:
+                if (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                        or not 0 < deadline <= latest_deadline):
+                    raise Refused(Status.BAD_REQUEST, f"record of {key[:64]!r}: a deadline must be nil or "
+                                  f"Unix seconds above 0, at most {MAX_TTL_S:.0f} s ahead")
+                deadline = float(deadline)
+            checked.append((key, value, version, deadline))
+        return checked
+
     def _check_requests(self, requests: Any, name: str) -> list[Any]:
         if not isinstance(requests, list):
             raise Refused(Status.BAD_REQUEST, "batch takes an array of requests")
@@ -437,13 +513,8 @@ class Handler:
         with its own cursor and no keys (a cursor 0 becomes this run's cursor
         for the start), so a batch of scans cannot hold up the server either.
         """
-        now = time.perf_counter()
-        deadline = self._scan_deadline
+        deadline = self._scan_slice()
         if deadline is None:
-            deadline = now + KEYS_SLICE_S
-        elif not deadline:
-            deadline = self._scan_deadline = now + KEYS_SLICE_S
-        elif now >= deadline:
             return [self._scan_tag * SCAN_POSITIONS + cursor, []]
         room = self._reply_limit - self._batch_bytes
         try:
@@ -455,6 +526,47 @@ class Handler:
         if size > _UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(key) - len(key) for key in keys if not key.isascii()))
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, keys]
+
+    def op_getv(self, keys: list[str]) -> list[Record | None]:
+        record = self.store.record
+        records = [record(key) for key in keys]
+        size = sum(_text_bytes(r[0]) + (_text_bytes(r[1]) if r[1] is not None else 0) + 48
+                   for r in records if r is not None)
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size)
+        return records
+
+    def op_putv(self, records: list[Record]) -> list[bool]:
+        put_if_newer = self.store.put_if_newer
+        return [put_if_newer(key, value, version, deadline) for key, value, version, deadline in records]
+
+    def op_scanv(self, cursor: int, count: int) -> list[Any]:
+        """One page of every record, tombstones included; paged and time-sliced as :meth:`op_keys`."""
+        deadline = self._scan_slice()
+        if deadline is None:
+            return [self._scan_tag * SCAN_POSITIONS + cursor, []]
+        room = self._reply_limit - self._batch_bytes
+        next_position, records = self.store.scan_records(cursor, min(count, self.limits.max_scan_count), deadline,
+                                                         room // 2)
+        size = 16 + sum(_text_bytes(r[0]) + (_text_bytes(r[1]) if r[1] is not None else 0) + 48 for r in records)
+        if size > _UNCHECKED_CHARS:
+            self._admit_reply(size)
+        return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, records]
+
+    def op_node(self) -> dict[str, Any]:
+        return self.members.node()
+
+    def _scan_slice(self) -> float | None:
+        """The perf_counter time a scan page must stop at; None if the batch's slice has run out."""
+        now = time.perf_counter()
+        deadline = self._scan_deadline
+        if deadline is None:
+            return now + KEYS_SLICE_S
+        if not deadline:
+            deadline = self._scan_deadline = now + KEYS_SLICE_S
+        elif now >= deadline:
+            return None
+        return deadline
 
     def op_ttl(self, key: str) -> float:
         return self.store.ttl(key)
@@ -473,6 +585,7 @@ class Handler:
             "uptime_s": round(self._clock() - self._started, 3),
             "keys": len(self.store),
             "keys_with_ttl": self.store.keys_with_ttl,
+            "tombstones": self.store.tombstones,
             "expired_keys": self.store.expired_total,
             "memory_bytes": self.store.memory_bytes,
             "rss_bytes": rss_bytes(),
@@ -615,11 +728,6 @@ def _callers(function: Callable[..., Any], checks: tuple[tuple[int, _Check, str]
 
 
 _NO_OPTIONS: dict[str, Any] = {}
-
-
-def _text_bytes(text: str) -> int:
-    """``text``'s UTF-8 bytes (encoded to count only if it is not ASCII)."""
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def rss_bytes() -> int:

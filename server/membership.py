@@ -24,7 +24,8 @@ from typing import Any
 import msgpack
 
 from common.address import DEFAULT_PORT
-from common.membership import JOINING, LEFT, READY, Entry, Version, epoch, next_version, parse_entries
+from common.membership import JOINING, LEFT, READY, Entry, epoch, next_version, parse_entries
+from common.versions import Version
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ class MemberView:
     """
 
     @classmethod
-    def single(cls) -> MemberView:
-        """A cluster of one, named by the host name (a handler built without a server's settings)."""
-        name = socket.gethostname()
+    def single(cls, name: str = "") -> MemberView:
+        """A cluster of one (a handler built without a server's settings), named ``name`` or the host name."""
+        name = name or socket.gethostname()
         view = cls(name, 1, False, None)
         view.listening_at(f"{name}:{DEFAULT_PORT}")
         return view
@@ -97,6 +98,12 @@ class MemberView:
         with self._lock:
             return {"epoch": self._epoch, "replicas": self.replicas, "dynamic": self.dynamic,
                     "members": {name: entry.wire() for name, entry in self._entries.items()}}
+
+    def node(self) -> dict[str, Any]:
+        """The ``node`` op's answer: who this node is."""
+        with self._lock:
+            return {"name": self.name, "address": self.address, "state": self._entries[self.name].state,
+                    "epoch": self._epoch}
 
     def peers(self) -> dict[str, str]:
         """The other members that have not left: name -> address."""

@@ -229,6 +229,9 @@ class MemoryGuard:
             return lambda number: NUMBER_BYTES
         if param.kind is Kind.PAIRS:
             return lambda pairs: sum(getsizeof(key) + getsizeof(value) + key_extra for key, value in pairs.items())
+        if param.kind is Kind.RECORDS:  # a tombstone counts as much as an empty value would
+            return lambda records: sum(getsizeof(key) + getsizeof(value or "") + key_extra
+                                       for key, value, _, _ in records)
         raise ValueError(f"{op.name}: the memory guard cannot count a stored {param.kind.value} argument")
 
     def after(self, op: Op) -> ArgsHook | None:

@@ -14,22 +14,28 @@ leaves, and which recovery forgives).
 
 What the payloads hold (msgpack) depends on the format the magic names:
 
-``MLJRNL2`` journal (this version)
+``MLJRNL3`` journal (this version)
     Record 0 is the header, a map ``{"fsync": POLICY}``: the ``--fsync``
     policy of the server that wrote every record of the file (a server
     started with another policy begins a new journal). Every later record is
-    one batch, ``[changes, replies]``: ``changes`` an array of
-    ``[key, value, deadline]`` (``value`` nil: deleted; ``deadline`` Unix
-    seconds, a float, or nil: no expiry), ``replies`` an array of
-    ``[[op, rid], reply]``: the reply (bin: the encoded reply frame) that
-    each write of the batch carrying a request id got.
-``MLSNAP2`` snapshot (this version)
-    Records ``[entries, replies]`` of the same shapes: the table's entries
-    and the remembered replies, up to 512 of either per record, then an end
-    record with an empty payload (a snapshot without it is incomplete).
+    one batch, ``[changes, replies]``: ``changes`` an array of records
+    ``[key, value, version, deadline]`` (``value`` nil and ``version`` an
+    array ``[ms, counter, node]``: a tombstone; ``value`` and ``version``
+    nil: removed, nothing left; ``deadline`` Unix seconds, a float, or nil:
+    no expiry), ``replies`` an array of ``[[op, rid], reply]``: the reply
+    (bin: the encoded reply frame) that each write of the batch carrying a
+    request id got.
+``MLSNAP3`` snapshot (this version)
+    Records ``[entries, replies]`` of the same shapes (an entry is a live
+    key's record or a tombstone), up to 512 of either per record, then an
+    end record with an empty payload (a snapshot without it is incomplete).
+``MLJRNL2`` / ``MLSNAP2`` (memlookup before versions, still read)
+    As above, but a change or entry is ``[key, value, deadline]`` (``value``
+    nil: deleted): its key loads with version ``[0, 0, ""]``, older than
+    every version written since.
 ``MLJRNL1`` / ``MLSNAP1`` (memlookup 0.1.0, still read)
-    No header record; a journal record is a bare ``changes`` array, a
-    snapshot record a bare ``entries`` array; no replies.
+    No header record; a journal record is a bare ``changes`` array of the
+    ``MLJRNL2`` shape, a snapshot record a bare ``entries`` array; no replies.
 
 :func:`scan` tells damage apart. A *torn tail* is damage that reaches the
 end of the file: a header or payload cut short, a tail of zero bytes (what a
@@ -46,8 +52,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-JOURNAL_MAGIC = b"MLJRNL2\n"
-SNAPSHOT_MAGIC = b"MLSNAP2\n"
+JOURNAL_MAGIC = b"MLJRNL3\n"
+SNAPSHOT_MAGIC = b"MLSNAP3\n"
+#: The formats written before versions: read, never written.
+JOURNAL_MAGIC_V2 = b"MLJRNL2\n"
+SNAPSHOT_MAGIC_V2 = b"MLSNAP2\n"
 #: The formats of memlookup 0.1.0: read, never written.
 JOURNAL_MAGIC_V1 = b"MLJRNL1\n"
 SNAPSHOT_MAGIC_V1 = b"MLSNAP1\n"

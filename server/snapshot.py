@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgpack
 
+from common.versions import Record
 from server.datadir import DataDir, file_name
 from server.journal import Journal, fsync_dir, write_all
 from server.records import SNAPSHOT_MAGIC, frame
@@ -61,7 +62,7 @@ class SnapshotWriter:
     is done.
     """
 
-    def __init__(self, directory: Path, generation: int, entries: Iterator[tuple[str, str, float | None]],
+    def __init__(self, directory: Path, generation: int, entries: Iterator[Record],
                  replies: Iterable[Remembered]) -> None:
         self.generation = generation
         self.final = directory / file_name("snapshot", generation)
@@ -72,7 +73,7 @@ class SnapshotWriter:
         self.longest_slice_ms = 0.0
 
     @staticmethod
-    def _records(entries: Iterator[tuple[str, str, float | None]], replies: Iterable[Remembered]) -> Iterator[bytes]:
+    def _records(entries: Iterator[Record], replies: Iterable[Remembered]) -> Iterator[bytes]:
         """The payloads ``[entries, replies]``: the replies first, then the table."""
         remembered = iter(replies)
         while chunk := list(itertools.islice(remembered, SNAPSHOT_CHUNK_ENTRIES)):
@@ -183,7 +184,7 @@ class Compaction:
             path.unlink(missing_ok=True)
             return False
         try:
-            self._snapshot = SnapshotWriter(self.data_dir.path, generation, self.store.items(), self.replies())
+            self._snapshot = SnapshotWriter(self.data_dir.path, generation, self.store.records(), self.replies())
         except OSError as exc:  # the new journal simply goes on; the old files stay
             self._failed(f"cannot create the snapshot: {exc}")
             return False
@@ -240,7 +241,7 @@ class Compaction:
         """
         generation = self.journal.generation + 1
         self.journal.open(self.data_dir.file("journal", generation), generation)
-        writer = SnapshotWriter(self.data_dir.path, generation, self.store.items(), self.replies())
+        writer = SnapshotWriter(self.data_dir.path, generation, self.store.records(), self.replies())
         try:
             while not writer.step(float("inf")):
                 pass

@@ -78,10 +78,10 @@ def test_no_one_else_changes_a_nodes_own_entry(three: list[ServerProcess]) -> No
     ({"n9": {"address": "127.0.0.1:9", "state": "asleep", "version": [1, 0, "n9"]}}, "state must be one of"),
     ({"n9": {"address": "127.0.0.1:99999", "state": "ready", "version": [1, 0, "n9"]}}, "port"),
     ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "n1"]}}, "written only by the member"),
-    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 70000, "n9"]}}, "counter"),
-    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1.5, 0, "n9"]}}, "integers"),
+    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 70000, "n9"]}}, "counter must be an integer from 0 to 65535"),
+    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1.5, 0, "n9"]}}, "ms must be an integer"),
     ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [2**62, 0, "n9"]}}, "ahead of this clock"),
-    ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}}, "member name"),
+    ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}}, "member name must be a string of 1 to 255 bytes"),
 ])
 def test_a_malformed_announcement_is_refused_and_changes_nothing(three: list[ServerProcess], entries: Any,
                                                                  message: str) -> None:
@@ -109,7 +109,7 @@ def test_a_restarted_node_knows_the_members_from_its_data_dir(start_server: Star
     (("--replicas", "0"), "replicas must be at least 1"),
     (("--join", "127.0.0.1:99999"), "port"),
     (("--advertise", "[::1"), "unclosed"),
-    (("--node-name", "x" * 300), "node name must be"),
+    (("--node-name", "x" * 300), "node name must be 1 to 255 bytes"),
 ])
 def test_bad_membership_settings_are_refused(args: tuple[str, ...], message: str) -> None:
     result = run_server(*args)

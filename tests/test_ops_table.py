@@ -159,6 +159,7 @@ STORED_SAMPLES: dict[Kind, object] = {
     Kind.KEY: "k", Kind.VALUE: "a longer value", Kind.KEYS: ["k", "other"], Kind.PAIRS: {"k": "1", "other": "2"},
     Kind.INT: 41, Kind.PATTERN: "*", Kind.CURSOR: 0, Kind.COUNT: 10, Kind.REQUESTS: [["ping"]],
     Kind.ENTRIES: {"other": {"address": "127.0.0.1:7401", "state": "joining", "version": [1, 0, "other"]}},
+    Kind.RECORDS: [["k", "a longer value", [1, 0, "n"], None], ["other", "2", [1, 0, "n"], None]],
 }
 #: Where a parameter needs another value than its kind's sample: a cas finds what it expects.
 NAMED_SAMPLES: dict[str, object] = {"expected": "1"}

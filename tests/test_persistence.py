@@ -547,26 +547,35 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
 
     rng = random.Random(7)
     now = time.time()
-    entries: list[tuple[str, str | None, float | None]] = []
-    for _ in range(5000):
+    grace_s = 60.0
+    entries: list[tuple[str, str | None, tuple[int, int, str] | None, float | None]] = []
+    for n in range(5000):
         key = f"k{rng.randrange(300)}"
+        version = (int((now - rng.uniform(0, 2 * grace_s)) * 1000), n, rng.choice("ab"))
         roll = rng.random()
-        if roll < 0.2:
-            entries.append((key, None, None))
+        if roll < 0.1:
+            entries.append((key, None, None, None))  # removed (evicted): nothing left
+        elif roll < 0.2:
+            entries.append((key, None, version, None))  # deleted: a tombstone, unless past its grace
         else:
             deadline = None if roll < 0.6 else now + rng.uniform(-10, 10)
-            entries.append((key, "v" * rng.randrange(50) + key, deadline))
-    loaded = Store()
+            entries.append((key, "v" * rng.randrange(50) + key, version, deadline))
+    loaded = Store(tombstone_grace_s=grace_s)
     loaded.load(iter(entries), now)
-    applied = Store()
-    for key, value, deadline in entries:
-        if value is None or (deadline is not None and deadline <= now):
-            applied.delete(key)
-        else:
-            applied.put(key, value, deadline)
-    assert sorted(loaded.items()) == sorted(applied.items())
+    applied = Store(tombstone_grace_s=grace_s)
+    for key, value, saved, deadline in entries:
+        applied.evict(key)
+        applied._unbury(key)
+        if value is not None and (deadline is None or deadline > now):
+            applied.put(key, value, deadline, saved)
+        elif value is None and saved is not None and saved[0] > (now - grace_s) * 1000:
+            applied._bury(key, saved)
+    assert sorted(loaded.records(), key=repr) == sorted(applied.records(), key=repr)
+    assert loaded.tombstones == applied.tombstones > 0
     assert (len(loaded), loaded.memory_bytes) == (len(applied), applied.memory_bytes)
     assert loaded.keys_with_ttl == sum(d is not None for _, _, d in applied.items())
+    newest = max(saved for _, _, saved, _ in entries if saved is not None)
+    assert loaded.hlc.issue() > newest  # the clock moved past everything loaded
 
 
 def test_failed_fsync_under_always_refuses_writes_until_restart_and_reads_keep_working(tmp_path, monkeypatch):

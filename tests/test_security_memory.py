@@ -140,14 +140,14 @@ def test_a_bad_size_is_a_usage_error():
     assert result.returncode == 2 and "is not a size" in result.stderr
 
 
-def _handler_with_guard(policy: str, keys_that_fit: int):
+def _handler_with_guard(policy: str, keys_that_fit: int, store=None):
     from common.protocol import encode_request
     from server.eviction import EVICTION_POLICIES
     from server.handler import Handler
     from server.memory import MemoryGuard
     from server.store import Store
 
-    store = Store()
+    store = store if store is not None else Store()
     probe = MemoryGuard(Store(), 1 << 40, EVICTION_POLICIES[policy], baseline_bytes=0)
     Handler(probe.store, memory=probe).handle(encode_request("set", "k00", "x" * 100))
     guard = MemoryGuard(store, probe.used_bytes * keys_that_fit + 50, EVICTION_POLICIES[policy], baseline_bytes=0)
@@ -173,16 +173,38 @@ def test_lru_evicts_in_exact_recency_order_without_a_socket():
 
 
 def test_noeviction_refuses_without_a_socket_and_delete_makes_room():
-    store, guard, call = _handler_with_guard("noeviction", keys_that_fit=3)
+    # A delete frees the value at once; its tombstone (key and version) once the grace period is over.
+    from server.store import Store
+
+    now = [1_000_000.0]
+    store, guard, call = _handler_with_guard("noeviction", keys_that_fit=3,
+                                             store=Store(clock=lambda: now[0], tombstone_grace_s=60))
     for name in "abc":
         assert call("set", f"k{name}0", "x" * 100)[0] == 0
     status, message = call("set", "kd0", "x" * 100)
     assert status == 6 and message.startswith("out of memory")
     assert call("incr", "counter", 1)[0] == 6
     assert call("get", "ka0") == [0, "x" * 100]
+    used = guard.used_bytes
     assert call("del", "ka0") == [0, True]
+    assert used - guard.used_bytes >= 100
+    now[0] += 61
+    store.sweep()
     assert call("set", "kd0", "x" * 100) == [0, True]
     assert len(store) == 3 and guard.refused_writes == 2
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_eviction_leaves_no_tombstone_and_never_evicts_one(policy):
+    # An evicted key is not deleted: a replica's copy of it is not outdated, so nothing must outlive it.
+    store, guard, call = _handler_with_guard(policy, keys_that_fit=4)
+    assert call("set", "deleted", "x" * 100) == [0, True]
+    assert call("del", "deleted") == [0, True]
+    for i in range(8):
+        assert call("set", f"k{i}0", "x" * 100, ttl_s=600) == [0, True]
+    assert guard.evicted_keys >= 4
+    assert call("get", "k00") == [0, None] and store.record("k00") is None
+    assert store.tombstones == 1 and store.tombstone("deleted") is not None
 
 
 def test_a_write_bigger_than_the_whole_limit_is_refused_without_evicting_anything():

@@ -130,12 +130,16 @@ def test_sweep_removes_expired_keys_nobody_reads():
     assert store.memory_bytes > 0
 
 
-def test_memory_estimate_returns_to_zero():
-    store = Store()
+def test_memory_estimate_returns_to_zero_once_the_tombstone_is_collected():
+    clock = Clock()
+    store = Store(clock=clock, tombstone_grace_s=60)
     store.set("k", "v" * 1000)
     store.set("k", "v")
     store.delete("k")
-    assert store.memory_bytes == 0 and len(store) == 0
+    assert len(store) == 0 and store.tombstones == 1 and store.memory_bytes > 0
+    clock.now += 61
+    store.sweep()
+    assert store.memory_bytes == 0 and store.tombstones == 0
 
 
 def test_scan_with_pattern_and_small_pages_finds_each_key_once():
