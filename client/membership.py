@@ -23,9 +23,16 @@ from common.ops import OPS
 
 C = TypeVar("C")
 
+#: How often :func:`leave` asks whether the node has left.
+LEAVE_POLL_S = 0.2
+
 #: The internal ops nodes and cluster clients send each other (route NONE: no client method).
 MEMBERS: Command[dict[str, Any]] = Command(OPS["members"])
 ANNOUNCE: Command[dict[str, bool]] = Command(OPS["announce"])
+LEAVE: Command[dict[str, Any]] = Command(OPS["leave"])
+NODE: Command[dict[str, Any]] = Command(OPS["node"])
+SCANV: Command[list[Any]] = Command(OPS["scanv"])
+PUTV: Command[list[bool]] = Command(OPS["putv"])
 
 
 class KeptMembership:
@@ -142,3 +149,33 @@ def member_client(clients: dict[str, C], name: str) -> C:
     if client is None:
         raise NodeUnavailableError(f"member {name}'s address does not resolve", node=name)
     return client
+
+
+def leave(node: str, timeout_s: float = 120.0, **options: Any) -> dict[str, Any]:
+    """Make ``node`` leave its cluster, and wait until it has: its records are with their new owners.
+
+    For a Kubernetes ``preStop`` hook, or before a node is removed for good.
+    ``leave`` starts the node's leave procedure (server/membership_thread.py)
+    and is then asked again until the node says ``left``; the node goes on
+    answering requests meanwhile. ``options`` are :class:`client.Client`'s.
+
+    Returns:
+        The node's last answer: ``{"state": "left", "pushed": records, "error": None}``.
+
+    Raises:
+        InvalidRequestError: the node keeps no membership (it runs without ``--join``).
+        NodeUnavailableError: the node did not answer.
+        TimeoutError: it had not left after ``timeout_s``; the answer's error says why.
+    """
+    from client.client import Client
+
+    deadline = time.monotonic() + timeout_s
+    with Client(node, **options) as client:
+        while True:
+            answer = client._execute(LEAVE)
+            if answer.get("state") == LEFT:
+                return answer
+            if time.monotonic() >= deadline:
+                why = answer.get("error") or "still moving keys"
+                raise TimeoutError(f"{node} has not left after {timeout_s} s: {why}")
+            time.sleep(LEAVE_POLL_S)

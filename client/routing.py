@@ -154,8 +154,14 @@ class MembershipView:
         return self._membership.nodes
 
     def owners(self, key: str) -> list[str]:
-        """The nodes that hold ``key``, first owner first."""
+        """The nodes a write of ``key`` goes to, first owner first."""
         return self._membership.owners(key)
+
+    @property
+    def changing(self) -> bool:
+        """True while a node joins or leaves a membership kept by the nodes: a key's
+        owners are then its owners on both rings (docs/CLUSTER.md)."""
+        return self._membership.rings.changing
 
     def is_dead(self, name: str) -> bool:
         """True while ``name`` is skipped after failing to answer."""

@@ -191,6 +191,9 @@ OPS_TABLE: tuple[Op, ...] = (
        route=Route.NONE, cli=False),
     Op("announce", (Param("entries", Kind.ENTRIES),), "merge member entries into this node's view, newest wins",
        "map name → bool: whether that entry was newer and applied (section 9.11)", route=Route.NONE, cli=False),
+    Op("leave", (), "move this node's keys to the other members and leave the cluster (docs/CLUSTER.md)",
+       'map `{"state": "leaving" or "left", "pushed": int, "error": str or nil}` (section 9.11)',
+       route=Route.NONE, cli=False),
     # Versioned ops, for cluster clients and nodes (docs/PROTOCOL.md, "Versions"): not commands.
     Op("getv", (Param("keys", Kind.KEYS),), "each key's record, a tombstone's included",
        "array of the same length and order; each element a record, or nil if the node holds nothing for the key",

@@ -189,7 +189,14 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         log.info("metrics on http://%s:%d/metrics", config.bind, metrics.server_port)
     members.listening_at(config.advertised(int(server.endpoint.rsplit(":", 1)[1])))
     if config.join:
-        gossip = MembershipThread(members, config.join, config.curve_secret_key)
+        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key)
         gossip.start()
         stack.callback(gossip.stop)
     return App(server, handler, persistence, policy, where, stack)
+
+
+def _loopback(bound: str) -> str:
+    """``host:port`` this process reaches its own socket at (``tcp://0.0.0.0:7400`` -> ``127.0.0.1:7400``)."""
+    host, port = bound[len("tcp://"):].rsplit(":", 1)
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "*": "127.0.0.1"}.get(host, host)
+    return f"{host}:{port}"

@@ -603,6 +603,12 @@ class Handler:
     def op_announce(self, entries: dict[str, Entry]) -> dict[str, bool]:
         return self.members.merge(entries)
 
+    def op_leave(self) -> dict[str, Any]:
+        try:
+            return self.members.leave()
+        except ValueError as exc:
+            raise Refused(Status.BAD_REQUEST, str(exc)) from None
+
     @property
     def sections(self) -> Mapping[str, Callable[[], dict[str, Any]]]:
         """The extra ``stats`` sections, by name (the metrics endpoint exports them too)."""

@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 
 from common.address import DEFAULT_PORT
-from common.membership import JOINING, LEFT, READY, Entry, epoch, next_version, parse_entries
+from common.membership import JOINING, LEAVING, LEFT, READY, Entry, epoch, next_version, parse_entries
 from common.versions import Version
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,13 @@ class MemberView:
         self.name, self.replicas, self.dynamic = name, replicas, dynamic
         self.address = ""
         self._dirty = False  # changed since it was last saved
+        #: Set by the ``leave`` op; the membership thread runs the procedure.
+        self.leave_requested = threading.Event()
+        #: Records pushed to their new owners by the leave procedure, and why its last attempt stopped.
+        self.pushed = 0
+        self.leave_error: str | None = None
         self._lock = threading.Lock()
+        self._saving = threading.Lock()  # one writer of the file at a time
         self._path = Path(data_dir) / MEMBERS_FILE if data_dir is not None and dynamic else None
         self._entries: dict[str, Entry] = self._load()
         self._epoch = epoch(self._entries)
@@ -111,6 +117,22 @@ class MemberView:
             return {name: entry.address for name, entry in self._entries.items()
                     if name != self.name and entry.state != LEFT}
 
+    def leave(self) -> dict[str, Any]:
+        """The ``leave`` op: ask the membership thread to run the leave procedure (once), and say
+        where it stands: ``state`` (``leaving`` until it is done, then ``left``), the records
+        ``pushed`` so far, and the ``error`` that stopped the last attempt (a new ``leave`` retries).
+
+        Raises:
+            ValueError: this node keeps no membership (it runs without ``--join``).
+        """
+        if not self.dynamic:
+            raise ValueError("this node keeps no membership (it runs without --join): there is nothing to leave")
+        self.leave_requested.set()
+        with self._lock:
+            state = self._entries[self.name].state
+            return {"state": state if state in (LEAVING, LEFT) else LEAVING, "pushed": self.pushed,
+                    "error": self.leave_error}
+
     # -- changing ------------------------------------------------------------------
 
     def become(self, state: str) -> dict[str, Entry]:
@@ -146,20 +168,26 @@ class MemberView:
         return applied
 
     def save(self) -> None:
-        """Write the view to the data directory (when there is one and it changed since)."""
+        """Write the view to the data directory (when there is one and it changed since).
+
+        Called by the membership thread after each change of this node's own
+        state and each gossip round, and once more as the server stops, so
+        never by the request loop.
+        """
         if self._path is None:
             return
-        with self._lock:
-            if not self._dirty:
-                return
-            data = msgpack.packb({name: entry.wire() for name, entry in self._entries.items()})
-            self._dirty = False
-        temporary = self._path.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self._path)
+        with self._saving:
+            with self._lock:
+                if not self._dirty:
+                    return
+                data = msgpack.packb({name: entry.wire() for name, entry in self._entries.items()})
+                self._dirty = False
+            temporary = self._path.with_suffix(".tmp")
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self._path)
 
     # -- inside the lock -----------------------------------------------------------
 

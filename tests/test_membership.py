@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from client import InvalidRequestError
+from client import Client, InvalidRequestError
+from client.membership import NODE, leave
 from tests.kept_cluster import Start, announce, entry, eventually, members, node, now_ms, states
 from tests.servers import ServerProcess, free_port, run_server
 
@@ -78,10 +79,12 @@ def test_no_one_else_changes_a_nodes_own_entry(three: list[ServerProcess]) -> No
     ({"n9": {"address": "127.0.0.1:9", "state": "asleep", "version": [1, 0, "n9"]}}, "state must be one of"),
     ({"n9": {"address": "127.0.0.1:99999", "state": "ready", "version": [1, 0, "n9"]}}, "port"),
     ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "n1"]}}, "written only by the member"),
-    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 70000, "n9"]}}, "counter must be an integer from 0 to 65535"),
+    ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1, 70000, "n9"]}},
+     "counter must be an integer from 0 to 65535"),
     ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [1.5, 0, "n9"]}}, "ms must be an integer"),
     ({"n9": {"address": "127.0.0.1:9", "state": "ready", "version": [2**62, 0, "n9"]}}, "ahead of this clock"),
-    ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}}, "member name must be a string of 1 to 255 bytes"),
+    ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}},
+     "member name must be a string of 1 to 255 bytes"),
 ])
 def test_a_malformed_announcement_is_refused_and_changes_nothing(three: list[ServerProcess], entries: Any,
                                                                  message: str) -> None:
@@ -115,3 +118,16 @@ def test_bad_membership_settings_are_refused(args: tuple[str, ...], message: str
     result = run_server(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_node_says_who_it_is_with_its_state_and_the_epoch(three: list[ServerProcess]) -> None:
+    first = three[0]
+    with Client(first.node, timeout_s=2.0) as client:
+        assert client._execute(NODE) == {"name": "n1", "address": first.node, "state": "ready",
+                                         "epoch": members(first)["epoch"]}
+
+
+def test_a_cluster_of_one_refuses_to_leave(start_server: Start) -> None:
+    server = start_server("--node-name", "solo")
+    with pytest.raises(InvalidRequestError, match="keeps no membership"):
+        leave(server.node, timeout_s=5)
