@@ -79,7 +79,8 @@ class KeptMembership:
             self._turn += 1
             candidates = [members[self._turn % len(members)]]
         else:
-            candidates = [seed for seed in self._seeds if seed in membership.everyone] or membership.everyone
+            candidates = membership.live_first([seed for seed in self._seeds if seed in membership.everyone]
+                                               or membership.everyone)
         for name in candidates:
             got = (yield {name: [MEMBERS.request((), {})]})[name]
             if isinstance(got, NodeUnavailableError):
