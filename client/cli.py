@@ -170,7 +170,7 @@ def _list_keys(table: Any, kwargs: dict[str, Any], as_json: bool, emit: Emit) ->
 def _rebalance(table: Any, emit: Emit) -> int:
     report = cluster_rebalance(table)
     emit(report, f"examined {report['examined']} copies: copied {report['copied']}, "
-                 f"removed {report['removed']} from non-owners, {report['conflicts']} conflicts")
+                 f"removed {report['removed']} from non-owners")
     if report["failures"]:
         raise _Outcome("incomplete, run it again: " + "; ".join(report["failures"][:3]), EXIT_UNAVAILABLE)
     return EXIT_OK

@@ -69,51 +69,41 @@ class ClusterClient(MembershipView, MappingSugar):
         seconds: calls skip it, then try it again. When every owner of a key
         is marked dead, they are all tried anyway.
 
-    Writes (``set``, ``mset``, ``delete``; routes WRITE, WRITE_MANY, DELETE):
-        Sent to every owner that is not marked dead. A write succeeds when
-        every live owner acknowledged it, and at least one did; an owner
-        that times out is marked dead and the write still succeeds on the
-        others. If no owner answered, :class:`NodeUnavailableError` is raised
-        and the write may or may not have been applied anywhere. If an owner
-        refuses it (out of memory, say), the error is raised; owners asked
-        before it keep the write. ``mset`` is all-or-none on each node, not
-        across nodes. ``delete`` goes to every live node, owner or not, so
-        that a copy not yet moved by ``rebalance`` cannot come back.
+    Versions (docs/CLUSTER.md, "Consistency"):
+        Every write is applied by one node, which stamps the key with a
+        version (its hybrid logical clock); a delete leaves a tombstone with
+        its version. Owners keep whichever version of a key is newer, so
+        copies, repairs and ``rebalance`` can be applied in any order. Every
+        node must be a memlookup server that has the versioned operations
+        (``getv``, ``putv``, ``scanv``, option ``rec``): an older one refuses
+        them, and the call raises :class:`InvalidRequestError`.
 
-    Conditional writes (``set`` with nx/xx, ``cas``, ``incr``; route DECIDE):
-        Decided by the first live owner alone; its outcome is then copied
-        to the other owners as a plain set (for ``incr``, the new number and
-        the remaining TTL), so the copies never decide differently. Two
-        clients racing on one key are ordered by the first owner, but their
-        copies to the second owner may land in either order, so the second
-        copy of a hot counter can lag until the next write.
+    Writes (``set``, ``mset``, ``delete``, ``incr``, ``cas``; routes WRITE,
+    WRITE_MANY, DELETE, DECIDE):
+        The first live owner of the key applies the write -- and decides its
+        condition (``nx``/``xx``, ``cas``'s expected value, ``incr``'s
+        number) -- and answers the record it left; that record is copied to
+        the other live owners (``putv``: applied only where it is newer).
+        ``mset`` is split by first owner, the shares sent in parallel. If
+        the first owner does not answer, the next live owner applies it. A
+        write succeeds when one owner applied it; an owner that times out
+        on the copy is marked dead (reads repair it later). If no owner
+        answered, :class:`NodeUnavailableError` is raised and the write may
+        or may not have been applied. A refusal (out of memory, say) is
+        raised; owners asked before keep the write. ``mset`` is all-or-none
+        on each node, not across nodes. ``delete`` goes to the key's owners
+        only: its tombstone outvotes any older copy.
 
-    Without failures:
-        Each key's ``set``, ``get``, ``cas``, ``incr``, ``mset`` and ``mget``
-        are linearizable (the first owner decides and answers them all). A
-        ``delete`` racing a write of the same key can leave the second owner
-        with a copy the first lacks (the write reached the first owner before
-        the delete and the second after it); reads fall back to it on the
-        miss, so the deleted value comes back (docs/CLUSTER.md).
-
-    What a reader sees during a failure (``get``, ``exists``, ``ttl``,
-    ``mget``; routes READ, READ_MANY):
-        Reads go to the first live owner and fall back to the next on a
-        timeout, and also when the first owner does not have the key (a
-        miss costs one request per live owner; owners known to be down are
-        not asked about a miss). So with R copies, any R-1 failed
-        nodes lose nothing, and a node that comes back empty, or a node
-        just added whose keys ``rebalance`` has not moved yet, does not hide
-        a key. A read that runs into a failure is slow
-        (``timeout_s * (retries + 1)``), not wrong. A node that was
-        unreachable but kept running, or that restarts from its data
-        directory, misses the overwrites made meanwhile;
-        once it answers again it is the first owner again, so a reader can
-        see the older value until the next write of that key. Keys are not
-        versioned: when owners disagree, nothing decides which is newer
-        (``rebalance`` counts such keys as conflicts). ``incr``, ``cas`` and
-        ``set nx`` on a key that its new first owner does not hold yet see
-        it as missing.
+    Reads (``get``, ``exists``, ``ttl``, ``mget``; routes READ, READ_MANY):
+        Every live owner is asked for its record at once (``getv``); the
+        newest answers (a tombstone is a miss). Owners that answered with an
+        older record, or none, are given the newest before the call returns
+        (read-repair; a repair that fails does not fail the read). With R
+        copies, any R-1 failed nodes hide nothing, and a node that comes
+        back with old data (a cut link, a restart from its data directory)
+        neither shows an older value nor brings a deleted key back: the
+        other owner's newer record answers, and repairs it. A read that runs
+        into a failure is slow (``timeout_s * (retries + 1)``), not wrong.
 
     Every node (``ping``, ``stats``, ``scan`` and ``keys``; route EVERY_NODE):
         ``ping`` is True when every member answers, and otherwise raises
@@ -138,8 +128,7 @@ class ClusterClient(MembershipView, MappingSugar):
         dead_for_s: how long a dead node is skipped.
         context: a ZeroMQ context to share.
         leaving: nodes being removed from the cluster: not members (they own
-            nothing), but ``delete`` reaches them and ``rebalance`` drains
-            them.
+            nothing), but ``rebalance`` drains them.
         server_key, client_key: CurveZMQ keys, as for :class:`Client`, used
             for every node (the nodes share one server key pair).
     """

@@ -1,37 +1,39 @@
 """Rebalance: put every key on the owners the current membership gives it, R copies each.
 
-Run it after adding or removing nodes, or after a node came back empty. It
-walks the keys of every member, and of the nodes being removed (``leaving``,
-drained first), page by page and, for each key:
+Run it after adding or removing nodes, or after a node came back. It walks
+the versioned records (values and tombstones) of every member, and of the
+nodes being removed (``leaving``, drained first), page by page (``scanv``)
+and, for each record:
 
-1. copies it to each owner that lacks it, with ``set nx`` (and the key's
-   remaining TTL): a copy never overwrites a value that is already there, so
-   a write a client made meanwhile through the new membership wins;
-2. once every owner holds the key, removes it from a member that is not an
-   owner, with compare-and-set against the value it copied (the value is
-   swapped for an empty one that expires a millisecond later, as there is no
-   conditional delete): a value changed meanwhile on that node is kept;
-3. re-reads the source of every copy it made: if the key was deleted or
-   changed there meanwhile, the copy is taken back (again by compare-and-set,
-   so a newer value on the owner is kept), so a delete is not undone.
+1. copies it to each owner with ``putv``, which keeps whichever version is
+   newer: a copy never overwrites a newer write, and an older value never
+   undoes a delete (the owner's tombstone is newer);
+2. once every owner holds it (or something newer), removes a value from a
+   member that is not an owner, with compare-and-set against the value it
+   copied (the value is swapped for an empty one that expires a millisecond
+   later and leaves no tombstone, which a later return of that node to the
+   owners would otherwise carry as a newer delete): a value changed meanwhile
+   on that node is kept. Records that expire within ``EXPIRING_S`` are not
+   copied, so such an empty value never replaces a copy on an owner.
 
-Guarantee: with clients already using the new membership, no write that a
-client made while rebalance ran is lost or overwritten. Writes through the
-old membership to a node that is no longer an owner can be lost: switch
-clients first, then rebalance. Running it again is safe and copies nothing
-that is already in place. Owners that hold different values for a key are
-counted as conflicts and left alone (keys carry no version to tell which is
-newer).
+Guarantee: no write or delete made while rebalance runs, or before it, is
+undone by it; running it again is safe and copies nothing that is already in
+place. Writes through an old membership to a node that is no longer an owner
+are kept there until the next run copies them.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client.client import Client
 from client.cluster import ClusterClient
+from client.records import PUTV, SCANV, Record
+from client.requests import Request
 from common.errors import NodeUnavailableError
+from common.limits import MAX_BATCH_KEYS
 
 #: Keys fetched from a node per step.
 PAGE_KEYS = 1000
@@ -39,16 +41,20 @@ PAGE_KEYS = 1000
 #: Lifetime of the empty value that replaces a removed copy (the cas-delete).
 REMOVED_TTL_S = 0.001
 
+#: Records expiring sooner than this are not copied: they are about to vanish
+#: anyway, and the one a removal left (a version newer than the copies) must not
+#: reach an owner, whose copy it would replace.
+EXPIRING_S = 1.0
+
 
 @dataclass
 class RebalanceReport:
     """What one rebalance run did; ``complete`` is False if a node failed midway."""
 
-    examined: int = 0  # copies looked at, over all nodes
-    copied: int = 0  # copies placed on owners that lacked them
+    examined: int = 0  # records looked at, over all nodes (tombstones included)
+    copied: int = 0  # records an owner took because it held an older version or nothing
     removed: int = 0  # copies removed from nodes that are not owners
     kept_changed: int = 0  # non-owner copies kept because they changed meanwhile
-    conflicts: int = 0  # keys whose owners hold different values
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -62,7 +68,7 @@ def rebalance(
     """Move every key to its owners under ``cluster``'s membership and restore R copies.
 
     Args:
-        progress: called with the number of copies examined after each page.
+        progress: called with the number of records examined after each page.
 
     Raises:
         NodeUnavailableError: a member does not answer before the start (a
@@ -94,90 +100,47 @@ def _rebalance_node(
     progress: Callable[[int], None] | None,
     page_keys: int,
 ) -> None:
-    # Asking each copied key's TTL costs a round trip; skip it when there are none.
-    with_ttl = bool(cluster.on(source, Client.stats).get("keys_with_ttl", 1))
     cursor = 0
     while True:
         # cluster.on() runs each lambda before it returns, so the loop variables it reads are current.
-        cursor, keys = cluster.on(source, lambda c: c.scan(cursor, "*", page_keys))  # noqa: B023
-        if keys:
-            values = cluster.on(source, lambda c: c.mget(keys))  # noqa: B023
-            present = {key: value for key, value in zip(keys, values, strict=True) if value is not None}
-            _place_page(cluster, source, present, report, with_ttl)
-            report.examined += len(keys)
+        cursor, records = cluster.on(source, lambda c: c._send(Request(SCANV, [cursor, page_keys], None)))  # noqa: B023
+        if records:
+            _place_page(cluster, source, records, report)
+            report.examined += len(records)
             if progress is not None:
-                progress(len(keys))
+                progress(len(records))
         if cursor == 0:
             return
 
 
-def _place_page(
-    cluster: ClusterClient, source: str, values: dict[str, str], report: RebalanceReport, with_ttl: bool
-) -> None:
-    owners = {key: cluster.owners(key) for key in values}
-    wanted: dict[str, list[str]] = {}  # owner -> keys it should hold
-    for key, names in owners.items():
-        for name in names:
+def _place_page(cluster: ClusterClient, source: str, records: list[Record], report: RebalanceReport) -> None:
+    owners = {record[0]: cluster.owners(record[0]) for record in records}
+    wanted: dict[str, list[Record]] = {}  # owner -> the records it should hold
+    soon_s = time.time() + EXPIRING_S
+    for record in records:
+        if record[3] is not None and record[3] < soon_s:
+            continue  # expiring: not worth a copy, and a removed copy (below) must never be copied back
+        for name in owners[record[0]]:
             if name != source:
-                wanted.setdefault(name, []).append(key)
-    results = cluster.on_each(
-        {name: _copy_missing(cluster, source, keys, values, with_ttl) for name, keys in wanted.items()}
-    )
-    copies: dict[str, _Copied] = {}
+                wanted.setdefault(name, []).append(record)
+    results = cluster.on_each({name: _put(share) for name, share in wanted.items()})
+    failed = set()
     for name, result in results.items():
         if isinstance(result, NodeUnavailableError):
             report.failures.append(f"{name}: {result}")
+            failed.add(name)
         else:
-            copies[name] = result
-            report.copied += len(result.new)
-            report.conflicts += result.conflicts
-
-    # Take back copies whose source changed meanwhile, so that a delete or a
-    # newer write racing with the copy is not undone.
-    copied_keys = sorted({key for copy in copies.values() for key in copy.new})
-    if copied_keys:
-        now = dict(zip(copied_keys, cluster.on(source, lambda c: c.mget(copied_keys)), strict=True))
-        for name, copy in copies.items():
-            for key in copy.new:
-                if now[key] != values[key]:
-                    # cluster.on() runs the lambda at once, while key is this iteration's.
-                    cluster.on(name, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S))  # noqa: B023
-                    report.copied -= 1
-                    copy.held.discard(key)
-
-    for key, names in owners.items():
-        if source in names or not all(name in copies and key in copies[name].held for name in names):
+            report.copied += sum(result)
+    for key, value in ((record[0], record[1]) for record in records):
+        if source in owners[key] or value is None or failed.intersection(owners[key]):
             continue
-        if cluster.on(source, lambda c: c.cas(key, values[key], "", ttl_s=REMOVED_TTL_S)):  # noqa: B023 (run at once)
+        if cluster.on(source, lambda c: c.cas(key, value, "", ttl_s=REMOVED_TTL_S)):  # noqa: B023 (run at once)
             report.removed += 1
         else:
             report.kept_changed += 1
 
 
-@dataclass
-class _Copied:
-    """One owner after copying: the keys it holds, those this run placed, conflicts seen."""
-
-    held: set[str] = field(default_factory=set)
-    new: list[str] = field(default_factory=list)
-    conflicts: int = 0
-
-
-def _copy_missing(
-    cluster: ClusterClient, source: str, keys: list[str], values: dict[str, str], with_ttl: bool
-) -> Callable[[Client], _Copied]:
-    def copy(owner: Client) -> _Copied:
-        done = _Copied()
-        for key, value in zip(keys, owner.mget(keys), strict=True):
-            if value is None:
-                ttl_s = cluster.on(source, lambda c: c.ttl(key)) if with_ttl else -1  # noqa: B023 (run at once)
-                if ttl_s == -2:
-                    continue  # gone from the source meanwhile
-                if owner.set(key, values[key], ttl_s=ttl_s if ttl_s > 0 else None, nx=True):
-                    done.new.append(key)
-            elif value != values[key] and cluster.owners(key)[0] == source:
-                done.conflicts += 1  # counted once, when scanning the first owner
-            done.held.add(key)
-        return done
-
-    return copy
+def _put(records: list[Record]) -> Callable[[Client], list[bool]]:
+    """``putv`` of ``records`` to one node, a request per MAX_BATCH_KEYS of them: which it took."""
+    return lambda client: [taken for start in range(0, len(records), MAX_BATCH_KEYS)
+                           for taken in client._send(Request(PUTV, [records[start:start + MAX_BATCH_KEYS]], None))]

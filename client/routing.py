@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
-from client.commands import SET, TTL
+from client.records import GETV, PUTV, REPAIR, WITH_RECORDS, Record, newest, stale, value, with_records
 from client.requests import Request
 from common.address import expand_nodes
 from common.errors import InvalidRequestError, NodeUnavailableError
 from common.limits import MAX_BATCH_KEYS
 from common.membership import Rings
-from common.ops import Kind, Route
+from common.ops import REC_OPTION, Route
 from common.placement import Placement
+from common.protocol import Status
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ class Membership:
             several addresses counts as all of them).
         replicas: copies of each key.
         default_port: for addresses without one.
-        leaving: nodes being removed: not members, but ``delete`` reaches them.
+        leaving: nodes being removed: not members, but ``rebalance`` drains them.
         dead_for_s: how long a node that did not answer is skipped.
 
     A membership kept by the nodes (client/membership.py) follows from
@@ -90,14 +91,10 @@ class Membership:
         return list(self.rings.nodes)
 
     def owners(self, key: str) -> list[str]:
-        """The nodes a write of ``key`` goes to, first owner first (while a node
-        joins or leaves, its owners on both rings, the new ring's first)."""
-        return self.rings.write_owners(key)
-
-    def read_owners(self, key: str) -> list[str]:
-        """The nodes ``key`` is read from, first owner first (while a node joins
-        or leaves, its owners on both rings, the old ring's first)."""
-        return self.rings.read_owners(key)
+        """The nodes that hold ``key``, first owner first (while a node joins or
+        leaves, its owners on both rings, the new ring's first: writes reach
+        the node that will hold it, reads the nodes that still do)."""
+        return self.rings.owners(key)
 
     def is_dead(self, name: str) -> bool:
         """True while ``name`` is skipped after failing to answer."""
@@ -145,7 +142,7 @@ class MembershipView:
 
     @property
     def leaving(self) -> list[str]:
-        """The nodes being removed: not members, but ``delete`` reaches them."""
+        """The nodes being removed: not members, but ``rebalance`` drains them."""
         return self._membership.leaving
 
     @property
@@ -174,13 +171,9 @@ class MembershipView:
 def plan(membership: Membership, request: Request[T]) -> Plan[T]:
     """The plan that sends ``request`` through the cluster, by its op's route."""
     op = request.command.op
-    route = op.route
-    if route is Route.WRITE and request.options and any(
-            request.options.get(option.name) for option in op.options if option.kind == "flag"):
-        route = Route.DECIDE  # a conditional write (set nx/xx)
-    if route is Route.EVERY_NODE:
+    if op.route is Route.EVERY_NODE:
         return EVERY_NODE[op.name](membership, request)
-    return _PLANS[route](membership, request)
+    return _PLANS[op.route](membership, request)
 
 
 def _none_answered(key: str, failure: NodeUnavailableError | None) -> NodeUnavailableError:
@@ -188,149 +181,145 @@ def _none_answered(key: str, failure: NodeUnavailableError | None) -> NodeUnavai
     return NodeUnavailableError(f"no owner of key {key!r} answered{detail}", node=failure.node if failure else "")
 
 
+def _split(items: list[Any]) -> list[list[Any]]:
+    """``items`` in chunks of at most MAX_BATCH_KEYS (one request each)."""
+    return [items[start:start + MAX_BATCH_KEYS] for start in range(0, len(items), MAX_BATCH_KEYS)]
+
+
+#: What a READ answers from the newest record of a key that exists; an op not
+#: here (ttl) is also sent itself, and the answer of the node holding that record is taken.
+_FROM_RECORD: dict[str, Callable[[Record], Any]] = {"get": value, "exists": lambda record: True}
+
+
+def _repairs(latest: Record, held: dict[str, Record | None]) -> Step:
+    """Read-repair: the newest record to each owner that answered with an older one."""
+    return {name: [Request(REPAIR, [[latest]], None)] for name, record in held.items() if stale(record, latest)}
+
+
 def _read(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """READ: the first live owner; on a timeout, or a miss, the next one (not one known to be down)."""
+    """READ: ``getv`` to every live owner at once; the answer of the newest record
+    (a tombstone is a miss); owners holding an older one are repaired."""
     key = request.args[0]
-    missing = request.command.missing
+    ask: list[Request[Any]] = [Request(GETV, [[key]], None)]
+    from_record = _FROM_RECORD.get(request.command.name)
+    if from_record is None:
+        ask.append(request)
+    answers = yield {name: ask for name in membership.live(membership.owners(key))}
+    held: dict[str, Record | None] = {}
     failure: NodeUnavailableError | None = None
-    answered = False
-    for name in membership.live_first(membership.read_owners(key)):
-        if answered and membership.is_dead(name):
-            break  # a miss is not worth a timeout on a node known to be down
-        got = (yield {name: [request]})[name]
+    for name, got in answers.items():
         if isinstance(got, NodeUnavailableError):
             failure = got
-            continue
-        if got[0] != missing:
-            return got[0]
-        answered = True
-    if answered:
-        return missing
-    raise _none_answered(key, failure)
+        else:
+            held[name] = got[0][0]
+    if not held:
+        raise _none_answered(key, failure)
+    latest = newest(held.values())
+    if latest is None:
+        return request.command.missing
+    repairs = _repairs(latest, held)
+    if repairs:
+        yield repairs
+    if latest[1] is None:
+        return request.command.missing
+    if from_record is not None:
+        return from_record(latest)
+    holder = next(name for name, record in held.items() if record is latest)
+    return answers[holder][1]  # type: ignore[index]  # holder answered: a list
 
 
 def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """WRITE: every live owner, one after another; True when all that answered (at least one) stored it."""
+    """WRITE, DECIDE, DELETE: the first live owner applies the write (and decides a
+    condition) and returns the record it left, which is copied to the other live
+    owners with ``putv`` (newer wins there). A ``del`` whose first owner held
+    nothing (so left no tombstone to copy) is applied by each other owner instead."""
     key = request.args[0]
-    results = []
-    failure: NodeUnavailableError | None = None
-    for name in membership.live(membership.owners(key)):
-        got = (yield {name: [request]})[name]
-        if isinstance(got, NodeUnavailableError):
-            failure = got
-        else:
-            results.append(got[0])
-    if not results:
-        raise _none_answered(key, failure)
-    return all(results)
-
-
-def _decide(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """DECIDE: the first live owner decides; its outcome is copied to the other live owners as a plain set.
-
-    An op that stores one of its arguments (set's and cas's VALUE) copies it
-    when the outcome is True, with the request's TTL; one that computes the
-    value (incr) copies its result, with the key's remaining TTL, asked of
-    the deciding owner right after.
-    """
-    key = request.args[0]
-    op = request.command.op
-    stored = next((i for i, p in enumerate(op.params) if p.kind is Kind.VALUE and p.stored), None)
-    ask = [request]
-    if stored is None and membership.replicas > 1:
-        ask.append(TTL.request((key,), {}))
+    applying = with_records(request)
     names = membership.live_first(membership.owners(key))
     failure: NodeUnavailableError | None = None
     for index, name in enumerate(names):
-        got = (yield {name: ask})[name]
+        got = (yield {name: [applying]})[name]
         if isinstance(got, NodeUnavailableError):
             failure = got
             continue
-        outcome = got[0]
-        if stored is not None:
-            ttl_s = (request.options or {}).get("ttl_s")
-            copy = SET.request((key, request.args[stored]), {"ttl_s": ttl_s}) if outcome is True else None
-        else:
-            remaining = got[1] if len(got) > 1 else -1
-            copy = SET.request((key, str(outcome)), {"ttl_s": remaining if remaining > 0 else None})
-        if copy is not None:
-            for other in names[index + 1:]:
-                if not membership.is_dead(other):
-                    yield {other: [copy]}  # one that fails is marked dead; rebalance restores the copy
-        return outcome
+        outcome, records = got[0]
+        others = [other for other in names[index + 1:] if not membership.is_dead(other)]
+        copies = [record for record in records if record is not None]
+        if others and copies:
+            yield {other: [Request(PUTV, [copies], None)] for other in others}
+        elif others and request.command.op.route is Route.DELETE:
+            answers = yield {other: [applying] for other in others}
+            outcome = outcome or any(not isinstance(got, NodeUnavailableError) and got[0][0] is True
+                                     for got in answers.values())
+        return request.command.value(Status.OK, outcome)
     raise _none_answered(key, failure)
 
 
-def _delete(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """DELETE: every live node, owner or not, at once; True if any had the key; at least one owner must answer."""
-    key = request.args[0]
-    answers = yield {name: [request] for name in membership.live(membership.everyone)}
-    if all(isinstance(answers.get(name), NodeUnavailableError) or name not in answers
-           for name in membership.owners(key)):
-        failure = next((a for a in answers.values() if isinstance(a, NodeUnavailableError)), None)
-        raise _none_answered(key, failure)
-    return any(got[0] is True for got in answers.values() if not isinstance(got, NodeUnavailableError))
-
-
-def _chunks(request: Request[Any], items: list[Any]) -> list[Request[Any]]:
-    """``request``'s op for ``items`` (keys, or pairs), at most MAX_BATCH_KEYS a request."""
-    make = dict if isinstance(request.args[0], dict) else list
-    return [Request(request.command, [make(items[start:start + MAX_BATCH_KEYS])], request.options)
-            for start in range(0, len(items), MAX_BATCH_KEYS)]
-
-
 def _read_many(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """READ_MANY: keys split by first live owner, all nodes at once; misses and
-    failures asked of the next owner in another round."""
+    """READ_MANY: ``getv`` of each key to each of its live owners, all nodes at once;
+    each key's newest record answers; stale owners are repaired in one more step."""
     keys: list[str] = request.args[0]
-    values: list[Any] = [None] * len(keys)
-    # Owners still to ask for each key, live ones first.
-    pending = {index: membership.live_first(membership.read_owners(key)) for index, key in enumerate(keys)}
-    answered: set[int] = set()
+    by_node: dict[str, list[str]] = {}
+    for key in dict.fromkeys(keys):
+        for name in membership.live(membership.owners(key)):
+            by_node.setdefault(name, []).append(key)
+    answers = yield {name: [Request(GETV, [chunk], None) for chunk in _split(share)]
+                     for name, share in by_node.items()}
+    held: dict[str, dict[str, Record | None]] = {}  # key -> node -> its record
     failure: NodeUnavailableError | None = None
-    while pending:
-        by_node: dict[str, list[int]] = {}
-        for index, candidates in pending.items():
-            by_node.setdefault(candidates.pop(0), []).append(index)
-        answers = yield {name: _chunks(request, [keys[i] for i in indexes]) for name, indexes in by_node.items()}
-        for name, got in answers.items():
-            indexes = by_node[name]
-            if isinstance(got, NodeUnavailableError):
-                failure = got
-                found: list[Any] = [None] * len(indexes)
-            else:
-                answered.update(indexes)
-                found = [value for chunk in got for value in chunk]
-            for index, value in zip(indexes, found, strict=True):
-                if value is not None:
-                    values[index] = value
-                    del pending[index]
-                    continue
-                if index in answered:  # a miss: ask the other live owners only
-                    pending[index] = [n for n in pending[index] if not membership.is_dead(n)]
-                if not pending[index]:
-                    del pending[index]
-                    if index not in answered:
-                        raise _none_answered(keys[index], failure)
-    return values
+    for name, got in answers.items():
+        if isinstance(got, NodeUnavailableError):
+            failure = got
+            continue
+        for key, record in zip(by_node[name], [record for chunk in got for record in chunk], strict=True):
+            held.setdefault(key, {})[name] = record
+    latest: dict[str, Record | None] = {}
+    repairs: dict[str, list[Record]] = {}
+    for key in dict.fromkeys(keys):
+        if key not in held:
+            raise _none_answered(key, failure)
+        record = latest[key] = newest(held[key].values())
+        if record is not None:
+            for name, step in _repairs(record, held[key]).items():
+                repairs.setdefault(name, []).extend(step[0].args[0])
+    if repairs:
+        yield {name: [Request(REPAIR, [chunk], None) for chunk in _split(records)] for name, records in repairs.items()}
+    return [value(latest[key]) for key in keys]
 
 
 def _write_many(membership: Membership, request: Request[Any]) -> Plan[Any]:
-    """WRITE_MANY: each pair to each of its live owners, all nodes at once; every
-    key must be acknowledged by at least one owner."""
+    """WRITE_MANY: the pairs split by first live owner, all nodes at once, each
+    applying its share with ``rec`` (a node that does not answer: its pairs go
+    to their next owner); then each record is copied to the key's other live owners."""
     pairs: dict[str, str] = request.args[0]
-    by_node: dict[str, dict[str, str]] = {}
-    for key, value in pairs.items():
-        for name in membership.live(membership.owners(key)):
-            by_node.setdefault(name, {})[key] = value
-    if not by_node:
-        return None
-    answers = yield {name: _chunks(request, list(share.items())) for name, share in by_node.items()}
-    failed = {name for name, got in answers.items() if isinstance(got, NodeUnavailableError)}
-    for key in pairs if failed else ():
-        if all(name in failed for name, share in by_node.items() if key in share):
-            failure = answers[next(iter(failed))]
-            raise _none_answered(key, failure if isinstance(failure, NodeUnavailableError) else None)
+    options = {**(request.options or {}), REC_OPTION: True}
+    candidates = {key: membership.live_first(membership.owners(key)) for key in pairs}
+    applied: dict[str, tuple[str, Record | None]] = {}  # key -> (the node that applied it, its record)
+    pending = list(pairs)
+    while pending:
+        by_node: dict[str, list[str]] = {}
+        for key in pending:
+            by_node.setdefault(candidates[key][0], []).append(key)
+        answers = yield {name: [Request(WITH_RECORDS["mset"], [{key: pairs[key] for key in chunk}], options)
+                                for chunk in _split(share)] for name, share in by_node.items()}
+        pending = []
+        for name, got in answers.items():
+            if isinstance(got, NodeUnavailableError):
+                for key in by_node[name]:
+                    candidates[key].pop(0)
+                    if not candidates[key]:
+                        raise _none_answered(key, got)
+                    pending.append(key)
+                continue
+            for key, record in zip(by_node[name], [record for _, records in got for record in records], strict=True):
+                applied[key] = (name, record)
+    copies: dict[str, list[Record]] = {}
+    for key, (name, record) in applied.items():
+        for other in membership.owners(key):
+            if record is not None and other != name and not membership.is_dead(other):
+                copies.setdefault(other, []).append(record)
+    if copies:
+        yield {name: [Request(PUTV, [chunk], None) for chunk in _split(records)] for name, records in copies.items()}
     return None
 
 
@@ -398,8 +387,8 @@ def _scan(membership: Membership, request: Request[Any]) -> Plan[Any]:
 _PLANS: dict[Route, Callable[[Membership, Request[Any]], Plan[Any]]] = {
     Route.READ: _read,
     Route.WRITE: _write,
-    Route.DECIDE: _decide,
-    Route.DELETE: _delete,
+    Route.DECIDE: _write,
+    Route.DELETE: _write,
     Route.READ_MANY: _read_many,
     Route.WRITE_MANY: _write_many,
 }

@@ -21,7 +21,8 @@ Keys are placed (:class:`common.placement.Placement`) over member names on two
 rings: the *write ring* of the members joining or ready, and the *read ring*
 of those ready or leaving. They differ only while a node joins or leaves;
 then a key's owners are the union of its owners on both, so a write reaches
-the node that will hold the key and a read finds it where it still is.
+the node that will hold the key and a read (which asks every owner for its
+version and keeps the newest) finds it where it still is.
 """
 
 from __future__ import annotations
@@ -155,16 +156,10 @@ class Rings:
         """The one ring of a static cluster: ``names``, every one ready."""
         return cls({name: Entry(name, READY, (0, 0, name)) for name in names}, replicas)
 
-    def write_owners(self, key: str) -> list[str]:
-        """Where a write of ``key`` goes: its write-ring owners, and during a change its read-ring owners after."""
+    def owners(self, key: str) -> list[str]:
+        """``key``'s owners on the write ring, and during a change its read-ring owners after them."""
         owners = self.write.owners(key)
         if self.changing:
             owners += [name for name in self.read.owners(key) if name not in owners]
         return owners
 
-    def read_owners(self, key: str) -> list[str]:
-        """Where ``key`` is read: its read-ring owners, and during a change its write-ring owners after."""
-        owners = self.read.owners(key)
-        if self.changing:
-            owners += [name for name in self.write.owners(key) if name not in owners]
-        return owners

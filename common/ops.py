@@ -55,12 +55,12 @@ class Kind(enum.Enum):
 class Route(enum.Enum):
     """How a :class:`client.ClusterClient` sends an operation."""
 
-    READ = "read"  # first live owner; the next owner on a timeout or a miss
-    WRITE = "write"  # every live owner of the key
-    DECIDE = "decide"  # the first live owner decides; its outcome is copied to the others
-    DELETE = "delete"  # every live node, owner or not
-    READ_MANY = "read_many"  # split by first owner, sent in parallel, merged in order
-    WRITE_MANY = "write_many"  # split by owner, sent in parallel
+    READ = "read"  # every live owner's record (getv) at once; the newest answers, stale owners repaired
+    WRITE = "write"  # the first live owner applies it; its record is copied to the others (putv)
+    DECIDE = "decide"  # as WRITE: the first live owner also decides the condition
+    DELETE = "delete"  # as WRITE (a tombstone is copied); the others delete too when the first held nothing
+    READ_MANY = "read_many"  # READ for each key, all owners' shares in parallel
+    WRITE_MANY = "write_many"  # split by first owner, sent in parallel, then copied as WRITE
     EVERY_NODE = "every_node"  # every member (ping, stats, keys)
     NONE = "none"  # not sent through a cluster client (batch: pipelines only)
 

@@ -93,7 +93,6 @@ class Op:
 class Workload:
     """What the workers do. Picklable: it travels to the worker processes.
 
-    ``deletes``: False turns the share of ``del`` into ``get``.
     ``kinds``: one worker thread per entry, in each process: ``client``
     (lockstep, on a Client shared by the process's ``client`` threads),
     ``own`` (a Client of its own), ``pipeline`` (pipelines on the shared
@@ -115,7 +114,6 @@ class Workload:
     retries: int = 2
     replicas: int = 2
     dead_for_s: float = 0.5
-    deletes: bool = True
     ttl_s: float | None = None
     server_key: str | None = None
     client_key: str | None = None
@@ -160,7 +158,6 @@ class _Chooser:
         self.counters = workload.counter_keys
         self.tag = tag
         self.rng = rng
-        self.deletes = workload.deletes
         self.count = 0
         self.seen: dict[str, str] = {}
 
@@ -177,7 +174,7 @@ class _Chooser:
         if roll < 0.42:
             return "get", (rng.choice(registers + self.counters),)
         if roll < 0.50:
-            return ("del", (key,)) if self.deletes else ("get", (key,))
+            return "del", (key,)
         if roll < 0.62:
             expected = self.seen.get(key) or f"{self.tag}.{rng.randrange(1, self.count + 2)}"
             return "cas", (key, expected, self._value())

@@ -60,7 +60,7 @@ def test_keys_are_placed_by_node_names_over_every_member(three: list[ServerProce
         key = f"key{index}"
         table.set(key, str(index))
         holders = {name for name, value in held(servers, key).items() if value is not None}
-        assert holders == set(rings.write_owners(key)), key
+        assert holders == set(rings.owners(key)), key
         assert table.get(key) == str(index)
 
 
