@@ -14,7 +14,7 @@ as ``mset`` batches (checked against the server's limits here first, so one
 bad pair cannot sink a batch), and the requests are pipelined: up to a window
 of them are in flight while the next lines are read. Commands run in file
 order. Plain lines are split with ``str.split``; only lines with quotes or
-backslashes pay for :func:`shlex.split`.
+backslashes pay for :func:`shlex.split` (and for importing :mod:`shlex`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shlex
 import stat
 import sys
 from collections.abc import Callable
@@ -47,6 +46,15 @@ READ_BYTES = 1 << 16
 MAX_ERRORS_SHOWN = 100
 
 _NEEDS_SHLEX = ('"', "'", "\\")
+#: Where a line is split into words: shlex's blanks (space, tab, CR, LF) and no
+#: others, so a plain line and its quoted spelling read the same (str.split and
+#: bytes.split would also split at form feed, vertical tab and, for str, NBSP).
+_BLANKS_TO_SPACE = str.maketrans("\t\r\n", "   ")
+
+
+def _split_blanks(line: str) -> list[str]:
+    return [word for word in line.translate(_BLANKS_TO_SPACE).split(" ") if word]
+
 
 #: Commands a line may not hold: ``keys`` takes a request per page, ``stats``
 #: and ``rebalance`` are reports, and ``--pipe`` prints only errors.
@@ -135,6 +143,7 @@ class BulkLoader:
                 len(words) == 3
                 and words[0].lower() == b"set"
                 and b'"' not in raw and b"'" not in raw and b"\\" not in raw
+                and b"\x0b" not in raw and b"\x0c" not in raw  # blanks to bytes.split, not to shlex
                 and words[1][:1] != b"-" and words[2][:1] != b"-"
                 and len(words[1]) <= max_key and len(words[2]) <= max_value
             ):
@@ -165,6 +174,8 @@ class BulkLoader:
             self.summary.error(line_number, f"not UTF-8 text (byte {exc.start})")
             return
         if any(mark in line for mark in _NEEDS_SHLEX):
+            import shlex  # here: a file of plain lines never needs it
+
             try:
                 words = shlex.split(line)
             except ValueError as exc:
@@ -172,7 +183,7 @@ class BulkLoader:
                 self.summary.error(line_number, f"cannot split the line: {exc}")
                 return
         else:
-            words = line.split()
+            words = _split_blanks(line)
         if not words:
             return
         self.summary.lines += 1

@@ -12,11 +12,10 @@ command). Exit codes: :data:`client.cli_parser.EXIT_STATUS`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from client.cli_cluster import cluster_rebalance, open_table
 from client.cli_parser import (
@@ -30,9 +29,13 @@ from client.cli_parser import (
     build_parser,
     call_arguments,
     parse_args,
+    plain_args,
 )
 from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
 from common.ops import OPS, Op
+
+if TYPE_CHECKING:
+    from client.cli_parser import Args
 
 #: Prints a result: the object for ``--json``, else the text (None: nothing).
 Emit = Callable[[Any, str | None], None]
@@ -64,43 +67,43 @@ def _stdin_reader(op: Op) -> Callable[[bool], str]:
 # -- what each command prints ------------------------------------------------------------------
 
 
-def _show_get(args: argparse.Namespace, value: str | None, emit: Emit) -> int:
+def _show_get(args: Args, value: str | None, emit: Emit) -> int:
     emit({"key": args.key, "value": value}, value)
     if value is None:
         raise _Outcome("not found", EXIT_NOT_FOUND)
     return EXIT_OK
 
 
-def _show_set(args: argparse.Namespace, stored: bool, emit: Emit) -> int:
+def _show_set(args: Args, stored: bool, emit: Emit) -> int:
     emit({"key": args.key, "stored": stored}, None)
     if not stored:
         raise _Outcome("not stored: key " + ("exists" if args.nx else "does not exist"), EXIT_NOT_FOUND)
     return EXIT_OK
 
 
-def _show_del(args: argparse.Namespace, deleted: bool, emit: Emit) -> int:
+def _show_del(args: Args, deleted: bool, emit: Emit) -> int:
     emit({"key": args.key, "deleted": deleted}, None)
     if not deleted:
         raise _Outcome("not found", EXIT_NOT_FOUND)
     return EXIT_OK
 
 
-def _show_exists(args: argparse.Namespace, present: bool, emit: Emit) -> int:
+def _show_exists(args: Args, present: bool, emit: Emit) -> int:
     emit({"key": args.key, "exists": present}, "true" if present else "false")
     return EXIT_OK if present else EXIT_NOT_FOUND
 
 
-def _show_mget(args: argparse.Namespace, values: list[str | None], emit: Emit) -> int:
+def _show_mget(args: Args, values: list[str | None], emit: Emit) -> int:
     emit(dict(zip(args.keys, values, strict=True)), "\n".join("(nil)" if v is None else v for v in values))
     return EXIT_OK
 
 
-def _show_mset(args: argparse.Namespace, _: None, emit: Emit) -> int:
+def _show_mset(args: Args, _: None, emit: Emit) -> int:
     emit({"stored": len(args.pairs) // 2}, None)
     return EXIT_OK
 
 
-def _show_ttl(args: argparse.Namespace, seconds: float, emit: Emit) -> int:
+def _show_ttl(args: Args, seconds: float, emit: Emit) -> int:
     if seconds == -2:
         emit({"key": args.key, "ttl_s": None}, None)
         raise _Outcome("not found", EXIT_NOT_FOUND)
@@ -108,24 +111,24 @@ def _show_ttl(args: argparse.Namespace, seconds: float, emit: Emit) -> int:
     return EXIT_OK
 
 
-def _show_incr(args: argparse.Namespace, value: int, emit: Emit) -> int:
+def _show_incr(args: Args, value: int, emit: Emit) -> int:
     emit({"key": args.key, "value": value}, str(value))
     return EXIT_OK
 
 
-def _show_cas(args: argparse.Namespace, stored: bool, emit: Emit) -> int:
+def _show_cas(args: Args, stored: bool, emit: Emit) -> int:
     emit({"key": args.key, "stored": stored}, None)
     if not stored:
         raise _Outcome("not stored: the value is not the expected one", EXIT_NOT_FOUND)
     return EXIT_OK
 
 
-def _show_ping(args: argparse.Namespace, _: bool, emit: Emit) -> int:
+def _show_ping(args: Args, _: bool, emit: Emit) -> int:
     emit({"pong": True}, "PONG")
     return EXIT_OK
 
 
-def _show_stats(args: argparse.Namespace, stats: dict[str, Any], emit: Emit) -> int:
+def _show_stats(args: Args, stats: dict[str, Any], emit: Emit) -> int:
     emit(stats, "\n".join(f"{name}: {value}" for name, value in _flatten(stats)))
     return EXIT_OK
 
@@ -140,7 +143,7 @@ def _flatten(stats: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _show_result(args: argparse.Namespace, result: Any, emit: Emit) -> int:
+def _show_result(args: Args, result: Any, emit: Emit) -> int:
     """A command with no way of its own: the result as it is (a new op's, until it gets one)."""
     emit(result, None if result is None else str(result))
     return EXIT_OK
@@ -148,7 +151,7 @@ def _show_result(args: argparse.Namespace, result: Any, emit: Emit) -> int:
 
 #: How each command shows its client method's result, where it needs a way
 #: of its own (others: :func:`_show_result`; ``keys`` streams, below).
-_SHOW: dict[str, Callable[[argparse.Namespace, Any, Emit], int]] = {
+_SHOW: dict[str, Callable[[Args, Any, Emit], int]] = {
     "get": _show_get, "set": _show_set, "del": _show_del, "exists": _show_exists, "mget": _show_mget,
     "mset": _show_mset, "ttl": _show_ttl, "incr": _show_incr, "cas": _show_cas, "ping": _show_ping,
     "stats": _show_stats,
@@ -176,7 +179,7 @@ def _rebalance(table: Any, emit: Emit) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, table: Any, emit: Emit) -> int:
+def _run(args: Args, table: Any, emit: Emit) -> int:
     """Call the client method of the command's row with its parsed words, and show the result."""
     if args.command == "rebalance":
         return _rebalance(table, emit)
@@ -202,7 +205,10 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def _parse(words: list[str]) -> argparse.Namespace:
+def _parse(words: list[str]) -> Args:
+    plain = plain_args(words)
+    if plain is not None:
+        return plain
     try:
         args = parse_args(words)
         if args.pipe and args.command:

@@ -13,17 +13,31 @@ puts ``--nodes`` in NODE's place when NODE is left out, lower-cases the
 COMMAND (``GET`` is ``get``, as in ``--pipe``), and suggests a command for a
 misspelt one. Only the given COMMAND's parser is then built: argparse costs a
 one-shot command a few milliseconds per subparser.
+
+The plainest command lines, ``NODE COMMAND WORD...`` with no option, are read
+by :func:`plain_args` without argparse at all: importing argparse (with the
+gettext and locale it loads) and building even one COMMAND's parser was 5 of
+the 13 ms a one-shot ``get`` spent above ``import zmq, msgpack`` in the best
+of 40 runs, 11 of 24 at the median (docs/BENCHMARKS.md). So argparse is imported in the functions that build
+parsers, not here.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable
-from typing import Any, NoReturn
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from common import __version__
 from common.ops import OPS, OPS_TABLE, Kind, Op, Param
+
+if TYPE_CHECKING:
+    import argparse
+    from typing import TypeAlias
+
+    #: A parsed command line: argparse's, or :func:`plain_args`' (the same attributes).
+    Args: TypeAlias = argparse.Namespace | SimpleNamespace
 
 #: Every COMMAND, in the order ``--help`` lists them: the table's CLI rows, then ``rebalance``.
 COMMANDS: tuple[str, ...] = (*(op.name for op in OPS_TABLE if op.cli), "rebalance")
@@ -88,6 +102,8 @@ class UsageError(Exception):
 
 def positive_float(text: str) -> float:
     """argparse type: a number above 0 (seconds)."""
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -99,6 +115,8 @@ def positive_float(text: str) -> float:
 
 def whole_number(text: str, least: int = 0) -> int:
     """argparse type: a whole number of at least ``least`` (0 by default)."""
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -116,6 +134,21 @@ def _positive_int(text: str) -> int:
 _TYPES: dict[Kind, Callable[[str], Any]] = {Kind.INT: int, Kind.COUNT: _positive_int}
 
 
+#: The options the environment may set: destination -> (variable, default when it is not set).
+_FROM_ENV: dict[str, tuple[str, object]] = {
+    "timeout": ("MEMLOOKUP_TIMEOUT", 1.0),
+    "retries": ("MEMLOOKUP_RETRIES", 2),
+    "server_key": ("MEMLOOKUP_SERVER_KEY", None),
+    "client_key": ("MEMLOOKUP_CLIENT_KEY", None),
+    "nodes": ("MEMLOOKUP_NODES", None),
+    "replicas": ("MEMLOOKUP_REPLICAS", 2),
+}
+
+
+def _from_env(dest: str) -> object:
+    return os.environ.get(*_FROM_ENV[dest])
+
+
 def _epilog() -> str:
     width = max(len(line) for line, _ in EXAMPLES) + 2
     examples = "\n".join(f"  {line:{width}}{what}" for line, what in EXAMPLES)
@@ -127,28 +160,31 @@ def _connection_options(parser: argparse.ArgumentParser, top_level: bool) -> Non
     """The options every command takes. On a COMMAND's parser they are hidden
     (they are the top level's, accepted after the COMMAND's words too) and
     leave the top level's value alone unless given."""
+    import argparse
 
-    def default(env: str, value: object) -> object:
-        return os.environ.get(env, value) if top_level else argparse.SUPPRESS
+    def default(dest: str) -> object:
+        return _from_env(dest) if top_level else argparse.SUPPRESS
 
     def shown(text: str) -> str:
         return text if top_level else argparse.SUPPRESS
 
-    parser.add_argument("--timeout", type=positive_float, default=default("MEMLOOKUP_TIMEOUT", 1.0), metavar="S",
+    parser.add_argument("--timeout", type=positive_float, default=default("timeout"), metavar="S",
                         help=shown("seconds to wait for each attempt (env MEMLOOKUP_TIMEOUT, default: 1.0)"))
-    parser.add_argument("--retries", type=whole_number, default=default("MEMLOOKUP_RETRIES", 2), metavar="N",
+    parser.add_argument("--retries", type=whole_number, default=default("retries"), metavar="N",
                         help=shown("resends after a timeout (env MEMLOOKUP_RETRIES, default: 2)"))
     parser.add_argument("--json", action="store_true", default=False if top_level else argparse.SUPPRESS,
                         help=shown("print results as JSON (a missing value is null)"))
-    parser.add_argument("--server-key", default=default("MEMLOOKUP_SERVER_KEY", None), metavar="FILE",
+    parser.add_argument("--server-key", default=default("server_key"), metavar="FILE",
                         help=shown("the server's CurveZMQ public key (its .key file): encrypt, and check it is "
                                    "that server (env MEMLOOKUP_SERVER_KEY)"))
-    parser.add_argument("--client-key", default=default("MEMLOOKUP_CLIENT_KEY", None), metavar="FILE",
+    parser.add_argument("--client-key", default=default("client_key"), metavar="FILE",
                         help=shown("our key pair (a .key_secret file from memlookup-keygen), for servers with "
                                    "--authorized-keys (env MEMLOOKUP_CLIENT_KEY)"))
 
 
 def _top_level() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="memlookup",
         description="Store and fetch strings in a memlookup server.",
@@ -157,9 +193,9 @@ def _top_level() -> argparse.ArgumentParser:
         allow_abbrev=False,  # parse_args finds the COMMAND by the options' full names
     )
     _connection_options(parser, top_level=True)
-    parser.add_argument("--nodes", metavar="N1,N2,...", default=os.environ.get("MEMLOOKUP_NODES"),
+    parser.add_argument("--nodes", metavar="N1,N2,...", default=_from_env("nodes"),
                         help="the nodes, when NODE is left out (env MEMLOOKUP_NODES)")
-    parser.add_argument("--replicas", type=whole_number, default=os.environ.get("MEMLOOKUP_REPLICAS", 2),
+    parser.add_argument("--replicas", type=whole_number, default=_from_env("replicas"),
                         metavar="R", help="copies of each key over several nodes (env MEMLOOKUP_REPLICAS, default: 2)")
     parser.add_argument("--pipe", action="store_true",
                         help="bulk load: run the commands on standard input, one a line (COMMAND words, "
@@ -240,9 +276,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def command_parsers(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+def command_parsers(parser_class: type[argparse.ArgumentParser] | None = None,
                     ) -> dict[str, argparse.ArgumentParser]:
-    """Each COMMAND's own parser, by name (``--pipe`` parses its lines with them)."""
+    """Each COMMAND's own parser, by name (``--pipe`` parses its lines with them);
+    ``parser_class``: argparse.ArgumentParser's by default."""
+    import argparse
+
     choices: dict[str, argparse.ArgumentParser] = _add_commands(
         argparse.ArgumentParser(prog="memlookup"), parser_class=parser_class).choices
     return choices
@@ -293,6 +332,48 @@ def _usage_error(message: str) -> NoReturn:
     build_parser().error(message)
 
 
+def plain_args(argv: list[str]) -> SimpleNamespace | None:
+    """``NODE COMMAND WORD...``, read as :func:`parse_args` would read it but
+    without argparse; None for any other command line, which parse_args reads.
+
+    Only the plainest lines are read here: no option (no word begins with
+    ``-``) and none set from the environment, a COMMAND of the table whose
+    words are each one parameter, taken as text (DELTA and the lists of
+    ``mget`` and ``mset`` are left to argparse), and as many words as the
+    COMMAND takes. So a line read here is one that argparse accepts, with the
+    same result, and every error is argparse's.
+    """
+    if (len(argv) < 2 or any(word.startswith("-") for word in argv)
+            or any(variable in os.environ for variable, _ in _FROM_ENV.values())):
+        return None
+    node, command, *words = argv
+    op = OPS.get(command.lower())
+    if op is None or not op.cli:
+        return None
+    args = SimpleNamespace(**{dest: default for dest, (_, default) in _FROM_ENV.items()}, json=False, pipe=False,
+                           node=node, command=op.name)
+    positionals = [param for param in op.params if param.cli and not param.flag]
+    if len(words) > len(positionals):
+        return None
+    for index, param in enumerate(positionals):
+        if param.kind in (Kind.KEYS, Kind.PAIRS):
+            return None
+        if index < len(words):
+            if param.kind in _TYPES:
+                return None
+            setattr(args, param.name, words[index])
+        elif param.stdin or param.default is not None:
+            setattr(args, param.name, param.default)
+        else:
+            return None  # a required word is missing: argparse says so
+    for param in op.params:
+        if param.cli and param.flag:
+            setattr(args, param.name, param.default)
+    for option in op.options:
+        setattr(args, option.name, None if option.kind == "ttl" else False)
+    return args
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse a ``memlookup`` command line; exits 2 with a message on bad usage.
 
@@ -322,7 +403,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return top.parse_args(words)
 
 
-def call_arguments(op: Op, args: argparse.Namespace, read_value: Callable[[bool], str]) -> dict[str, Any]:
+def call_arguments(op: Op, args: Args, read_value: Callable[[bool], str]) -> dict[str, Any]:
     """The keyword arguments of ``op``'s client method, from its parsed words.
 
     ``read_value(explicit)`` supplies a value read from standard input (for

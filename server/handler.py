@@ -373,7 +373,7 @@ class Handler:
 
     def _check_keys(self, keys: Any, name: str) -> list[str]:
         if not isinstance(keys, list):
-            raise Refused(Status.BAD_REQUEST, "expected a array")
+            raise Refused(Status.BAD_REQUEST, "expected an array")
         if len(keys) > self.limits.max_batch_keys:  # counted before any element is checked
             raise Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} keys in one request")
         check = self._check_key

@@ -140,3 +140,14 @@ def run_server(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProce
         timeout=timeout_s,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def run_cli_imports(*args: str, input: str | bytes | None = None,
+                    ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """:func:`run_cli` under ``python -X importtime``: the finished process (its
+    stderr without the import lines), and the names of the modules it imported."""
+    result = run_cli(*args, input=input, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    lines = result.stderr.splitlines(keepends=True)
+    result.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return result, {line.split("|")[2].strip() for line in lines
+                    if line.startswith("import time:") and "imported package" not in line}

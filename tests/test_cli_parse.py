@@ -11,7 +11,7 @@ import argparse
 
 import pytest
 
-from client.cli_parser import build_parser, parse_args
+from client.cli_parser import COMMANDS, build_parser, parse_args, plain_args
 
 AGREE = [
     ["127.0.0.1", "get", "norway"],
@@ -80,3 +80,42 @@ def test_every_parameter_and_option_of_a_row_reaches_the_namespace() -> None:
     assert parse_args(["127.0.0.1", "incr", "k"]).delta == 1
     keys = parse_args(["127.0.0.1", "keys"])
     assert (keys.pattern, keys.count) == ("*", None)
+
+
+def _every_plain_line() -> list[list[str]]:
+    """Every COMMAND (in upper case too) with 0 to 4 plain words, some of them looking like other things."""
+    words = ["norway", "GET", "", "a b", "7", "*"]
+    return [["127.0.0.1:7400", command, *words[:count]]
+            for command in (*COMMANDS, "GET", "Set", "bogus") for count in range(5)]
+
+
+def test_a_plain_line_read_without_argparse_is_read_as_argparse_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable in ("MEMLOOKUP_TIMEOUT", "MEMLOOKUP_RETRIES", "MEMLOOKUP_SERVER_KEY", "MEMLOOKUP_CLIENT_KEY",
+                     "MEMLOOKUP_NODES", "MEMLOOKUP_REPLICAS"):
+        monkeypatch.delenv(variable, raising=False)
+    read = set()
+    for argv in _every_plain_line():
+        plain = plain_args(argv)
+        if plain is not None:
+            assert vars(plain) == vars(parse_args(argv)), argv
+            read.add((argv[1], len(argv) - 2))
+    assert read == {("ping", 0), ("get", 1), ("GET", 1), ("set", 1), ("set", 2), ("Set", 1), ("Set", 2),
+                    ("del", 1), ("exists", 1), ("keys", 0), ("keys", 1), ("ttl", 1), ("incr", 1), ("cas", 3),
+                    ("stats", 0)}
+
+
+@pytest.mark.parametrize("argv", [["127.0.0.1", "get", "k", "--json"], ["127.0.0.1", "get", "-"],
+                                  ["--timeout", "2", "127.0.0.1", "get", "k"], ["127.0.0.1", "get"],
+                                  ["127.0.0.1", "get", "k", "extra"], ["127.0.0.1", "incr", "k", "5"],
+                                  ["127.0.0.1", "mget", "a", "b"], ["127.0.0.1", "rebalance"], ["get", "k"],
+                                  ["127.0.0.1", "batch", "x"], ["127.0.0.1"], []])
+def test_a_line_with_an_option_a_conversion_a_list_or_the_wrong_words_is_left_to_argparse(argv: list[str]) -> None:
+    assert plain_args(argv) is None
+
+
+@pytest.mark.parametrize("variable", ["MEMLOOKUP_TIMEOUT", "MEMLOOKUP_NODES", "MEMLOOKUP_SERVER_KEY"])
+def test_an_option_from_the_environment_leaves_the_line_to_argparse(variable: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, "2")
+    assert plain_args(["127.0.0.1", "get", "k"]) is None
+    assert parse_args(["127.0.0.1", "get", "k"]).key == "k"

@@ -1,7 +1,7 @@
 """``memlookup NODE --pipe < FILE`` through the real CLI against a real server."""
 
 from client import Client
-from tests.servers import run_cli
+from tests.servers import run_cli, run_cli_imports
 
 FILE = """\
 set plain 1
@@ -76,3 +76,34 @@ def test_pipe_with_invalid_utf8_counts_the_line(server):
     result = run_cli(server.node, "--pipe", input=b"set a \xff\xfe\nset b ok\n")
     assert result.returncode == 3
     assert result.stderr.splitlines() == ["line 1: not UTF-8 text (byte 6)", "sent: 1, errors: 1, lines: 2"]
+
+
+PLAIN_LINES = "set a one\nincr n 5\ndel gone\nmset m1 p m2 q\nset t v --ttl 100\n"
+#: The same commands, every word quoted or escaped, as a shell would take them.
+QUOTED_LINES = "set 'a' \"one\"\nincr \"n\" '5'\ndel g\\one\nmset 'm1' p \"m2\" 'q'\nset \"t\" 'v' --ttl '100'\n"
+
+
+def test_pipe_splits_plain_lines_without_shlex_and_quoted_lines_give_the_same_result(start_server):
+    outcomes = []
+    for text in (PLAIN_LINES, QUOTED_LINES):
+        server = start_server()
+        with Client(server.node) as table:
+            table.set("gone", "x")
+        result, imported = run_cli_imports(server.node, "--pipe", input=text)
+        with Client(server.node) as table:
+            values = table.mget(["a", "n", "gone", "m1", "m2", "t"])
+            outcomes.append((result.returncode, result.stderr, values, table.ttl("t") > 0, table.stats()["keys"]))
+        assert ("shlex" in imported) == (text is QUOTED_LINES)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == (0, "sent: 5, errors: 0, lines: 5\n", ["one", "5", None, "p", "q", "v"], True, 5)
+
+
+def test_pipe_splits_words_only_at_shlex_blanks_whatever_the_line_looks_like(server):
+    # Space, tab, CR and LF separate words, as shlex splits a quoted line; a
+    # no-break space, a vertical tab or a form feed is part of its word.
+    text = "set nb a\u00a0b\nset vt\x0bx y\nset ff\x0cx\tz\r\nset 'q' \"c\u00a0d\"\n"
+    result = run_cli(server.node, "--pipe", input=text)
+    assert (result.returncode, result.stderr) == (0, "sent: 4, errors: 0, lines: 4\n")
+    with Client(server.node) as table:
+        assert table.mget(["nb", "vt\x0bx", "ff\x0cx", "q"]) == ["a\u00a0b", "y", "z", "c\u00a0d"]
+        assert table.stats()["keys"] == 4
