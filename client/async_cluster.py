@@ -11,10 +11,11 @@ import zmq.asyncio
 from client.async_client import AsyncClient
 from client.commands import PING
 from client.commands_async import AsyncCommands
+from client.membership import KeptMembership, adopt, member_client
 from client.requests import Command, Request
 from client.routing import DEAD_FOR_S, Answer, Membership, MembershipView, Plan, Step, health, plan
 from common.address import DEFAULT_PORT
-from common.errors import NodeUnavailableError
+from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
 
 if TYPE_CHECKING:
     from common.keys import KeySource
@@ -58,18 +59,44 @@ class AsyncClusterClient(MembershipView, AsyncCommands):
         client_key: KeySource | None = None,
     ) -> None:
         self._membership = membership = Membership(nodes, replicas, default_port, leaving, dead_for_s)
-        self._clients = {
-            name: AsyncClient(name, timeout_s=timeout_s, retries=retries, context=context,
-                              server_key=server_key, client_key=client_key)
-            for name in membership.everyone
-        }
+        self._client_options: dict[str, Any] = {"timeout_s": timeout_s, "retries": retries, "context": context,
+                                                "server_key": server_key, "client_key": client_key}
+        self._clients = {name: AsyncClient(name, **self._client_options) for name in membership.everyone}
+        self._kept = KeptMembership(membership.everyone)
+        self._refreshing = asyncio.Lock()
+        self._retired: list[AsyncClient] = []  # replaced when a member moved; closed with the others
 
     async def health(self) -> dict[str, bool]:
         """Ping every member at once: name -> answered."""
+        if self._kept.due():
+            await self._refresh()
         return await self._run(health(self._membership, PING.request((), {})))
 
     async def _execute(self, command: Command[T], *args: Any, **options: Any) -> T:
+        if self._kept.due():
+            await self._refresh()
         return await self._run(plan(self._membership, command.request(args, options)))
+
+    async def _refresh(self) -> None:
+        """:meth:`client.ClusterClient._refresh`, awaited: one task at a time, the others go on
+        with the membership as it is (but wait for the first answer)."""
+        if self._refreshing.locked() and self._kept.dynamic is not None:
+            return
+        async with self._refreshing:
+            if not self._kept.due():  # another task refreshed meanwhile
+                return
+            try:
+                update = await self._run(self._kept.refresh(self._membership))
+            except InvalidRequestError:  # members refused: a server older than kept memberships
+                self._kept.static()
+                return
+            except MemlookupError:  # the node asked failed otherwise: the next refresh asks another
+                return
+            if self._kept.dynamic:
+                self._membership, self._clients, retired = adopt(
+                    self._kept, update, self._membership, self._clients,
+                    lambda address: AsyncClient(address, **self._client_options))
+                self._retired += retired
 
     async def _run(self, steps: Plan[T]) -> T:
         """Play a plan of :mod:`client.routing`: each step's nodes at once."""
@@ -101,8 +128,8 @@ class AsyncClusterClient(MembershipView, AsyncCommands):
     async def _on(self, name: str, requests: list[Request[Any]]) -> list[Any] | NodeUnavailableError:
         """``requests`` to one node in lockstep: their results, or the NodeUnavailableError
         that marks it dead (an answer marks it alive)."""
-        client = self._clients[name]
         try:
+            client = member_client(self._clients, name)
             results = [await client._send(request) for request in requests]
         except NodeUnavailableError as exc:
             self._membership.failed(name)
@@ -112,7 +139,7 @@ class AsyncClusterClient(MembershipView, AsyncCommands):
 
     def close(self) -> None:
         """Close every node's sockets; they reopen if used again."""
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             client.close()
 
     async def __aenter__(self) -> AsyncClusterClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -12,11 +13,12 @@ import zmq
 from client.client import Client
 from client.commands import PING
 from client.mapping import MappingSugar
+from client.membership import KeptMembership, adopt, member_client
 from client.pool import fork_lock
 from client.requests import Command, Request
 from client.routing import DEAD_FOR_S, Membership, MembershipView, Plan, Step, health, plan
 from common.address import DEFAULT_PORT
-from common.errors import NodeUnavailableError
+from common.errors import InvalidRequestError, MemlookupError, NodeUnavailableError
 
 if TYPE_CHECKING:
     from common.keys import KeySource
@@ -57,7 +59,7 @@ class ClusterClient(MembershipView, MappingSugar):
 
     Placement:
         A key's owners are the first ``replicas`` distinct nodes on a ketama
-        consistent-hash ring (see :mod:`client.placement`); every client
+        consistent-hash ring (see :mod:`common.placement`); every client
         listing the same members places keys the same way. With fewer nodes
         than ``replicas``, every node holds every key.
 
@@ -153,11 +155,12 @@ class ClusterClient(MembershipView, MappingSugar):
         client_key: KeySource | None = None,
     ) -> None:
         self._membership = membership = Membership(nodes, replicas, default_port, leaving, dead_for_s)
-        self._clients = {
-            name: Client(name, timeout_s=timeout_s, retries=retries, context=context,
-                         server_key=server_key, client_key=client_key)
-            for name in membership.everyone
-        }
+        self._client_options: dict[str, Any] = {"timeout_s": timeout_s, "retries": retries, "context": context,
+                                                "server_key": server_key, "client_key": client_key}
+        self._clients = {name: Client(name, **self._client_options) for name in membership.everyone}
+        self._kept = KeptMembership(membership.everyone)
+        self._refreshing = threading.Lock()
+        self._retired: list[Client] = []  # replaced when a member moved; closed with the others
         self._pool: ThreadPoolExecutor | None = None  # started on first use
         self._pid = os.getpid()
 
@@ -165,12 +168,39 @@ class ClusterClient(MembershipView, MappingSugar):
 
     def health(self) -> dict[str, bool]:
         """Ping every member at once: name -> answered."""
+        if self._kept.due():
+            self._refresh()
         return self._run(health(self._membership, PING.request((), {})))
 
     # -- sending -------------------------------------------------------------------
 
     def _execute(self, command: Command[T], *args: Any, **options: Any) -> T:
+        if self._kept.due():
+            self._refresh()
         return self._run(plan(self._membership, command.request(args, options)))
+
+    def _refresh(self) -> None:
+        """Ask for the membership kept by the nodes (client/membership.py); one thread at a time,
+        the others go on with the membership as it is (but wait for the first answer)."""
+        if not self._refreshing.acquire(blocking=self._kept.dynamic is None):
+            return
+        try:
+            if not self._kept.due():  # another thread refreshed meanwhile
+                return
+            try:
+                update = self._run(self._kept.refresh(self._membership))
+            except InvalidRequestError:  # members refused: a server older than kept memberships
+                self._kept.static()
+                return
+            except MemlookupError:  # the node asked failed otherwise: the next refresh asks another
+                return
+            if self._kept.dynamic:
+                self._membership, self._clients, retired = adopt(
+                    self._kept, update, self._membership, self._clients,
+                    lambda address: Client(address, **self._client_options))
+                self._retired += retired
+        finally:
+            self._refreshing.release()
 
     def _run(self, steps: Plan[T]) -> T:
         """Play a plan of :mod:`client.routing`: each step's nodes at once (see :meth:`on_each`)."""
@@ -203,7 +233,7 @@ class ClusterClient(MembershipView, MappingSugar):
     def on(self, name: str, call: Callable[[Client], T]) -> T:
         """Run ``call(client)`` on one node; a timeout marks it dead, an answer alive."""
         try:
-            result = call(self._clients[name])
+            result = call(member_client(self._clients, name))
         except NodeUnavailableError:
             self._membership.failed(name)
             raise
@@ -237,7 +267,7 @@ class ClusterClient(MembershipView, MappingSugar):
             pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.shutdown(wait=True)
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             client.close()
 
     def __enter__(self) -> ClusterClient:

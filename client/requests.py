@@ -144,7 +144,8 @@ _CHECKS: dict[Kind, Callable[[str, Any], Any]] = {
     Kind.CURSOR: _integer,
     Kind.COUNT: _count,
     Kind.REQUESTS: _unchecked,  # batch: built by pipelines from checked requests
-    Kind.RECORDS: _unchecked,  # putv: records a cluster client copies as a node answered them
+    Kind.ENTRIES: _unchecked,  # announce: sent by nodes, checked by the server (common/membership.py)
+    Kind.RECORDS: _unchecked,  # putv: records a node or cluster client was given, checked by the server
 }
 
 

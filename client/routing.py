@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
-from client.placement import Placement
 from client.records import GETV, PUTV, REPAIR, WITH_RECORDS, Record, newest, stale, value, with_records
 from client.requests import Request
 from common.address import expand_nodes
 from common.errors import InvalidRequestError, NodeUnavailableError
 from common.limits import MAX_BATCH_KEYS
+from common.membership import Rings
 from common.ops import REC_OPTION, Route
+from common.placement import Placement
 from common.protocol import Status
 
 T = TypeVar("T")
@@ -43,7 +44,7 @@ DEAD_FOR_S = 5.0
 
 
 class Membership:
-    """The members, where each key lives (:class:`client.placement.Placement`), and who is down.
+    """The members, where each key lives (:class:`common.membership.Rings`), and who is down.
 
     Args:
         nodes: the members (a list, or a comma-separated string; a name with
@@ -52,31 +53,52 @@ class Membership:
         default_port: for addresses without one.
         leaving: nodes being removed: not members, but ``rebalance`` drains them.
         dead_for_s: how long a node that did not answer is skipped.
+
+    A membership kept by the nodes (client/membership.py) follows from
+    this one by :meth:`succeeded_by`: its members are named by node names,
+    on two rings while a node joins or leaves.
     """
 
     def __init__(self, nodes: str | Iterable[str], replicas: int, default_port: int,
                  leaving: str | Iterable[str], dead_for_s: float) -> None:
         names = expand_nodes(nodes, default_port)
-        self.placement = Placement(names, replicas)
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
+        leaving = [n for n in (expand_nodes(leaving, default_port) if leaving else []) if n not in names]
+        self._setup(Rings.of(names, replicas), leaving, dead_for_s, {})
+
+    def succeeded_by(self, rings: Rings) -> Membership:
+        """The membership of ``rings`` (a kept membership's new view), knowing who is down as this one does."""
+        membership = Membership.__new__(Membership)
+        membership._setup(rings, [], self.dead_for_s, self._dead_until)
+        return membership
+
+    def _setup(self, rings: Rings, leaving: list[str], dead_for_s: float, dead_until: dict[str, float]) -> None:
+        self.rings = rings
+        self.placement = rings.write
         self.replicas = self.placement.replicas
         self.dead_for_s = dead_for_s
-        self.leaving = [n for n in (expand_nodes(leaving, default_port) if leaving else []) if n not in names]
+        self.leaving = leaving
         #: Members, then the leaving nodes.
-        self.everyone = [*self.placement.nodes, *self.leaving]
-        self._dead_until = dict.fromkeys(self.everyone, 0.0)
+        self.everyone = [*rings.nodes, *leaving]
+        self._dead_until = dead_until
+        for name in self.everyone:
+            dead_until.setdefault(name, 0.0)
 
     @property
     def nodes(self) -> list[str]:
         """Every member, by name (not the leaving nodes)."""
-        return list(self.placement.nodes)
+        return list(self.rings.nodes)
 
     def owners(self, key: str) -> list[str]:
-        """The nodes that hold ``key``, first owner first."""
-        return self.placement.owners(key)
+        """The nodes that hold ``key``, first owner first (while a node joins or
+        leaves, its owners on both rings, the new ring's first: writes reach
+        the node that will hold it, reads the nodes that still do)."""
+        return self.rings.owners(key)
 
     def is_dead(self, name: str) -> bool:
         """True while ``name`` is skipped after failing to answer."""
-        return self._dead_until[name] > time.monotonic()
+        return self._dead_until.get(name, 0.0) > time.monotonic()
 
     def failed(self, name: str) -> None:
         """``name`` did not answer: skip it for ``dead_for_s``."""
@@ -88,13 +110,13 @@ class Membership:
     def live_first(self, names: list[str]) -> list[str]:
         """``names`` with those marked dead moved to the end (tried only if all else fails)."""
         now = time.monotonic()
-        live = [n for n in names if self._dead_until[n] <= now]
+        live = [n for n in names if self._dead_until.get(n, 0.0) <= now]
         return live + [n for n in names if n not in live] if len(live) < len(names) else names
 
     def live(self, names: list[str]) -> list[str]:
         """The names not marked dead, or all of them when every one is."""
         now = time.monotonic()
-        live = [n for n in names if self._dead_until[n] <= now]
+        live = [n for n in names if self._dead_until.get(n, 0.0) <= now]
         return live or names
 
 
@@ -106,6 +128,7 @@ class MembershipView:
 
     @property
     def placement(self) -> Placement:
+        """The write ring: where new writes of each key go."""
         return self._membership.placement
 
     @property
@@ -128,8 +151,14 @@ class MembershipView:
         return self._membership.nodes
 
     def owners(self, key: str) -> list[str]:
-        """The nodes that hold ``key``, first owner first."""
+        """The nodes a write of ``key`` goes to, first owner first."""
         return self._membership.owners(key)
+
+    @property
+    def changing(self) -> bool:
+        """True while a node joins or leaves a membership kept by the nodes: a key's
+        owners are then its owners on both rings (docs/CLUSTER.md)."""
+        return self._membership.rings.changing
 
     def is_dead(self, name: str) -> bool:
         """True while ``name`` is skipped after failing to answer."""

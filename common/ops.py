@@ -48,6 +48,7 @@ class Kind(enum.Enum):
     CURSOR = "cursor"  # int: 0, or a cursor this server run returned
     COUNT = "count"  # int >= 1
     REQUESTS = "requests"  # array of requests (batch)
+    ENTRIES = "entries"  # map member name -> member entry (common/membership.py), at most MAX_MEMBERS
     RECORDS = "records"  # array of records [KEY, VALUE or nil, version, deadline or nil], at most max_batch_keys
 
 
@@ -185,6 +186,14 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("stats", (), "the node's counters", "map (section 9.8)", route=Route.EVERY_NODE),
     Op("batch", (Param("requests", Kind.REQUESTS),), "several requests in one message, each answered alone",
        "array of replies, one per request, in order", route=Route.NONE, cli=False),
+    Op("members", (), "this node's view of the cluster's membership (docs/CLUSTER.md)",
+       'map `{"epoch": int, "replicas": int, "dynamic": bool, "members": {name: entry}}` (section 9.11)',
+       route=Route.NONE, cli=False),
+    Op("announce", (Param("entries", Kind.ENTRIES),), "merge member entries into this node's view, newest wins",
+       "map name → bool: whether that entry was newer and applied (section 9.11)", route=Route.NONE, cli=False),
+    Op("leave", (), "move this node's keys to the other members and leave the cluster (docs/CLUSTER.md)",
+       'map `{"state": "leaving" or "left", "pushed": int, "error": str or nil}` (section 9.11)',
+       route=Route.NONE, cli=False),
     # Versioned ops, for cluster clients and nodes (docs/PROTOCOL.md, "Versions"): not commands.
     Op("getv", (Param("keys", Kind.KEYS),), "each key's record, a tombstone's included",
        "array of the same length and order; each element a record, or nil if the node holds nothing for the key",

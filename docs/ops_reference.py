@@ -27,6 +27,7 @@ _ARGUMENT = {
     Kind.KEYS: "array of keys",
     Kind.PAIRS: "map key → value",
     Kind.REQUESTS: "array of requests",
+    Kind.ENTRIES: "map name → member entry",
     Kind.RECORDS: "array of records",
 }
 

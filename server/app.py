@@ -13,10 +13,13 @@ with in its constructor (nothing overwrites another's attributes):
    batch hooks, the metrics' latency histogram, the periodic sweeps;
 7. the loop of the core that runs (server/core.py: compiled, or pure
    Python) and its socket, then CURVE and ZAP on it (server/security.py),
-   the bind, and the metrics endpoint.
+   the bind, and the metrics endpoint;
+8. with ``--join``, the membership thread (server/membership_thread.py),
+   once the view knows the address the port was bound at.
 
 Whatever must be released (the data directory's lock and journal, the
-ZeroMQ context and sockets, the ZAP thread, the metrics endpoint) goes on one
+ZeroMQ context and sockets, the ZAP thread, the metrics endpoint, the
+membership thread) goes on one
 ``ExitStack`` as it is made: a failure at any step, or the end of serving,
 releases exactly what was made, newest first.
 """
@@ -42,6 +45,7 @@ from server.handler import Handler
 from server.journal import FSYNC_POLICIES
 from server.journaled_store import JournaledStore
 from server.loop import LoopHooks, Server
+from server.membership import MemberView
 from server.memory import cap_memory
 from server.output import OutputQueue
 from server.persistence import Persistence, in_memory_stats
@@ -143,13 +147,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    server: Server | None = None
-
-    def node() -> dict[str, Any]:
-        port = server.endpoint.rsplit(":", 1)[-1] if server is not None else str(config.port)
-        return {"name": config.node_name, "address": f"{config.node_name}:{port}", "state": "ready", "epoch": 0}
-
-    handler = Handler(store, limits, replies, guard, sections, node=node)
+    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir)
+    handler = Handler(store, limits, replies, guard, sections, members=members)
 
     latency = None
     if config.metrics_port:
@@ -191,4 +190,18 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         stack.callback(metrics.server_close)
         stack.callback(metrics.shutdown)
         log.info("metrics on http://%s:%d/metrics", config.bind, metrics.server_port)
+    members.listening_at(config.advertised(int(server.endpoint.rsplit(":", 1)[1])))
+    if config.join:
+        from server.membership_thread import MembershipThread  # it needs the client library: only with --join
+
+        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key)
+        gossip.start()
+        stack.callback(gossip.stop)
     return App(server, handler, persistence, policy, where, stack)
+
+
+def _loopback(bound: str) -> str:
+    """``host:port`` this process reaches its own socket at (``tcp://0.0.0.0:7400`` -> ``127.0.0.1:7400``)."""
+    host, port = bound[len("tcp://"):].rsplit(":", 1)
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "*": "127.0.0.1"}.get(host, host)
+    return f"{host}:{port}"

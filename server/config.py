@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from common import __version__, limits
-from common.address import DEFAULT_PORT
+from common.address import DEFAULT_PORT, split_node
 from common.limits import Limits
 from server.auth import parse_networks
 from server.eviction import EVICTION_POLICIES
@@ -71,6 +71,15 @@ class ServerConfig:
     # Versions and tombstones (server/clock.py, server/store.py)
     node_name: str = field(default_factory=socket.gethostname)
     tombstone_grace_s: float = TOMBSTONE_GRACE_S
+    # Membership (server/membership.py, docs/CLUSTER.md)
+    advertise: str = ""  # HOST[:PORT] others reach this node at; empty: NODE_NAME and the bound port
+    join: list[str] = field(default_factory=list)  # seed addresses; empty: a cluster of one
+    replicas: int = 2
+
+    def advertised(self, bound_port: int) -> str:
+        """``host:port`` where clients and other nodes reach this node (its entry's address)."""
+        host, port = split_node(self.advertise or self.node_name, bound_port)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _env(name: str, default: object) -> object:
@@ -85,11 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Stop with SIGTERM or SIGINT: the request in flight is answered, then the server exits 0.",
     )
 
-    def add(flag: str, env: str, default: object, help: str, **kwargs: object) -> None:
+    def add(flag: str, env: str, default: object, help: str, shown: str = "", **kwargs: object) -> None:
         parser.add_argument(
             flag,
             default=_env(env, default),
-            help=f"{help} (env {env}, default: {default})",
+            help=f"{help} (env {env}, default: {shown or default})",
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -160,11 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--node-name", default=_env("MEMLOOKUP_NODE_NAME", None), metavar="NAME",
                         help="this node's name, which survives restarts (a compose service or StatefulSet pod "
                         "name): it names the versions of the writes this node applies, and the node in a "
-                        "cluster (env MEMLOOKUP_NODE_NAME, default: the host name)")
+                        "cluster, where keys are placed by node names (env MEMLOOKUP_NODE_NAME, default: the "
+                        "host name)")
     add("--tombstone-grace-s", "MEMLOOKUP_TOMBSTONE_GRACE_S", TOMBSTONE_GRACE_S,
         "seconds a delete's tombstone is kept, so that a replica that missed the delete cannot bring the "
         "key back (Cassandra's gc_grace_seconds); a node away for longer must not rejoin with its old data",
         type=float, metavar="S")
+    add("--advertise", "MEMLOOKUP_ADVERTISE", "",
+        "HOST[:PORT] where clients and the other nodes reach this node; without a port, the one bound",
+        shown="NODE_NAME and the bound port", metavar="HOST:PORT")
+    add("--join", "MEMLOOKUP_JOIN", "",
+        "comma-separated addresses of nodes of the cluster to join (this node's own address may be among "
+        "them); the nodes then keep the membership and move keys when a node joins or leaves; without it "
+        "the server is a cluster of one", shown="none", metavar="SEEDS")
+    add("--replicas", "MEMLOOKUP_REPLICAS", 2,
+        "with --join: copies of each key in the cluster; every node of a cluster must have the same",
+        type=int, metavar="R")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -202,6 +222,9 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             compact_after_bytes=int(args.compact_after_bytes),
             node_name=str(args.node_name or socket.gethostname()),
             tombstone_grace_s=float(args.tombstone_grace_s),
+            advertise=str(args.advertise),
+            join=[seed.strip() for seed in str(args.join).split(",") if seed.strip()],
+            replicas=int(args.replicas),
         )
     except ValueError as exc:
         parser.error(f"bad setting: {exc}")
@@ -221,6 +244,13 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(f"log level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.fsync not in FSYNC_POLICIES:
         parser.error(f"fsync policy {config.fsync!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    if config.replicas < 1:
+        parser.error(f"replicas must be at least 1, not {config.replicas}")
+    try:
+        for address in (*config.join, config.advertise or config.node_name):
+            split_node(address)
+    except ValueError as exc:
+        parser.error(str(exc))
     if config.compact_after_bytes < 1:
         parser.error(f"compact-after-bytes must be at least 1, not {config.compact_after_bytes}")
     if not config.node_name or len(config.node_name.encode("utf-8", "surrogatepass")) > limits.MAX_NODE_NAME_BYTES:

@@ -30,6 +30,7 @@ from common import __version__
 from common.limits import KEYS_SLICE_S, MAX_NODE_NAME_BYTES, MAX_VERSION_AHEAD_S, SMALL_REPLY_BYTES, Limits
 from common.limits import text_bytes as _text_bytes
 from common.limits import utf8_over as _utf8_over
+from common.membership import Entry, parse_entries
 from common.ops import OPS, OPS_TABLE, REC_OPTION, Kind, Op, Option
 from common.protocol import (
     PROTOCOL_VERSION,
@@ -43,6 +44,7 @@ from common.protocol import (
 )
 from common.versions import Record, as_version
 from server.glob_match import PatternTooComplex
+from server.membership import MemberView, now_ms
 from server.replies import RememberedReplies
 from server.store import SCAN_POSITIONS, NotAnInteger, Store
 
@@ -126,8 +128,8 @@ class Handler:
         sections: extra sections for ``stats`` (output budgets, persistence,
             memory, auth...), each a callable returning a dict, by name.
         clock: wall-clock seconds, for uptime (tests may fake it).
-        node: who this node is, the ``node`` op's answer; when omitted, the
-            store's clock's node name with no address.
+        members: this node's view of the membership; when omitted, a
+            cluster of one named by the host name.
     """
 
     def __init__(
@@ -138,10 +140,10 @@ class Handler:
         memory: MemoryHooks | None = None,
         sections: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
         clock: Callable[[], float] = time.time,
-        node: Callable[[], dict[str, Any]] | None = None,
+        members: MemberView | None = None,
     ) -> None:
         self.store = store
-        self._node = node or (lambda: {"name": store.hlc.node, "address": "", "state": "ready", "epoch": 0})
+        self.members = members if members is not None else MemberView.single(store.hlc.node)
         self.limits = limits = limits or Limits()
         self.replies = replies if replies is not None else RememberedReplies()
         self._clock = clock
@@ -180,6 +182,7 @@ class Handler:
             Kind.KEY: self._check_key, Kind.VALUE: self._check_value, Kind.KEYS: self._check_keys,
             Kind.PAIRS: self._check_pairs, Kind.INT: self._check_int, Kind.PATTERN: self._check_pattern,
             Kind.CURSOR: self._check_cursor, Kind.COUNT: self._check_count, Kind.REQUESTS: self._check_requests,
+            Kind.ENTRIES: self._check_entries,
             Kind.RECORDS: self._check_records,
         }
         self._prepared = {op.name: self._prepare(op, memory) for op in OPS_TABLE}
@@ -463,6 +466,13 @@ class Handler:
             raise Refused(Status.TOO_LARGE, f"more than {self.limits.max_batch_keys} requests in one batch")
         return requests
 
+    @staticmethod
+    def _check_entries(entries: Any, name: str) -> dict[str, Entry]:
+        try:
+            return parse_entries(entries, now_ms())
+        except ValueError as exc:
+            raise Refused(Status.BAD_REQUEST, str(exc)) from None
+
     # -- operations: one per row of the table, each with its checked arguments --
 
     def op_ping(self) -> str:
@@ -544,7 +554,7 @@ class Handler:
         return [next_position and self._scan_tag * SCAN_POSITIONS + next_position, records]
 
     def op_node(self) -> dict[str, Any]:
-        return self._node()
+        return self.members.node()
 
     def _scan_slice(self) -> float | None:
         """The perf_counter time a scan page must stop at; None if the batch's slice has run out."""
@@ -586,6 +596,18 @@ class Handler:
         for name, section in self._sections.items():
             stats[name] = section()
         return stats
+
+    def op_members(self) -> dict[str, Any]:
+        return self.members.reply()
+
+    def op_announce(self, entries: dict[str, Entry]) -> dict[str, bool]:
+        return self.members.merge(entries)
+
+    def op_leave(self) -> dict[str, Any]:
+        try:
+            return self.members.leave()
+        except ValueError as exc:
+            raise Refused(Status.BAD_REQUEST, str(exc)) from None
 
     @property
     def sections(self) -> Mapping[str, Callable[[], dict[str, Any]]]:

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client import Client, ClusterClient, NodeUnavailableError, NotAnIntegerError
-from client.placement import Placement
 from common.address import expand_nodes
+from common.placement import Placement
 from tests.awaited import client_factory
 from tests.servers import ServerProcess, run_cli
 

@@ -29,6 +29,7 @@ from common.ops import OPS_TABLE, Kind, Op, Route
 from common.protocol import ProtocolError, Status, check_request, decode_reply
 from server.eviction import NoEviction
 from server.handler import Handler
+from server.membership import MemberView
 from server.memory import MemoryGuard
 from server.store import Store
 from tests.servers import ROOT
@@ -158,6 +159,7 @@ def test_protocol_md_operation_tables_are_current() -> None:
 STORED_SAMPLES: dict[Kind, object] = {
     Kind.KEY: "k", Kind.VALUE: "a longer value", Kind.KEYS: ["k", "other"], Kind.PAIRS: {"k": "1", "other": "2"},
     Kind.INT: 41, Kind.PATTERN: "*", Kind.CURSOR: 0, Kind.COUNT: 10, Kind.REQUESTS: [["ping"]],
+    Kind.ENTRIES: {"other": {"address": "127.0.0.1:7401", "state": "joining", "version": [1, 0, "other"]}},
     Kind.RECORDS: [["k", "a longer value", [1, 0, "n"], None], ["other", "2", [1, 0, "n"], None]],
 }
 #: Where a parameter needs another value than its kind's sample: a cas finds what it expects.
@@ -176,10 +178,17 @@ def _answer(handler: Handler, request: list[object]) -> tuple[int, object]:
     return decode_reply(handler.handle(msgpack.packb(request)))
 
 
+def _member_of_a_kept_membership() -> MemberView:
+    """The view of a node started with --join (``leave`` is refused by a cluster of one)."""
+    view = MemberView("n1", 2, True, None)
+    view.listening_at("127.0.0.1:7400")
+    return view
+
+
 @pytest.mark.parametrize("op", OPS_TABLE, ids=lambda op: op.name)
 def test_the_handler_answers_every_row_with_a_function_of_its_own(op: Op) -> None:
     assert callable(getattr(Handler, f"op_{op.name}", None)), f"server/handler.py has no op_{op.name}"
-    handler = Handler(Store())
+    handler = Handler(Store(), members=_member_of_a_kept_membership())
     handler.store.set("k", "1")
     status, payload = _answer(handler, _request(op))
     assert status == Status.OK, payload

@@ -310,7 +310,9 @@ def test_scanv_refuses_a_cursor_of_another_run(peer):
 
 
 def test_node_says_who_the_node_is(node, peer):
-    assert peer.ok("node") == {"name": "node-a", "address": f"node-a:{node.port}", "state": "ready", "epoch": 0}
+    # A cluster of one (no --join): ready, at NAME:PORT, with its view's epoch (tests/test_membership.py has more).
+    assert peer.ok("node") == {"name": "node-a", "address": f"node-a:{node.port}", "state": "ready",
+                               "epoch": peer.ok("members")["epoch"]}
 
 
 def test_the_node_name_defaults_to_the_host_name(start_server):

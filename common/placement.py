@@ -7,8 +7,11 @@ Adding a node to n others takes over about 1/(n+1) of every node's share, so
 about that fraction of the stored copies has to move; removing one moves only
 the copies it held.
 
-Nodes are named by ``host:port`` as written (or as a hostname resolved), so
-every client that lists the same members, in any order, places keys alike.
+Nodes are named by their member names (a node's ``--node-name`` in a
+cluster that keeps its membership, ``host:port`` as written otherwise), so
+every client and server that lists the same members, in any order, places
+keys alike. It lives in common/ because servers place keys too, when a node
+joins or leaves (server/membership.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class Placement:
     """Maps keys to their owner nodes.
 
     Args:
-        nodes: the member names (``host:port``); order does not matter.
+        nodes: the member names; order does not matter.
         replicas: owners per key; more than the number of nodes means every node.
     """
 
