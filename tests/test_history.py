@@ -153,7 +153,8 @@ def _faults(servers: Servers, mode: Mode, duration_s: float, seed: int) -> Calla
         # Pauses shorter than the client's timeout x (retries + 1), so that retries
         # land after SIGCONT, and longer ones, so that calls give up (info).
         pauses = itertools.chain((0.5, 1.2), iter(lambda: rng.choice((0.4, 0.6, 0.8, 1.2)), None))
-        time.sleep(rng.uniform(0.5, 0.8))  # the workers are started
+        _wait_for_the_workers(servers)
+        time.sleep(rng.uniform(0.1, 0.3))
         while time.monotonic() < deadline or servers.faults < 2:  # two at least, however slow the machine
             index = rng.randrange(len(servers.servers))
             if mode.fault == "kill":
@@ -163,6 +164,20 @@ def _faults(servers: Servers, mode: Mode, duration_s: float, seed: int) -> Calla
             time.sleep(rng.uniform(0.2, 0.6))
 
     return run
+
+
+def _wait_for_the_workers(servers: Servers, calls: int = 50, limit_s: float = 15.0) -> None:
+    """Until the nodes have answered ``calls`` requests: a fault before the workers
+    run (they start slowly on a loaded machine) would test nothing."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        answered = 0
+        for index in range(len(servers.nodes)):
+            with servers.client(index) as table:
+                answered += sum(count for op, count in table.stats()["ops"].items() if op != "stats")
+        if answered >= calls:
+            return
+        time.sleep(0.05)
 
 
 def _ballast(servers: Servers, mode: Mode, stop: threading.Event) -> threading.Thread:
