@@ -23,22 +23,23 @@ from server.output import OutputQueue
 #: Set to 1 to run the pure-Python core even where the compiled one is built.
 PURE_PYTHON_ENV = "MEMLOOKUP_PURE_PYTHON"
 
-#: The sources the compiled core is built from or reaches into: in a checkout,
-#: a compiled core older than any of them was built from other sources (a
-#: ``git pull`` without a rebuild) and may no longer fit the Python it calls.
-_SOURCES = ("_cloop.pyx", "loop.py", "handler.py", "output.py")
+#: The compiled core's source: in a checkout, a compiled core older than it
+#: was built from another version (a ``git pull`` without a rebuild), which
+#: may no longer fit the Python it calls. (Only this file: a rebuild after a
+#: change elsewhere leaves the compiled file as it was, with its old time.)
+_SOURCE = "_cloop.pyx"
 
 
 def _stale_build() -> str | None:
-    """The newer source's name, if the compiled core in a checkout is older than one of its sources."""
+    """The source's name, if the compiled core in a checkout is older than it."""
     spec = importlib.util.find_spec(f"{__package__}._cloop")
     if spec is None or spec.origin is None or not os.path.exists(spec.origin):
         return None
     built_at = os.stat(spec.origin).st_mtime
     here = Path(__file__).parent
-    if not (here / _SOURCES[0]).exists():
-        return None  # installed: the build and its sources came together
-    return next((name for name in _SOURCES if (here / name).stat().st_mtime > built_at), None)
+    if not (here / _SOURCE).exists():
+        return None  # installed: the build and its source came together
+    return _SOURCE if (here / _SOURCE).stat().st_mtime > built_at else None
 
 
 _compiled: type[Server] | None = None
