@@ -249,7 +249,8 @@ def test_both_cores_give_the_same_replies_and_table_with_a_data_dir(both_cores, 
 
 
 def test_the_start_up_line_names_the_core(start_server):
-    assert "compiled core" in start_server(env={"MEMLOOKUP_PURE_PYTHON": "0"}).log
+    compiled = start_server(env={"MEMLOOKUP_PURE_PYTHON": "0"}).log
+    assert "compiled core" in compiled and "pure-Python core" not in compiled
     forced = start_server(env={"MEMLOOKUP_PURE_PYTHON": "1"})
     assert "pure-Python core (MEMLOOKUP_PURE_PYTHON=1)" in forced.log
 
