@@ -106,6 +106,12 @@ class ServerProcess:
             self.proc.wait()
 
 
+def runs_compiled_core(log: str) -> bool:
+    """Whether a server's start-up line says the compiled core runs (a pure-Python
+    core's line may name the compiled core too, saying why it does not run)."""
+    return "compiled core" in log and "pure-Python core" not in log
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
