@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from client import Client, ClusterClient, NodeUnavailableError
-from client.placement import Placement
 from common.address import LOOKUP_AGAIN_S, expand_nodes
+from common.placement import Placement
 from tests.servers import ROOT, ServerProcess, run_cli
 
 GONE = "nosuchnode.invalid"  # .invalid never resolves (RFC 2606)
