@@ -19,6 +19,14 @@ pyproject.toml maps each folder to ``memlookup.NAME`` (package-dir), and:
   installed names both work, and an edit shows without reinstalling.
   Extensions are built in place, next to their sources, as setuptools always
   does for editable installs.
+
+The server's compiled loop, ``server/_cloop.pyx``, is built with Cython (a
+build requirement in pyproject.toml) as an optional extension: where it
+cannot be compiled (no C compiler), the install goes on without it and the
+server runs its pure-Python core (server/core.py). It needs neither zmq.h
+nor linking: it finds libzmq's functions in the library pyzmq loaded.
+``python setup.py build_ext --inplace`` builds it in a checkout (.ci/run
+does).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 from setuptools.command.editable_wheel import editable_wheel
 
@@ -205,5 +213,18 @@ class EditableWheel(editable_wheel):
         return _CheckoutStrategy(name, Path(self.project_dir).resolve(), checkout_names(self.distribution))
 
 
+def compiled_extensions() -> list[Extension]:
+    """The compiled core as an optional extension, or none where Cython is missing (the pure-Python core runs)."""
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        return []
+    loop = Extension(f"{NAMESPACE}.server._cloop", ["server/_cloop.pyx"])
+    extensions: list[Extension] = cythonize([loop], quiet=True)  # type: ignore[no-untyped-call]
+    for extension in extensions:
+        extension.optional = True  # set after cythonize, which makes new Extensions without it
+    return extensions
+
+
 if __name__ == "__main__":  # as setuptools runs it; tests import rewrite_imports
-    setup(cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel})
+    setup(cmdclass={"build_py": BuildPy, "editable_wheel": EditableWheel}, ext_modules=compiled_extensions())

@@ -76,12 +76,13 @@ def rss_bytes(pid: int) -> int:
 
 
 @contextlib.contextmanager
-def memlookup_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def memlookup_server(env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A server of the checkout on a free port, with ``env`` added to the environment; yields (node, process)."""
     from client import Client
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--log-level", "warning"],
-                            cwd=ROOT, stdin=subprocess.DEVNULL)
+                            cwd=ROOT, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     node = f"127.0.0.1:{port}"
     try:
         with Client(node, timeout_s=0.5, retries=0) as probe:
@@ -124,7 +125,7 @@ def redis_server() -> Iterator[tuple[str, Any]]:
 # -- 1. lockstep latency ------------------------------------------------------
 
 
-def _echo_server(port: int, reply_bytes: dict[int, bytes]) -> None:
+def echo_server(port: int, reply_bytes: dict[int, bytes]) -> None:
     """REP echo: answers a message of each request size with the matching reply size."""
     import zmq
 
@@ -135,7 +136,7 @@ def _echo_server(port: int, reply_bytes: dict[int, bytes]) -> None:
         sock.send(reply_bytes.get(len(message), message))
 
 
-def _median_us(call: Callable[[], object], count: int) -> float:
+def median_us(call: Callable[[], object], count: int) -> float:
     perf = time.perf_counter
     samples = []
     for _ in range(count):
@@ -157,7 +158,7 @@ def lockstep_latency(node: str, redis_client: Any, count: int) -> dict[str, floa
     set_request = encode_request("set", key, VALUE, options={"rid": "0123456789abcdef:1000000"})
     sizes = {len(get_request): ok(VALUE), len(set_request): ok(True)}
     port = free_port()
-    echo = mp.get_context("fork").Process(target=_echo_server, args=(port, sizes), daemon=True)
+    echo = mp.get_context("fork").Process(target=echo_server, args=(port, sizes), daemon=True)
     echo.start()
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.connect(f"tcp://127.0.0.1:{port}")
@@ -180,10 +181,10 @@ def lockstep_latency(node: str, redis_client: Any, count: int) -> dict[str, floa
                 "set echo": echo_call(set_request),
             }
             for call in cases.values():  # warm up: connections, caches
-                _median_us(call, 200)
+                median_us(call, 200)
             for _ in range(5):  # interleaved, so load changes hit every case
                 for name, call in cases.items():
-                    rounds.setdefault(name, []).append(_median_us(call, count // 5))
+                    rounds.setdefault(name, []).append(median_us(call, count // 5))
     finally:
         sock.close()
         echo.kill()

@@ -11,7 +11,8 @@ with in its constructor (nothing overwrites another's attributes):
 5. the handler, with the guard's hooks and every extra ``stats`` section;
 6. the loop's hooks: the handler (wrapped by persistence), persistence's
    batch hooks, the metrics' latency histogram, the periodic sweeps;
-7. the loop and its socket, then CURVE and ZAP on it (server/security.py),
+7. the loop of the core that runs (server/core.py: compiled, or pure
+   Python) and its socket, then CURVE and ZAP on it (server/security.py),
    the bind, and the metrics endpoint;
 8. with ``--join``, the membership thread (server/membership_thread.py),
    once the view knows the address the port was bound at.
@@ -37,6 +38,7 @@ from common import __version__
 from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
+from server.core import CORE_DESCRIPTION, make_server
 from server.datadir import RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
@@ -76,7 +78,8 @@ class App:
         """Answer requests until SIGTERM or SIGINT (or :meth:`Server.stop`)."""
         self.server.install_signal_handlers()
         log.info("%s", self._policy.describe())
-        log.info("memlookup %s listening on %s (%s)", __version__, self.server.endpoint, self._where)
+        log.info("memlookup %s listening on %s (%s), %s", __version__, self.server.endpoint, self._where,
+                 CORE_DESCRIPTION)
         self.server.serve_forever()
 
     def close(self) -> None:
@@ -165,7 +168,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
 
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     stack.callback(context.term)
-    server = Server(config, hooks, output, context)
+    plain = handler if persistence is None and guard is None else None
+    server = make_server(config, hooks, output, context, plain)
     stack.callback(server.close)
     try:
         zap = secure(server.socket, policy, config.curve_secret_key, context)

@@ -71,7 +71,7 @@ _UNCHECKED_CHARS = SMALL_REPLY_BYTES // 4 - 16
 
 #: The reply of a ``batch`` element left out because the batch's replies
 #: reached the reply limit: the element was not run.
-_NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
+NOT_RUN = encode_reply(Status.TOO_LARGE, "not run: the batch's replies reached the reply limit")
 
 #: A ``batch`` reply's bytes besides its elements' replies (status, array header).
 _BATCH_HEADER_BYTES = 8
@@ -614,16 +614,33 @@ class Handler:
         """The extra ``stats`` sections, by name (the metrics endpoint exports them too)."""
         return self._sections
 
+    def batch_limit(self, count: int) -> int:
+        """The bytes the replies of a ``batch`` of ``count`` requests may take together (see :meth:`op_batch`)."""
+        return self._reply_limit - _BATCH_HEADER_BYTES - count * len(NOT_RUN)
+
+    def answer_in_batch(self, request: list[Any], limit: int, used: int) -> bytes:
+        """The reply to one decoded element of a ``batch`` whose replies may take ``limit`` bytes, ``used`` so far.
+
+        As :meth:`op_batch` answers each element: the compiled loop
+        (server/_cloop.pyx) runs a batch itself, and hands over the elements
+        whose replies the limits may change.
+        """
+        self._reply_limit, self._batch_bytes, self._scan_deadline = limit, used, 0.0
+        try:
+            return self._answer(request, True)
+        finally:
+            self._reply_limit, self._batch_bytes, self._scan_deadline = self.max_reply_bytes, 0, None
+
     def op_batch(self, requests: list[Any]) -> bytes:
         """The whole reply ``[0, [reply, ...]]``: each request answered as if it came alone, in order.
 
         The replies are already msgpack, so the batch reply is their
         concatenation behind an array header, not a re-encoding. They share
         the reply limit: once they have used it up, the remaining requests
-        are not run and each gets :data:`_NOT_RUN` (room for those is kept
+        are not run and each gets :data:`NOT_RUN` (room for those is kept
         from the start, so the whole reply stays within the limit).
         """
-        limit = self._reply_limit - _BATCH_HEADER_BYTES - len(requests) * len(_NOT_RUN)
+        limit = self.batch_limit(len(requests))
         if limit < SMALL_REPLY_BYTES:
             return self._error(Status.TOO_LARGE, f"a batch of {len(requests)} requests could need a reply over "
                                f"the reply limit of {self._reply_limit} bytes")
@@ -636,7 +653,7 @@ class Handler:
         try:
             for request in requests:
                 if used > full:
-                    append(_NOT_RUN)
+                    append(NOT_RUN)
                     continue
                 self._batch_bytes = used
                 reply = answer(request, True)

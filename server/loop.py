@@ -26,7 +26,7 @@ from common import limits
 from common.address import endpoint
 from common.protocol import Status, encode_reply
 from server.config import ServerConfig
-from server.output import LargeReply, OutputQueue
+from server.output import LargeReply, OutputQueue, source_fd
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class Server:
             replies.append(frames)
             body = frames[-1]
             if len(body) > _SMALL:
-                large = frames[-1] = LargeReply(body, last[0], len(body) > tracked_bytes)
+                large = frames[-1] = LargeReply(body, source_fd(last[0]), len(body) > tracked_bytes)
                 if large.counted:
                     output.pending_bytes += large.size
                     if output.pending_bytes >= hooks.max_reply_bytes:

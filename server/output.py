@@ -56,11 +56,11 @@ class LargeReply:
 
     __slots__ = ("body", "counted", "fd", "size")
 
-    def __init__(self, body: bytes, source: zmq.Frame | None, counted: bool) -> None:
+    def __init__(self, body: bytes, fd: int, counted: bool) -> None:
         self.body = body
         self.size = len(body)  # as counted: persistence may still rewrite the body as an error
-        #: The TCP descriptor the request came in on (the frame is not kept: it may be large).
-        self.fd = _source_fd(source)
+        #: The TCP descriptor the request came in on (:func:`source_fd`), or -1.
+        self.fd = fd
         self.counted = counted
 
 
@@ -249,8 +249,8 @@ class OutputQueue:
         }
 
 
-def _source_fd(frame: zmq.Frame | None) -> int:
-    """The TCP descriptor ``frame`` came in on, or -1."""
+def source_fd(frame: zmq.Frame | None) -> int:
+    """The TCP descriptor ``frame`` came in on, or -1 (the request's frame is not kept: it may be large)."""
     if frame is None:
         return -1
     try:

@@ -86,3 +86,13 @@ def test_requests_packed_per_message_are_all_counted(server):
     with Client(server.node) as table:
         ops = table.stats()["ops"]
     assert ops.get("get", 0) + ops.get("set", 0) == 500 and ops["batch"] == 63  # 500 / 8, rounded up
+
+
+@pytest.mark.slow
+def test_cores_quick_mode_puts_both_cores_side_by_side():
+    result = subprocess.run([sys.executable, "-m", "bench.cores", "--quick"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("| lockstep get through Client,", "| lockstep set through bare REQ socket,", "| -c 2 -P 64 -m 1,",
+                "| -c 2 -P 64 -m 16,"):
+        assert row in result.stdout

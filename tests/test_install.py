@@ -25,6 +25,9 @@ import pytest
 
 from tests.servers import ROOT, ServerProcess
 
+#: An install compiles the server's core (server/_cloop.pyx): half a minute or more on a loaded machine.
+pytestmark = pytest.mark.timeout(300)
+
 PROGRAMS = ("memlookup", "memlookup-server", "memlookup-keygen", "memlookup-benchmark")
 #: The checkout's top-level packages: names an installed copy must leave to the user.
 CHECKOUT_NAMES = ("bench", "client", "common", "server")
@@ -32,22 +35,24 @@ NO_PYTHONPATH = {"PYTHONPATH": ""}  # empty: Python ignores it
 
 
 def copy_of_the_tree(to: Path) -> Path:
+    # As a fresh clone: without the compiled core a checkout's build_ext --inplace made.
     shutil.copytree(ROOT, to, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                                             ".pytest_cache", ".hypothesis", ".venv", ".mypy_cache",
-                                                            ".ruff_cache"))
+                                                            ".ruff_cache", "*.so", "_cloop.c"))
     return to
 
 
-def run(command: list[str | Path], cwd: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run(command: list[str | Path], cwd: Path, timeout_s: float = 60,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
-                          stdin=subprocess.DEVNULL, env={**os.environ, **NO_PYTHONPATH})
+                          stdin=subprocess.DEVNULL, env={**os.environ, **NO_PYTHONPATH, **(env or {})})
 
 
-def new_venv(where: Path, *install: str) -> Path:
-    """A virtual environment of its own with ``pip install INSTALL...`` done in it."""
+def new_venv(where: Path, *install: str, env: dict[str, str] | None = None) -> Path:
+    """A virtual environment of its own with ``pip install INSTALL...`` done in it (``env`` added to pip's)."""
     venv.create(where, with_pip=True)
     pip = run([where / "bin" / "python", "-m", "pip", "install", "-q", "-c", ROOT / "requirements.txt", *install],
-              cwd=where, timeout_s=300)
+              cwd=where, timeout_s=300, env=env)
     assert pip.returncode == 0, pip.stderr
     return where
 
@@ -88,6 +93,25 @@ def test_the_programs_run_and_have_man_pages(installed: Path, installed_server: 
     keygen = run([bin_dir / "memlookup-keygen", tmp_path / "keys", "web1"], cwd=tmp_path)
     assert keygen.returncode == 0, keygen.stderr
     assert sorted(path.name for path in (tmp_path / "keys").iterdir()) == ["web1.key", "web1.key_secret"]
+
+
+def test_pip_install_compiles_the_core(installed: Path, installed_server: ServerProcess) -> None:
+    assert "compiled core" in installed_server.log, installed_server.log
+    assert list(installed.glob("lib/python3*/site-packages/memlookup/server/_cloop.*.so"))
+
+
+def test_without_a_c_compiler_the_install_runs_the_pure_python_core(tmp_path: Path) -> None:
+    env_dir = new_venv(tmp_path / "venv", str(copy_of_the_tree(tmp_path / "src")), env={"CC": "false"})
+    assert not list(env_dir.glob("lib/python3*/site-packages/memlookup/server/_cloop.*.so"))
+    server = start_server(env_dir)
+    try:
+        assert "pure-Python core (no compiled core:" in server.log, server.log
+        bin_dir = env_dir / "bin"
+        set_ = run([bin_dir / "memlookup", server.node, "set", "norway", "oslo"], cwd=tmp_path)
+        get = run([bin_dir / "memlookup", server.node, "get", "norway"], cwd=tmp_path)
+        assert (set_.returncode, get.returncode, get.stdout) == (0, 0, "oslo\n"), set_.stderr + get.stderr
+    finally:
+        server.stop()
 
 
 def test_memlookup_is_the_only_top_level_name_installed(installed: Path) -> None:
@@ -173,6 +197,7 @@ def test_an_editable_install_is_the_checkout_itself(tmp_path: Path) -> None:
 
     server = start_server(env_dir)
     try:
+        assert "compiled core" in server.log, server.log  # built next to its source
         set_ = run([bin_dir / "memlookup", server.node, "set", "norway", "oslo"], cwd=tmp_path)
         get = run([python, "-m", "memlookup.client", server.node, "get", "norway"], cwd=tmp_path)
         assert (set_.returncode, get.returncode, get.stdout) == (0, 0, "oslo\n"), set_.stderr + get.stderr
