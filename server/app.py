@@ -46,7 +46,6 @@ from server.journal import FSYNC_POLICIES
 from server.journaled_store import JournaledStore
 from server.loop import LoopHooks, Server
 from server.membership import MemberView
-from server.membership_thread import MembershipThread
 from server.memory import cap_memory
 from server.output import OutputQueue
 from server.persistence import Persistence, in_memory_stats
@@ -193,6 +192,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         log.info("metrics on http://%s:%d/metrics", config.bind, metrics.server_port)
     members.listening_at(config.advertised(int(server.endpoint.rsplit(":", 1)[1])))
     if config.join:
+        from server.membership_thread import MembershipThread  # it needs the client library: only with --join
+
         gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key)
         gossip.start()
         stack.callback(gossip.stop)
