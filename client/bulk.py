@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NoReturn, TextIO
 
-from client.cli_parser import UsageError, call_arguments, command_parsers, suggestion
+from client.cli_parser import PROCEDURES, UsageError, call_arguments, command_parsers, suggestion
 from client.client import Client
 from common.errors import MemlookupError
 from common.ops import OPS, Op
@@ -57,8 +57,9 @@ def _split_blanks(line: str) -> list[str]:
 
 
 #: Commands a line may not hold: ``keys`` takes a request per page, ``stats``
-#: and ``rebalance`` are reports, and ``--pipe`` prints only errors.
-NOT_IN_PIPE = frozenset({"keys", "stats", "rebalance"})
+#: and the procedures (``rebalance``, ``leave``, ``ready``) are reports, and
+#: ``--pipe`` prints only errors.
+NOT_IN_PIPE = frozenset({"keys", "stats", *PROCEDURES})
 
 #: What the stream hands each command's callback: its result, or the
 #: :class:`MemlookupError` the server's refusal stands for.

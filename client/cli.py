@@ -179,10 +179,36 @@ def _rebalance(table: Any, emit: Emit) -> int:
     return EXIT_OK
 
 
+def _leave(args: Args, table: Any, emit: Emit) -> int:
+    from client.membership import wait_until_left
+
+    try:
+        answer = wait_until_left(table, args.wait_s)
+    except TimeoutError as exc:
+        raise _Outcome(str(exc), EXIT_NOT_FOUND) from None
+    emit(answer, f"left: moved {answer['pushed']} records to their new owners")
+    return EXIT_OK
+
+
+def _ready(args: Args, table: Any, emit: Emit) -> int:
+    from client.membership import NODE
+    from common.membership import READY
+
+    answer = table._execute(NODE)
+    emit(answer, answer["state"])
+    return EXIT_OK if answer["state"] == READY else EXIT_NOT_FOUND
+
+
+#: The commands that are procedures rather than one op's row (client.cli_parser.PROCEDURES).
+_PROCEDURES: dict[str, Callable[[Args, Any, Emit], int]] = {
+    "rebalance": lambda args, table, emit: _rebalance(table, emit), "leave": _leave, "ready": _ready,
+}
+
+
 def _run(args: Args, table: Any, emit: Emit) -> int:
     """Call the client method of the command's row with its parsed words, and show the result."""
-    if args.command == "rebalance":
-        return _rebalance(table, emit)
+    if args.command in _PROCEDURES:
+        return _PROCEDURES[args.command](args, table, emit)
     op = OPS[args.command]
     try:
         kwargs = call_arguments(op, args, _stdin_reader(op))
@@ -241,6 +267,8 @@ def _main(words: list[str]) -> int:
         _fail(str(exc), EXIT_USAGE)
     if args.command == "rebalance" and not hasattr(table, "placement"):
         _fail("rebalance needs the cluster's nodes: NODE1,NODE2,...", EXIT_USAGE)
+    if args.command in ("leave", "ready") and hasattr(table, "placement"):
+        _fail(f"{args.command} asks one node; give a single NODE", EXIT_USAGE)
     if args.pipe and hasattr(table, "placement"):
         _fail("--pipe talks to one node; give a single NODE", EXIT_USAGE)
     try:

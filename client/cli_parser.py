@@ -39,8 +39,20 @@ if TYPE_CHECKING:
     #: A parsed command line: argparse's, or :func:`plain_args`' (the same attributes).
     Args: TypeAlias = argparse.Namespace | SimpleNamespace
 
-#: Every COMMAND, in the order ``--help`` lists them: the table's CLI rows, then ``rebalance``.
-COMMANDS: tuple[str, ...] = (*(op.name for op in OPS_TABLE if op.cli), "rebalance")
+#: The commands that are procedures of the client rather than one op's row: what each does.
+PROCEDURES: dict[str, str] = {
+    "rebalance": "move every key to its owners among the given nodes and restore the replicas; "
+                 "safe to re-run, and writes made meanwhile are kept",
+    "leave": "make the node leave its cluster (it keeps the membership: --join) and wait until it has moved "
+             "its keys to their new owners; a Kubernetes preStop hook",
+    "ready": "whether the node is ready: it has joined its cluster and holds its keys; a readiness probe",
+}
+
+#: Every COMMAND, in the order ``--help`` lists them: the table's CLI rows, then the procedures.
+COMMANDS: tuple[str, ...] = (*(op.name for op in OPS_TABLE if op.cli), *PROCEDURES)
+
+#: How long ``leave`` waits for the node to have left, by default (seconds).
+LEAVE_WAIT_S = 120.0
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -54,7 +66,8 @@ EXIT_CLOSED_PIPE = 141
 #: (status, meaning), for ``--help`` and the man page.
 EXIT_STATUS: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
-    (EXIT_NOT_FOUND, "not found, or a condition not met (--nx, --xx, cas; exists: no such key)"),
+    (EXIT_NOT_FOUND, "not found, or a condition not met (--nx, --xx, cas; exists: no such key; ready: the node "
+                     "is not ready; leave: it has not left within --wait)"),
     (EXIT_USAGE, "bad usage"),
     (EXIT_REFUSED, "the server refused the request (--pipe: some line failed)"),
     (EXIT_UNAVAILABLE, "nothing listens at NODE, its name does not resolve, it refused the connection, or no "
@@ -87,6 +100,9 @@ _OUTPUT = {
     "incr": "A missing KEY counts as 0. Prints the new value.",
     "cas": "Exits 1 if the value was not EXPECTED (or KEY does not exist).",
     "stats": "Prints one 'name: value' line per counter (of several nodes: each one's, and their total).",
+    "leave": "Prints the records it moved; exits 1 if the node has not left within --wait (saying why: an owner "
+             "that does not take its keys), 3 if it keeps no membership.",
+    "ready": "Prints the node's state (joining, ready, leaving, left); exits 0 if it is ready, 1 if not.",
 }
 
 NODE_NOTES = """\
@@ -245,12 +261,16 @@ def _add_command(commands: Any, op: Op) -> argparse.ArgumentParser:
     return sub
 
 
-def _add_rebalance(commands: Any) -> None:
-    summary = ("move every key to its owners among the given nodes and restore the replicas; "
-               "safe to re-run, and writes made meanwhile are kept")
-    sub = commands.add_parser("rebalance", help=summary, description=summary[:1].upper() + summary[1:] + ".")
-    sub.add_argument("--from", dest="leaving", metavar="N1,...",
-                     help="nodes being removed: move all their keys to the given nodes")
+def _add_procedure(commands: Any, name: str) -> None:
+    summary = PROCEDURES[name]
+    sub = commands.add_parser(name, help=summary, description=f"{summary[:1].upper()}{summary[1:]}. "
+                                                              f"{_OUTPUT.get(name, '')}".strip())
+    if name == "rebalance":
+        sub.add_argument("--from", dest="leaving", metavar="N1,...",
+                         help="nodes being removed: move all their keys to the given nodes")
+    elif name == "leave":
+        sub.add_argument("--wait", dest="wait_s", type=positive_float, default=LEAVE_WAIT_S, metavar="S",
+                         help=f"seconds to wait for the node to leave (default: {LEAVE_WAIT_S:g})")
     _connection_options(sub, top_level=False)
 
 
@@ -262,8 +282,8 @@ def _add_commands(parser: argparse.ArgumentParser, only: str | None = None,
     commands = parser.add_subparsers(**kwargs)
     for name in COMMANDS:
         if only is None or name == only:
-            if name == "rebalance":
-                _add_rebalance(commands)
+            if name in PROCEDURES:
+                _add_procedure(commands, name)
             else:
                 _add_command(commands, OPS[name])
     return commands

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from client.requests import Command
 from client.routing import Membership, Plan
 from common.errors import NodeUnavailableError
 from common.membership import LEFT, REFRESH_INTERVAL_S, Entry, Rings, epoch, parse_entries
 from common.ops import OPS
+
+if TYPE_CHECKING:
+    from client.client import Client
 
 C = TypeVar("C")
 
@@ -155,10 +158,8 @@ def member_client(clients: dict[str, C], name: str) -> C:
 def leave(node: str, timeout_s: float = 120.0, **options: Any) -> dict[str, Any]:
     """Make ``node`` leave its cluster, and wait until it has: its records are with their new owners.
 
-    For a Kubernetes ``preStop`` hook, or before a node is removed for good.
-    ``leave`` starts the node's leave procedure (server/membership_thread.py)
-    and is then asked again until the node says ``left``; the node goes on
-    answering requests meanwhile. ``options`` are :class:`client.Client`'s.
+    For a Kubernetes ``preStop`` hook (``memlookup NODE leave``), or before a
+    node is removed for good. ``options`` are :class:`client.Client`'s.
 
     Returns:
         The node's last answer: ``{"state": "left", "pushed": records, "error": None}``.
@@ -170,13 +171,23 @@ def leave(node: str, timeout_s: float = 120.0, **options: Any) -> dict[str, Any]
     """
     from client.client import Client
 
-    deadline = time.monotonic() + timeout_s
     with Client(node, **options) as client:
-        while True:
-            answer = client._execute(LEAVE)
-            if answer.get("state") == LEFT:
-                return answer
-            if time.monotonic() >= deadline:
-                why = answer.get("error") or "still moving keys"
-                raise TimeoutError(f"{node} has not left after {timeout_s} s: {why}")
-            time.sleep(LEAVE_POLL_S)
+        return wait_until_left(client, timeout_s)
+
+
+def wait_until_left(client: Client, timeout_s: float) -> dict[str, Any]:
+    """Ask ``client``'s node to leave, and ask again until it says ``left`` (see :func:`leave`).
+
+    ``leave`` starts the node's leave procedure (server/membership_thread.py)
+    once; asking again reports its progress, or retries an attempt that
+    stopped. The node goes on answering requests meanwhile.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = client._execute(LEAVE)
+        if answer.get("state") == LEFT:
+            return answer
+        if time.monotonic() >= deadline:
+            why = answer.get("error") or "still moving keys"
+            raise TimeoutError(f"{client.node} has not left after {timeout_s} s: {why}")
+        time.sleep(LEAVE_POLL_S)

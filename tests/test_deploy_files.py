@@ -4,8 +4,12 @@
   copy vendored in check-jsonschema), the manifests against the Kubernetes
   1.37 schemas (kubernetes-validate), strictly: an unknown field fails.
 * The addresses the Compose file repeats agree with each other.
+* The pods keep the membership by their stable names: the environment
+  Kubernetes would give a pod (fieldRef, ``$(VAR)`` expansion) names the node
+  by its pod and advertises its stable DNS name; the readiness probe is
+  ``ready`` and the preStop hook ``leave``, within the grace period.
 * The commands the Kubernetes manifests start -- the servers' command and
-  environment, the probes, the rebalance job -- run verbatim, each pod a
+  environment, the probes, the preStop hook -- run verbatim, each pod a
   network namespace with its own address, and ``memlookup`` /
   ``memlookup-server`` on PATH as they are in the image (kind cannot run
   here). The image and the Compose file run for real in test_containers.py.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 import shlex
 import stat
 import subprocess
@@ -28,6 +33,7 @@ from typing import Any
 import pytest
 import yaml
 
+from client.cli_parser import parse_args
 from client.routing import DEAD_FOR_S
 from tests.netlab import NetLab, build_lab
 from tests.servers import ROOT
@@ -105,6 +111,63 @@ def test_statefulset_has_volumes_probes_requests_and_matching_services():
     kind = yaml.safe_load(KIND_CONFIG.read_text())
     assert kind["kind"] == "Cluster" and kind["apiVersion"] == "kind.x-k8s.io/v1alpha4"
     assert node_port in [m["containerPort"] for n in kind["nodes"] for m in n.get("extraPortMappings", [])]
+
+
+def pod_environment(pod: str, namespace: str = "default") -> dict[str, str]:
+    """The StatefulSet container's environment as Kubernetes gives it to pod ``pod``: a ``fieldRef``
+    to the pod's name or namespace is filled in, and ``$(VAR)`` is replaced by the value of a
+    variable listed before it (left as it is otherwise, as Kubernetes does)."""
+    container = manifests()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    fields = {"metadata.name": pod, "metadata.namespace": namespace}
+    environment: dict[str, str] = {}
+    for item in container["env"]:
+        if "valueFrom" in item:
+            environment[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            environment[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: environment.get(m[1], m[0]),
+                                               item["value"])
+    return environment
+
+
+def stable_name(pod: str, namespace: str = "default") -> str:
+    """The pod's DNS name under the StatefulSet's headless Service, with the server's port."""
+    sts = manifests()["StatefulSet"]
+    port = sts["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    return f"{pod}.{sts['spec']['serviceName']}.{namespace}.svc.cluster.local:{port}"
+
+
+def test_pods_are_named_by_their_pod_and_reached_at_their_stable_dns_name():
+    sts = manifests()["StatefulSet"]
+    environment = pod_environment("memlookup-4", "shop")
+    assert environment["MEMLOOKUP_NODE_NAME"] == "memlookup-4"
+    assert environment["MEMLOOKUP_ADVERTISE"] == stable_name("memlookup-4", "shop")
+    assert environment["MEMLOOKUP_PORT"] == stable_name("memlookup-4").rsplit(":", 1)[1]
+    # Every pod is given the same seeds: the first pods, which exist whenever any pod does.
+    seeds = environment["MEMLOOKUP_JOIN"].split(",")
+    assert seeds == [stable_name(f"{sts['metadata']['name']}-{index}", "shop") for index in range(len(seeds))]
+    assert 1 <= len(seeds) <= manifests()["HorizontalPodAutoscaler"]["spec"]["minReplicas"]
+    assert pod_environment("memlookup-0")["MEMLOOKUP_JOIN"] == ",".join(stable_name(f"memlookup-{index}")
+                                                                        for index in range(len(seeds)))
+
+
+def test_pods_are_ready_once_joined_and_leave_before_they_stop():
+    """Scaling and restarts follow the membership procedure, not a rebalance job."""
+    docs = manifests()
+    sts = docs["StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    probe = parse_args(container["readinessProbe"]["exec"]["command"][1:])
+    assert (probe.command, probe.node) == ("ready", "127.0.0.1")
+    pre_stop = parse_args(container["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert (pre_stop.command, pre_stop.node) == ("leave", "127.0.0.1")
+    # The leave may use its whole wait and the server still stops on SIGTERM before the kill.
+    assert pre_stop.wait_s + 10 <= pod["terminationGracePeriodSeconds"]
+    assert sts["spec"]["podManagementPolicy"] == "OrderedReady"  # one change of membership at a time
+    assert "CronJob" not in docs
+    for direction in ("scaleUp", "scaleDown"):
+        assert [policy["value"] for policy in docs["HorizontalPodAutoscaler"]["spec"]["behavior"][direction]
+                ["policies"]] == [1]
+    assert docs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
 
 
 def test_compose_network_addresses_agree():
@@ -225,28 +288,30 @@ def containers(lab: NetLab, image_path: str, tmp_path: Path) -> Iterator[Contain
 
 
 @pytest.mark.netns
-def test_statefulset_probes_and_rebalance_job_run_against_its_pods(lab: NetLab, containers: Containers):
-    docs = manifests()
-    container = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
-    environment = {item["name"]: item["value"] for item in container["env"]}
-    service = docs["StatefulSet"]["spec"]["serviceName"]
-    pods = ("s1", "s2", "s3")
-    # The headless Service's name resolves to every pod.
-    lab.hosts_file("c", "".join(f"{lab.hosts[p]} {service}\n" for p in pods))
-    for pod in pods:
-        containers.start(pod, container["command"], environment)
-    for pod in pods:
-        containers.until_healthy(pod, container["readinessProbe"]["exec"]["command"])
-        assert containers.run(pod, container["livenessProbe"]["exec"]["command"]).returncode == 0
+def test_statefulset_pods_join_serve_and_leave_by_their_own_commands(lab: NetLab, containers: Containers):
+    """Three pods started one after another as the StatefulSet starts them, each named and found by
+    its stable DNS name; the readiness probe, a client, and the last pod's preStop hook."""
+    container = manifests()["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    service = manifests()["StatefulSet"]["spec"]["serviceName"]
+    pods = {"memlookup-0": "s1", "memlookup-1": "s2", "memlookup-2": "s3"}
+    names = "".join(f"{lab.hosts[host]} {stable_name(pod).rsplit(':', 1)[0]}\n" for pod, host in pods.items())
+    for host in (*pods.values(), "c"):
+        lab.hosts_file(host, names + ("".join(f"{lab.hosts[h]} {service}\n" for h in pods.values())
+                                      if host == "c" else ""))
+    ready = container["readinessProbe"]["exec"]["command"]
+    for pod, host in pods.items():  # OrderedReady: the next pod once this one is ready
+        containers.start(host, container["command"], pod_environment(pod))
+        containers.until_healthy(host, ready)
+        assert containers.run(host, container["livenessProbe"]["exec"]["command"]).returncode == 0
 
     client = ["memlookup", "--timeout", "1", service]
-    assert containers.run("c", [*client, "set", "norway", "oslo"]).returncode == 0
-    rebalance = docs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert service in rebalance
-    done = containers.run("c", rebalance)
-    assert done.returncode == 0 and "examined 2 copies" in done.stdout, done.stderr
-    got = containers.run("c", [*client, "get", "norway"])
-    assert (got.returncode, got.stdout) == (0, "oslo\n")
+    keys = [f"k{index}" for index in range(50)]
+    assert containers.run("c", [*client, "mset", *(word for key in keys for word in (key, key + "v"))]).returncode == 0
+    leave = containers.run("s3", container["lifecycle"]["preStop"]["exec"]["command"])
+    assert leave.returncode == 0 and leave.stdout.startswith("left: moved "), leave.stderr
+    assert containers.run("s3", ready).returncode == 1  # a pod that has left is not ready
+    got = containers.run("c", [*client, "mget", *keys])
+    assert (got.returncode, got.stdout) == (0, "".join(key + "v\n" for key in keys))
 
 
 def test_a_copy_of_the_manifest_with_a_bad_port_name_is_caught(tmp_path):
