@@ -43,7 +43,9 @@ NETWORK = f"{PROJECT}_memlookup"
 IMAGE = "memlookup:local"
 BASE_IMAGE = "localhost/python:3.11-slim"  # made by .ci/podman-setup.sh
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-NODES = [name for name in COMPOSE["services"] if name != "client"]
+#: The nodes `up` starts (no profile), and those the profile "scale" adds.
+NODES = [name for name, service in COMPOSE["services"].items() if name != "client" and "profiles" not in service]
+SCALE_NODES = [name for name, service in COMPOSE["services"].items() if "scale" in service.get("profiles", [])]
 LOCK = Path("/tmp/memlookup-containers.lock")
 
 
@@ -157,6 +159,8 @@ class Stack:
 
     def compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         profile = ["--profile", "client"] if args[:1] == ("run",) else []
+        if any(arg in SCALE_NODES for arg in args):
+            profile += ["--profile", "scale"]
         done = run(["podman-compose", "-p", PROJECT, *profile, *args], timeout_s=timeout_s,
                    env={**os.environ, "MEMLOOKUP_HOST_PORT": str(self.host_port)})
         # `run` gives the container a terminal, as in a shell: CRLF line ends.
