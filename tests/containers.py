@@ -31,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -199,6 +200,34 @@ class Stack:
         done = self.compose("up", "-d", "--force-recreate", "--no-deps", service)
         assert done.returncode == 0, done.stderr
         self.wait_healthy([service])
+
+    def add(self, service: str) -> int:
+        """Start one of the nodes the profile "scale" adds, and wait until it is ready (its health
+        check, ``ready``: it has joined and pulled its keys); the records it pulled, as its log says."""
+        done = self.compose("up", "-d", service)
+        assert done.returncode == 0, done.stderr
+        self.wait_healthy([service])
+        logs = podman("logs", self.container(service))
+        log = logs.stdout + logs.stderr
+        pulled = re.search(r" ready: (\d+) records pulled", log)
+        assert pulled is not None, log[-3000:]
+        return int(pulled.group(1))
+
+    def leave(self, service: str, wait_s: float = 100) -> int:
+        """Make a node leave the cluster (``memlookup 127.0.0.1 leave`` in its container, as kind's preStop
+        hook does) and wait until it has; the records it pushed to their new owners."""
+        left = self.compose("exec", "-T", service, "memlookup", "127.0.0.1", "leave", "--wait", f"{wait_s:g}",
+                            timeout_s=wait_s + 30)
+        pushed = re.fullmatch(r"left: moved (\d+) records to their new owners\n", left.stdout)
+        assert left.returncode == 0 and pushed is not None, left.stdout + left.stderr
+        return int(pushed.group(1))
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Each member's ``stats`` (a node that does not answer: ``{"error": ...}``), by name, as the client
+        service sees the cluster: the members it learnt from node1..node3."""
+        done = self.client("--json", "stats")
+        nodes: dict[str, dict[str, Any]] = json.loads(done.stdout)["nodes"]
+        return nodes
 
     def wait_healthy(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
         """Each node's (default: every node's) health check, the image's, passes: ``podman healthcheck run``

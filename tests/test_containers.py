@@ -56,8 +56,7 @@ def lines(done: subprocess.CompletedProcess[str]) -> list[str]:
 
 def keys_per_node(stack: Stack) -> dict[str, int]:
     """Each node's key count, from the cluster's ``stats`` (a node that does not answer: -1)."""
-    nodes = json.loads(stack.client("--json", "stats").stdout)["nodes"]
-    return {name.split(":")[0]: stats.get("keys", -1) for name, stats in nodes.items()}
+    return {name.split(":")[0]: stats.get("keys", -1) for name, stats in stack.stats().items()}
 
 
 def transcript() -> list[tuple[list[str], str]]:
