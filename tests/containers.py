@@ -230,8 +230,8 @@ class Stack:
         return nodes
 
     def wait_healthy(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
-        """Each node's (default: every node's) health check, the image's, passes: ``podman healthcheck run``
-        exits 0."""
+        """Each node's (default: every node's) health check passes (``podman healthcheck run`` exits 0): the
+        compose file's, ``ready``: the node has joined and pulled its keys."""
         deadline = time.monotonic() + timeout_s
         for node in services or NODES:
             name = self.container(node)
