@@ -3,8 +3,9 @@
 A recorder (tests/cluster_workload.py) runs in a container on the compose
 network -- the image's Python with this tree's ``client`` package mounted,
 the same code the image's nodes were built from -- writing, deleting and
-reading through a ``ClusterClient`` of node1,node2,node3 (R=2) while the test
-changes the cluster; the checker then counts what clients must never see.
+reading through a ``ClusterClient`` given node1,node2,node3 (the nodes keep
+the membership, R=2) while the test changes the cluster; the checker then
+counts what clients must never see.
 One compose project serves the module (each scenario uses keys of its own).
 
 * A node stopped, so that it misses writes and deletes, then started again
