@@ -141,7 +141,7 @@ def image(wheelhouse: Path, pytestconfig: pytest.Config,
                      "build"], timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     # One image for the three nodes: podman-compose builds once per service that has `build`.
-    assert build.stdout.count("STEP 1/") == 1, build.stdout
+    assert build.stdout.count(f"COMMIT {IMAGE}") == 1, build.stdout
     size_bytes = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
     base_bytes = int(podman("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
     record_testsuite_property("image_size_bytes", size_bytes)
