@@ -35,6 +35,7 @@ from typing import Any
 import zmq
 
 from common import __version__
+from common.keys import load_key_pair
 from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
@@ -194,7 +195,14 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if config.join:
         from server.membership_thread import MembershipThread  # it needs the client library: only with --join
 
-        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key)
+        if config.client_key is not None:
+            try:
+                load_key_pair(config.client_key)  # refused now, not as peers that never answer
+            except ValueError as exc:
+                raise StartupError(f"--client-key: {exc}") from None
+
+        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key,
+                                  config.client_key)
         gossip.start()
         stack.callback(gossip.stop)
     return App(server, handler, persistence, policy, where, stack)
