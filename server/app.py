@@ -148,7 +148,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir)
+    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir,
+                         config.tombstone_grace_s)
     handler = Handler(store, limits, replies, guard, sections, members=members)
 
     latency = None

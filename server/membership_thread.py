@@ -15,10 +15,11 @@ applies, journals and memory-checks them like every other write.
   owns on the new write ring (``scanv``, applied to itself with ``putv``:
   newer wins, tombstones apply, so a node returning with old data catches up
   on what it missed) and announces itself ``ready``.
-* **Gossip**, every :data:`GOSSIP_INTERVAL_S`: one member picked at random is
-  asked for its view, which is merged; the entries it lacks or holds older
-  are announced to it (push-pull), so a missed announcement heals within a
-  few rounds; the view is then saved if it changed.
+* **Gossip**, every :data:`GOSSIP_INTERVAL_S`: ``left`` entries older than
+  the tombstone grace are forgotten; one member picked at random is asked
+  for its view, which is merged; the entries it lacks or holds older are
+  announced to it (push-pull), so a missed announcement heals within a few
+  rounds; the view is then saved if it changed.
 * **Leave**, when the ``leave`` op asks: announce ``leaving``, wait
   :data:`SETTLE_S` (clients stop making this node an owner of new writes,
   but still read it), push every record this node holds to its owners on
@@ -106,7 +107,7 @@ class MembershipThread:
         """Ask the thread to finish (it closes its sockets as it ends), and keep the view."""
         self._stop.set()
         self._thread.join(STOP_WAIT_S)
-        self._view.save()
+        self._view.save(stopping=True)
 
     def _run(self) -> None:
         view = self._view
@@ -173,6 +174,8 @@ class MembershipThread:
         log.info("%s left: %d records pushed to their owners", view.name, view.pushed)
 
     def _gossip(self) -> None:
+        for name in self._view.forget_left():
+            log.info("forgot %s: it left longer than --tombstone-grace-s ago", name)
         peers = list(self._view.peers().values()) or self._seeds
         if peers:
             self._pull(random.choice(peers), push=True)
