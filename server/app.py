@@ -4,7 +4,9 @@
 with in its constructor (nothing overwrites another's attributes):
 
 1. the store and the write replies remembered by request id;
-2. with ``--data-dir``, persistence, which loads both (server/persistence.py);
+2. with ``--data-dir``, persistence, which loads both (server/persistence.py),
+   once a node of a cluster back after longer than the tombstone grace has
+   set its records aside (server/rejoin.py);
 3. the output budgets (server/output.py), and with ``--max-memory`` the
    memory guard, which counts them (server/memory.py);
 4. the access policy (server/auth.py);
@@ -27,6 +29,7 @@ releases exactly what was made, newest first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -40,7 +43,7 @@ from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
 from server.core import CORE_DESCRIPTION, make_server
-from server.datadir import RecoveryError
+from server.datadir import DataDir, RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
 from server.journal import FSYNC_POLICIES
@@ -124,8 +127,14 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
+        before_load: Callable[[DataDir], object] | None = None
+        if config.join:
+            from server.rejoin import set_aside_if_away_too_long
+
+            before_load = functools.partial(set_aside_if_away_too_long, node_name=config.node_name,
+                                            grace_s=config.tombstone_grace_s)
         try:
-            report = persistence.open()
+            report = persistence.open(before_load)
         except RecoveryError as exc:
             raise StartupError(str(exc)) from None
         stack.callback(persistence.close)

@@ -141,6 +141,26 @@ class DataDir:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
+    def table_files(self) -> list[str]:
+        """The names of the files that hold the table: snapshots, journals, an unfinished snapshot."""
+        return sorted(entry for entry in os.listdir(self.path) if _FILE.match(entry) or entry.endswith(".tmp"))
+
+    def set_aside(self, folder: str, names: list[str]) -> Path:
+        """Move the files ``names`` into the new directory ``folder`` of the data dir (kept, never read
+        again); returns its path.
+
+        Raises:
+            FileExistsError: ``folder`` exists.
+            OSError: a file cannot be moved.
+        """
+        target = self.path / folder
+        target.mkdir()
+        for name in names:
+            os.replace(self.path / name, target / name)
+        fsync_dir(target)
+        fsync_dir(self.path)
+        return target
+
     def drop_generations_before(self, generation: int) -> None:
         """Delete every file of an older generation (snapshot ``generation`` holds all they did)."""
         for entry in os.listdir(self.path):

@@ -1,0 +1,79 @@
+"""A node back after longer than --tombstone-grace-s sets its records aside and joins as a new node, so no delete
+comes back; one back sooner, or a node on its own, keeps its records.
+
+Real server processes with data dirs (tests/kept_cluster.py); two nodes with R=2, so each owns every key.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from client import Client, ClusterClient
+from tests.kept_cluster import Start, eventually, node, states
+from tests.servers import ServerProcess, free_port
+
+READY2 = {"n1": "ready", "n2": "ready"}
+
+
+def two_nodes(start_server: Start, data: Path, grace_s: float) -> tuple[ServerProcess, ServerProcess]:
+    first = node(start_server, "n1", f"127.0.0.1:{free_port()}", args=settings(data, "n1", grace_s))
+    second = node(start_server, "n2", first, args=settings(data, "n2", grace_s))
+    eventually(lambda: all(states(server) == READY2 for server in (first, second)))
+    return first, second
+
+
+def settings(data: Path, name: str, grace_s: float) -> tuple[str, ...]:
+    return ("--data-dir", str(data / name), "--tombstone-grace-s", str(grace_s))
+
+
+def tombstones(server: ServerProcess) -> int:
+    with Client(server.node, timeout_s=2.0) as direct:
+        count: int = direct.stats()["tombstones"]
+        return count
+
+
+def test_a_node_away_longer_than_the_grace_sets_its_records_aside_and_brings_no_delete_back(
+        start_server: Start, tmp_path: Path) -> None:
+    first, second = two_nodes(start_server, tmp_path, grace_s=2)
+    with ClusterClient(first.node, timeout_s=0.5) as table:
+        table.mset({"kept": "1", "deleted": "1", "overwritten": "old"})
+        assert second.stop() == 0
+        assert table.delete("deleted")
+        table.set("overwritten", "new")
+    eventually(lambda: tombstones(first) == 0)  # the grace passed: no trace of the delete is left on n1
+
+    again = node(start_server, "n2", first, args=settings(tmp_path, "n2", 2))
+    eventually(lambda: all(states(server) == READY2 for server in (first, again)))
+    with ClusterClient(first.node, timeout_s=2.0) as table:
+        assert table.get("deleted") is None
+    with Client(again.node, timeout_s=2.0) as direct:  # what it holds now, it pulled
+        assert direct.mget(["kept", "deleted", "overwritten"]) == ["1", None, "new"]
+    assert "set aside in" in again.log and "starts empty and joins as a new node" in again.log
+    [discarded] = (tmp_path / "n2").glob("discarded-*")
+    assert list(discarded.glob("journal.*")) and (discarded / "members").exists()
+
+
+def test_a_node_back_within_the_grace_keeps_its_records(start_server: Start, tmp_path: Path) -> None:
+    first, second = two_nodes(start_server, tmp_path, grace_s=60)
+    with ClusterClient(first.node, timeout_s=2.0) as table:
+        table.mset({f"key{index}": str(index) for index in range(20)})
+    assert second.stop() == 0
+    again = node(start_server, "n2", first, args=settings(tmp_path, "n2", 60))
+    assert "loaded 20 keys" in again.log
+    eventually(lambda: all(states(server) == READY2 for server in (first, again)))
+    assert not list((tmp_path / "n2").glob("discarded-*"))
+
+
+def test_a_node_on_its_own_keeps_its_records_however_long_it_was_away(start_server: Start,
+                                                                       tmp_path: Path) -> None:
+    alone = ("--data-dir", str(tmp_path), "--tombstone-grace-s", "0.5")
+    server = start_server(*alone)
+    with Client(server.node, timeout_s=2.0) as direct:
+        direct.set("only-copy", "1")
+    assert server.stop() == 0
+    time.sleep(1)  # twice the grace
+    again = start_server(*alone)
+    with Client(again.node, timeout_s=2.0) as direct:
+        assert direct.get("only-copy") == "1"
+    assert not list(tmp_path.glob("discarded-*"))
