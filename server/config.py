@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "host name)")
     add("--tombstone-grace-s", "MEMLOOKUP_TOMBSTONE_GRACE_S", TOMBSTONE_GRACE_S,
         "seconds a delete's tombstone is kept, so that a replica that missed the delete cannot bring the "
-        "key back (Cassandra's gc_grace_seconds); a node away for longer must not rejoin with its old data",
+        "key back (Cassandra's gc_grace_seconds); a node of a cluster (--join) away for longer sets its data "
+        "aside when it starts, and joins as a new node",
         type=float, metavar="S")
     add("--advertise", "MEMLOOKUP_ADVERTISE", "",
         "HOST[:PORT] where clients and the other nodes reach this node; without a port, the one bound",

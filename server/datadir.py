@@ -6,6 +6,8 @@ Layout of ``--data-dir`` (docs/PERSISTENCE.md has the full story)::
     snapshot.00000007    the whole table as it was when journal.00000007 began
     journal.00000007     every batch of changes since, one checksummed record each
     journal.00000008     (while a compaction runs: changes after it began)
+    members, last-ready  with --join: the membership's (server/membership.py)
+    discarded-.../       with --join: a node's files set aside (server/rejoin.py)
 
 Recovery loads the newest snapshot and replays every journal of that
 generation or later; a missing generation between them is refused (files

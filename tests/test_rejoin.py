@@ -6,11 +6,16 @@ Real server processes with data dirs (tests/kept_cluster.py); two nodes with R=2
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import msgpack
+
 from client import Client, ClusterClient
-from tests.kept_cluster import Start, eventually, node, states
+from server.datadir import DataDir
+from server.rejoin import set_aside_if_away_too_long
+from tests.kept_cluster import Start, entry, eventually, node, now_ms, states
 from tests.servers import ServerProcess, free_port
 
 READY2 = {"n1": "ready", "n2": "ready"}
@@ -77,3 +82,22 @@ def test_a_node_on_its_own_keeps_its_records_however_long_it_was_away(start_serv
     with Client(again.node, timeout_s=2.0) as direct:
         assert direct.get("only-copy") == "1"
     assert not list(tmp_path.glob("discarded-*"))
+
+
+def test_a_data_dir_without_a_last_ready_time_is_judged_by_when_its_files_were_written(tmp_path: Path) -> None:
+    data_dir = DataDir(tmp_path)
+    data_dir.lock()
+    view = {name: entry(f"127.0.0.1:{port}", "ready", now_ms(), name) for name, port in (("n1", 1), ("n2", 2))}
+    (tmp_path / "members").write_bytes(msgpack.packb(view))
+    (tmp_path / "journal.00000001").write_bytes(b"records")
+    written_s = time.time() - 100
+    for name in ("members", "journal.00000001"):
+        os.utime(tmp_path / name, (written_s, written_s))
+    try:
+        assert set_aside_if_away_too_long(data_dir, "n2", grace_s=200) is None
+        target = set_aside_if_away_too_long(data_dir, "n2", grace_s=50)
+    finally:
+        data_dir.unlock()
+    assert target is not None and target.name.startswith("discarded-")
+    assert sorted(path.name for path in target.iterdir()) == ["journal.00000001", "members"]
+    assert {path.name for path in tmp_path.iterdir()} == {"lock", target.name}
