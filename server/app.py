@@ -116,6 +116,11 @@ def build_server(config: ServerConfig) -> App:
 
 def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     limits = config.limits
+    if config.join and config.client_key is not None:
+        try:
+            load_key_pair(config.client_key)  # refused now, not as peers that never answer
+        except ValueError as exc:
+            raise StartupError(f"--client-key: {exc}") from None
     replies = RememberedReplies()
     persistence: Persistence | None = None
     store: Store
@@ -132,7 +137,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
             from server.rejoin import set_aside_if_away_too_long
 
             before_load = functools.partial(set_aside_if_away_too_long, node_name=config.node_name,
-                                            grace_s=config.tombstone_grace_s)
+                                            grace_s=config.tombstone_grace_s, seeds=config.join,
+                                            server_key=config.curve_secret_key, client_key=config.client_key)
         try:
             report = persistence.open(before_load)
         except RecoveryError as exc:
@@ -158,7 +164,7 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
     members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir,
-                         config.tombstone_grace_s)
+                         config.tombstone_grace_s, loaded_until_ms=hlc.last[0])
     handler = Handler(store, limits, replies, guard, sections, members=members)
 
     latency = None
@@ -204,12 +210,6 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     members.listening_at(config.advertised(int(server.endpoint.rsplit(":", 1)[1])))
     if config.join:
         from server.membership_thread import MembershipThread  # it needs the client library: only with --join
-
-        if config.client_key is not None:
-            try:
-                load_key_pair(config.client_key)  # refused now, not as peers that never answer
-            except ValueError as exc:
-                raise StartupError(f"--client-key: {exc}") from None
 
         gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key,
                                   config.client_key)

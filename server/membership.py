@@ -65,6 +65,8 @@ class MemberView:
         dynamic: started with ``--join``: the membership is kept by the nodes.
         data_dir: where the view is kept; None: in memory only.
         forget_left_after_s: how long an entry in state ``left`` is kept (``--tombstone-grace-s``).
+        loaded_until_ms: the newest version this node loaded from its data dir
+            (ms; 0: none), which a node back from far asks for (server/rejoin.py).
     """
 
     @classmethod
@@ -76,8 +78,10 @@ class MemberView:
         return view
 
     def __init__(self, name: str, replicas: int, dynamic: bool, data_dir: str | None,
-                 forget_left_after_s: float = TOMBSTONE_GRACE_S) -> None:
+                 forget_left_after_s: float = TOMBSTONE_GRACE_S, loaded_until_ms: int = 0) -> None:
         self.name, self.replicas, self.dynamic = name, replicas, dynamic
+        self.up_since_ms = now_ms()
+        self.loaded_until_ms = loaded_until_ms
         self._forget_left_after_ms = forget_left_after_s * 1000
         self.address = ""
         self._dirty = False  # changed since it was last saved
@@ -130,10 +134,10 @@ class MemberView:
                     "members": {name: entry.wire() for name, entry in self._entries.items()}}
 
     def node(self) -> dict[str, Any]:
-        """The ``node`` op's answer: who this node is."""
+        """The ``node`` op's answer: who this node is, and since when it holds what (server/rejoin.py)."""
         with self._lock:
             return {"name": self.name, "address": self.address, "state": self._entries[self.name].state,
-                    "epoch": self._epoch}
+                    "epoch": self._epoch, "up_since_ms": self.up_since_ms, "loaded_until_ms": self.loaded_until_ms}
 
     def peers(self) -> dict[str, str]:
         """The other members that have not left: name -> address."""

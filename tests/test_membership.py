@@ -123,8 +123,10 @@ def test_bad_membership_settings_are_refused(args: tuple[str, ...], message: str
 def test_node_says_who_it_is_with_its_state_and_the_epoch(three: list[ServerProcess]) -> None:
     first = three[0]
     with Client(first.node, timeout_s=2.0) as client:
-        assert client._execute(NODE) == {"name": "n1", "address": first.node, "state": "ready",
-                                         "epoch": members(first)["epoch"]}
+        answer = client._execute(NODE)
+    assert answer == {"name": "n1", "address": first.node, "state": "ready", "epoch": members(first)["epoch"],
+                      "up_since_ms": answer["up_since_ms"], "loaded_until_ms": 0}  # nothing loaded: no data dir
+    assert now_ms() - 60_000 < answer["up_since_ms"] < now_ms()
 
 
 def test_a_cluster_of_one_refuses_to_leave(start_server: Start) -> None:

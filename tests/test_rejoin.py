@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from client import Client, ClusterClient
 from server.datadir import DataDir
@@ -84,20 +85,53 @@ def test_a_node_on_its_own_keeps_its_records_however_long_it_was_away(start_serv
     assert not list(tmp_path.glob("discarded-*"))
 
 
-def test_a_data_dir_without_a_last_ready_time_is_judged_by_when_its_files_were_written(tmp_path: Path) -> None:
-    data_dir = DataDir(tmp_path)
+def test_a_cluster_stopped_together_for_longer_than_the_grace_keeps_its_records(start_server: Start,
+                                                                                  tmp_path: Path) -> None:
+    first, second = two_nodes(start_server, tmp_path, grace_s=5)
+    with ClusterClient(first.node, timeout_s=2.0) as table:
+        table.mset({f"key{index}": str(index) for index in range(20)})
+    assert first.stop() == 0
+    assert second.stop() == 0
+    time.sleep(5)  # the grace: but no member ran meanwhile, so no delete can have been missed
+    # n1 finds no member up, n2 finds n1 up for a moment and holding nothing newer than n2's records.
+    again = node(start_server, "n1", f"127.0.0.1:{free_port()}", args=settings(tmp_path, "n1", 5))
+    again_too = node(start_server, "n2", again, args=settings(tmp_path, "n2", 5))
+    assert "no other member answered: its records are kept" in again.log
+    assert "no member ran or wrote since: its records are kept" in again_too.log
+    for server in (again, again_too):
+        assert "loaded 20 keys" in server.log
+    assert not list(tmp_path.glob("*/discarded-*"))
+
+
+def test_a_data_dir_without_a_last_ready_time_is_judged_by_when_its_files_were_written(
+        start_server: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = DataDir(tmp_path / "n2")
     data_dir.lock()
-    view = {name: entry(f"127.0.0.1:{port}", "ready", now_ms(), name) for name, port in (("n1", 1), ("n2", 2))}
-    (tmp_path / "members").write_bytes(msgpack.packb(view))
-    (tmp_path / "journal.00000001").write_bytes(b"records")
-    written_s = time.time() - 100
-    for name in ("members", "journal.00000001"):
-        os.utime(tmp_path / name, (written_s, written_s))
+
+    def files_of_n2_written_100_s_ago(n1_address: str) -> None:
+        view = {name: entry(address, "ready", now_ms(), name) for name, address in (("n1", n1_address),
+                                                                                     ("n2", "n2:1"))}
+        (data_dir.path / "members").write_bytes(msgpack.packb(view))
+        (data_dir.path / "journal.00000001").write_bytes(b"records")
+        written_s = time.time() - 100
+        for name in ("members", "journal.00000001"):
+            os.utime(data_dir.path / name, (written_s, written_s))
+
+    peer_data = ("--node-name", "n1", "--data-dir", str(tmp_path / "n1"))
+    peer = start_server(*peer_data)
+    with Client(peer.node, timeout_s=2.0) as direct:
+        direct.set("written", "after n2 was away")
+    assert peer.stop() == 0
     try:
-        assert set_aside_if_away_too_long(data_dir, "n2", grace_s=200) is None
-        target = set_aside_if_away_too_long(data_dir, "n2", grace_s=50)
+        files_of_n2_written_100_s_ago(peer.node)
+        assert set_aside_if_away_too_long(data_dir, "n2", grace_s=200, seeds=[]) is None  # not away long enough
+        assert set_aside_if_away_too_long(data_dir, "n2", grace_s=50, seeds=[]) is None  # no member answers
+        peer = start_server(*peer_data)  # it loads a record newer than n2's files
+        files_of_n2_written_100_s_ago(peer.node)
+        target = set_aside_if_away_too_long(data_dir, "n2", grace_s=50, seeds=[])
     finally:
         data_dir.unlock()
     assert target is not None and target.name.startswith("discarded-")
     assert sorted(path.name for path in target.iterdir()) == ["journal.00000001", "members"]
-    assert {path.name for path in tmp_path.iterdir()} == {"lock", target.name}
+    assert {path.name for path in data_dir.path.iterdir()} == {"lock", target.name}
+    assert "last written (it holds no last-ready time)" in caplog.text and "n1 ran or wrote since" in caplog.text
