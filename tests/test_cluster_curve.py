@@ -1,5 +1,6 @@
 """Nodes that serve with CURVE and --authorized-keys keep their membership among themselves: each reaches the
-others with its --client-key; a node whose key is not authorized is kept out.
+others with its --client-key (also when it asks them whether to set its records aside, tests/test_rejoin.py);
+a node whose key is not authorized is kept out.
 
 Real server processes (tests/kept_cluster.py) sharing one server key pair, as cluster clients expect.
 """
@@ -29,7 +30,7 @@ def test_nodes_with_curve_and_authorized_keys_join_move_keys_and_keep_out_an_unk
 
     def curve(name: str, client_key: Path) -> tuple[str, ...]:
         return ("--curve-secret-key", str(server_secret), "--authorized-keys", str(authorized),
-                "--client-key", str(client_key), "--data-dir", str(tmp_path / name))
+                "--client-key", str(client_key), "--data-dir", str(tmp_path / name), "--tombstone-grace-s", "2")
 
     first = node(start_server, "n1", f"127.0.0.1:{free_port()}", args=curve("n1", authorized / "n1.key_secret"))
     servers = [first, *(node(start_server, name, first, args=curve(name, authorized / f"{name}.key_secret"))
@@ -46,6 +47,12 @@ def test_nodes_with_curve_and_authorized_keys_join_move_keys_and_keep_out_an_unk
     with ClusterClient(servers[0].node, timeout_s=2.0, **keys) as table:
         eventually(lambda: table.get("key0") == "0" and table.nodes == ["n1", "n2"])
         assert table.mget(list(written)) == list(written.values())
+
+    # Back after the grace, n3 asks the others over CURVE whether they ran since: they did, so it sets its
+    # records aside and joins as a new node.
+    back = node(start_server, "n3", first, args=curve("n3", authorized / "n3.key_secret"))
+    eventually(lambda: all(states(server, **keys) == READY3 for server in (*servers[:2], back)))
+    assert "n1, n2 ran or wrote since" in back.log and list((tmp_path / "n3").glob("discarded-*"))
 
     rogue = node(start_server, "n4", first, args=curve("n4", rogue_secret))
     assert rogue.wait_for_log("refused this node", timeout_s=10)
