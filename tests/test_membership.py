@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,34 @@ from tests.kept_cluster import Start, announce, entry, eventually, members, node
 from tests.servers import ServerProcess, free_port, run_server
 
 
-@pytest.fixture
-def three(start_server: Start) -> list[ServerProcess]:
+def start_three(start_server: Start) -> list[ServerProcess]:
     first = node(start_server, "n1", f"127.0.0.1:{free_port()}")  # its seed is down: it starts a cluster
     second = node(start_server, "n2", first)
     third = node(start_server, "n3", second)
     everyone = {"n1": "ready", "n2": "ready", "n3": "ready"}
     eventually(lambda: all(states(server) == everyone for server in (first, second, third)))
     return [first, second, third]
+
+
+@pytest.fixture
+def three(start_server: Start) -> list[ServerProcess]:
+    return start_three(start_server)
+
+
+@pytest.fixture(scope="module")
+def unchanged_three() -> Iterator[list[ServerProcess]]:
+    """Three nodes shared by the tests that must leave them as they found them (each checks it)."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        started.append(ServerProcess(args))
+        return started[-1]
+
+    try:
+        yield start_three(start)
+    finally:
+        for server in started:
+            server.kill()
 
 
 def test_nodes_that_join_share_one_view_with_one_epoch(three: list[ServerProcess]) -> None:
@@ -86,9 +107,9 @@ def test_no_one_else_changes_a_nodes_own_entry(three: list[ServerProcess]) -> No
     ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}},
      "member name must be a string of 1 to 255 bytes"),
 ])
-def test_a_malformed_announcement_is_refused_and_changes_nothing(three: list[ServerProcess], entries: Any,
+def test_a_malformed_announcement_is_refused_and_changes_nothing(unchanged_three: list[ServerProcess], entries: Any,
                                                                  message: str) -> None:
-    first = three[0]
+    first = unchanged_three[0]
     before = members(first)
     with pytest.raises(InvalidRequestError, match=message):
         announce(first, entries)
