@@ -14,8 +14,11 @@ run so machine load hits both alike:
 2. four client processes in lockstep (get=50,set=50): requests/s, memlookup's
    library vs redis-py;
 3. server capacity: memlookup with pipelined single-key requests (64 in
-   flight per client, 16 to a ``batch`` message) vs ``redis-benchmark -c 16``
-   without pipelining;
+   flight per client, 16 to a ``batch`` message, from ``bench.capacity``,
+   whose messages are built before the clock starts as redis-benchmark's are)
+   vs ``redis-benchmark -c 16`` without pipelining; the server's share of a
+   core during the run, and redis-benchmark pipelined (``-c 2 -P 64``) beside
+   it for scale;
 4. bulk load of N pairs (16-byte keys, 32-byte values) from a file:
    ``memlookup NODE --pipe`` vs ``redis-cli --pipe``;
 5. memory per key after that load: growth of memlookup's RSS vs growth of
@@ -44,6 +47,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from bench import capacity
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -201,9 +206,10 @@ def bench(node: str, *extra: str) -> dict[str, Any]:
     return result
 
 
-def redis_benchmark(node: str, requests: int, keyspace: int) -> dict[str, float]:
+def redis_benchmark(node: str, requests: int, keyspace: int, *shape: str) -> dict[str, float]:
+    """redis-benchmark's get and set requests/s; ``shape`` replaces ``-c 16`` (no pipelining)."""
     port = node.rsplit(":", 1)[1]
-    out = subprocess.run(["redis-benchmark", "-p", port, "-c", "16", "-n", str(requests), "-d", "32",
+    out = subprocess.run(["redis-benchmark", "-p", port, *(shape or ("-c", "16")), "-n", str(requests), "-d", "32",
                           "-r", str(keyspace), "-t", "get,set", "--csv"], check=True, capture_output=True,
                          text=True).stdout
     result = {}
@@ -292,19 +298,22 @@ def machine() -> str:
 
 
 def measure(quick: bool) -> tuple[list[tuple[str, str, str, float, str, bool]], dict[str, Any]]:
-    sizes = dict(latency=2_000, clients_n=8_000, capacity_n=20_000, redis_n=20_000, pairs=20_000, cli_runs=3) \
-        if quick else dict(latency=20_000, clients_n=100_000, capacity_n=200_000, redis_n=200_000,
+    sizes = dict(latency=2_000, clients_n=8_000, redis_n=20_000, pairs=20_000, cli_runs=3) \
+        if quick else dict(latency=20_000, clients_n=100_000, redis_n=200_000,
                            pairs=1_000_000, cli_runs=15)
+    capacity_s = 1.0 if quick else 5.0
     keyspace = 100_000
     raw: dict[str, Any] = {"sizes": sizes}
-    with memlookup_server() as (mnode, _), redis_server() as (rnode, rclient):
+    with memlookup_server() as (mnode, mproc), redis_server() as (rnode, rclient):
         lat = raw["latency_us"] = lockstep_latency(mnode, rclient, sizes["latency"])
         four = ["-c", "4", "-n", str(sizes["clients_n"]), "--mix", "get=50,set=50", "-r", str(keyspace)]
         raw["four memlookup"] = bench(mnode, *four)
         raw["four redis"] = bench(rnode, *four, "--target", "redis")
-        raw["capacity memlookup"] = bench(mnode, "-c", "2", "-P", "64", "-m", "16", "-n", str(sizes["capacity_n"]),
-                                          "--mix", "get=50,set=50", "-r", str(keyspace))
+        raw["capacity memlookup"] = capacity.measure(mnode, clients=2, pipeline=64, per_message=16,
+                                                     duration_s=capacity_s, keyspace=keyspace,
+                                                     server_pid=mproc.pid)
         raw["redis-benchmark"] = redis_benchmark(rnode, sizes["redis_n"], keyspace)
+        raw["redis-benchmark -P 64"] = redis_benchmark(rnode, sizes["redis_n"], keyspace, "-c", "2", "-P", "64")
         raw["cli_ms"] = cli_wall(mnode, sizes["cli_runs"])
     with tempfile.TemporaryDirectory() as tmp:
         words, resp = write_load_files(Path(tmp), sizes["pairs"])
@@ -360,10 +369,12 @@ def render(rows: list[tuple[str, str, str, float, str, bool]], raw: dict[str, An
         "Latency percentiles from the load generator (us): "
         f"four lockstep clients p50 {four['latency_us']['p50']:.0f}, p99 {four['latency_us']['p99']:.0f}, "
         f"p99.9 {four['latency_us']['p99_9']:.0f}; redis-py p50 {raw['four redis']['latency_us']['p50']:.0f}, "
-        f"p99 {raw['four redis']['latency_us']['p99']:.0f}. Pipelined (-P 64) p50 {cap['latency_us']['p50']:.0f}.",
+        f"p99 {raw['four redis']['latency_us']['p99']:.0f}.",
         "",
         f"redis-benchmark -c 16: GET {raw['redis-benchmark']['get']:,.0f} req/s, "
-        f"SET {raw['redis-benchmark']['set']:,.0f} req/s.",
+        f"SET {raw['redis-benchmark']['set']:,.0f} req/s. Row 3's server used {cap['server_cpu']:.2f} of a core "
+        f"(bench.capacity). For scale, Redis pipelined as row 3 is (redis-benchmark -c 2 -P 64): "
+        f"GET {raw['redis-benchmark -P 64']['get']:,.0f} req/s, SET {raw['redis-benchmark -P 64']['set']:,.0f} req/s.",
         "",
     ]
     return "\n".join(lines)

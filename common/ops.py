@@ -204,7 +204,8 @@ OPS_TABLE: tuple[Op, ...] = (
     Op("scanv", (Param("cursor", Kind.CURSOR), Param("count", Kind.COUNT)),
        "every record, tombstones included, a page at a time", "array `[next_cursor (int), [record, ...]]`",
        route=Route.NONE, cli=False),
-    Op("node", (), "who this node is", 'map `{"name", "address", "state", "epoch"}`', route=Route.NONE, cli=False),
+    Op("node", (), "who this node is", 'map `{"name", "address", "state", "epoch", "up_since_ms", '
+       '"loaded_until_ms"}`', route=Route.NONE, cli=False),
 )
 
 #: Every op by its wire name.

@@ -4,7 +4,9 @@
 with in its constructor (nothing overwrites another's attributes):
 
 1. the store and the write replies remembered by request id;
-2. with ``--data-dir``, persistence, which loads both (server/persistence.py);
+2. with ``--data-dir``, persistence, which loads both (server/persistence.py),
+   once a node of a cluster back after longer than the tombstone grace has
+   set its records aside (server/rejoin.py);
 3. the output budgets (server/output.py), and with ``--max-memory`` the
    memory guard, which counts them (server/memory.py);
 4. the access policy (server/auth.py);
@@ -27,6 +29,7 @@ releases exactly what was made, newest first.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from types import TracebackType
@@ -35,11 +38,12 @@ from typing import Any
 import zmq
 
 from common import __version__
+from common.keys import load_key_pair
 from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
 from server.core import CORE_DESCRIPTION, make_server
-from server.datadir import RecoveryError
+from server.datadir import DataDir, RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
 from server.journal import FSYNC_POLICIES
@@ -112,6 +116,11 @@ def build_server(config: ServerConfig) -> App:
 
 def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     limits = config.limits
+    if config.join and config.client_key is not None:
+        try:
+            load_key_pair(config.client_key)  # refused now, not as peers that never answer
+        except ValueError as exc:
+            raise StartupError(f"--client-key: {exc}") from None
     replies = RememberedReplies()
     persistence: Persistence | None = None
     store: Store
@@ -123,8 +132,15 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
         store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
+        before_load: Callable[[DataDir], object] | None = None
+        if config.join:
+            from server.rejoin import set_aside_if_away_too_long
+
+            before_load = functools.partial(set_aside_if_away_too_long, node_name=config.node_name,
+                                            grace_s=config.tombstone_grace_s, seeds=config.join,
+                                            server_key=config.curve_secret_key, client_key=config.client_key)
         try:
-            report = persistence.open()
+            report = persistence.open(before_load)
         except RecoveryError as exc:
             raise StartupError(str(exc)) from None
         stack.callback(persistence.close)
@@ -147,7 +163,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if guard is not None:
         sections["memory"] = guard.stats
     sections["auth"] = policy.stats
-    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir)
+    members = MemberView(config.node_name, config.replicas, bool(config.join), config.data_dir,
+                         config.tombstone_grace_s, loaded_until_ms=hlc.last[0])
     handler = Handler(store, limits, replies, guard, sections, members=members)
 
     latency = None
@@ -194,7 +211,8 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     if config.join:
         from server.membership_thread import MembershipThread  # it needs the client library: only with --join
 
-        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key)
+        gossip = MembershipThread(members, config.join, _loopback(server.endpoint), config.curve_secret_key,
+                                  config.client_key)
         gossip.start()
         stack.callback(gossip.stop)
     return App(server, handler, persistence, policy, where, stack)

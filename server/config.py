@@ -59,6 +59,7 @@ class ServerConfig:
     # Security (server/auth.py, server/security.py, server/memory.py)
     curve_secret_key: str | None = None
     authorized_keys: str | None = None
+    client_key: str | None = None  # with --join: this node's key pair as a client of the others
     allow: list[str] = field(default_factory=list)
     insecure_allow_all: bool = False
     max_memory_bytes: int = 0
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--authorized-keys", "MEMLOOKUP_AUTHORIZED_KEYS", None,
         "with --curve-secret-key: accept only clients whose public key is a *.key file in DIR "
         "(re-read when it changes)", metavar="DIR")
+    add("--client-key", "MEMLOOKUP_CLIENT_KEY", None,
+        "with --curve-secret-key and --join: the key pair (a NAME.key_secret file) this node uses to reach "
+        "the other nodes, whose --authorized-keys must hold NAME.key", shown="the --curve-secret-key pair",
+        metavar="FILE")
     parser.add_argument("--allow", action="append", default=[], metavar="NET",
                         help="also accept peers from this address or CIDR network (repeatable; without "
                         "keys only loopback peers are accepted otherwise) (env MEMLOOKUP_ALLOW, comma "
@@ -173,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "host name)")
     add("--tombstone-grace-s", "MEMLOOKUP_TOMBSTONE_GRACE_S", TOMBSTONE_GRACE_S,
         "seconds a delete's tombstone is kept, so that a replica that missed the delete cannot bring the "
-        "key back (Cassandra's gc_grace_seconds); a node away for longer must not rejoin with its old data",
+        "key back (Cassandra's gc_grace_seconds); a node of a cluster (--join) away for longer sets its data "
+        "aside when it starts, and joins as a new node",
         type=float, metavar="S")
     add("--advertise", "MEMLOOKUP_ADVERTISE", "",
         "HOST[:PORT] where clients and the other nodes reach this node; without a port, the one bound",
@@ -212,6 +218,7 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
             ),
             curve_secret_key=args.curve_secret_key,
             authorized_keys=args.authorized_keys,
+            client_key=args.client_key or None,
             allow=args.allow or [a for a in os.environ.get("MEMLOOKUP_ALLOW", "").split(",") if a.strip()],
             insecure_allow_all=bool(args.insecure_allow_all),
             max_memory_bytes=parse_bytes(str(args.max_memory)),
@@ -234,6 +241,9 @@ def parse_config(argv: list[str] | None = None) -> ServerConfig:
         parser.error(str(exc))
     if config.authorized_keys and not config.curve_secret_key:
         parser.error("--authorized-keys needs --curve-secret-key (clients are known by their CURVE keys)")
+    if config.client_key and not config.curve_secret_key:
+        parser.error("--client-key needs --curve-secret-key (the nodes reach each other with CURVE only when "
+                     "they serve with it)")
     if config.eviction not in EVICTION_POLICIES:
         parser.error(f"eviction policy {config.eviction!r} is not one of {', '.join(EVICTION_POLICIES)}")
     if not 0 <= config.port < 65536:

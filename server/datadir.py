@@ -6,6 +6,8 @@ Layout of ``--data-dir`` (docs/PERSISTENCE.md has the full story)::
     snapshot.00000007    the whole table as it was when journal.00000007 began
     journal.00000007     every batch of changes since, one checksummed record each
     journal.00000008     (while a compaction runs: changes after it began)
+    members, last-ready  with --join: the membership's (server/membership.py)
+    discarded-.../       with --join: a node's files set aside (server/rejoin.py)
 
 Recovery loads the newest snapshot and replays every journal of that
 generation or later; a missing generation between them is refused (files
@@ -140,6 +142,26 @@ class DataDir:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+    def table_files(self) -> list[str]:
+        """The names of the files that hold the table: snapshots, journals, an unfinished snapshot."""
+        return sorted(entry for entry in os.listdir(self.path) if _FILE.match(entry) or entry.endswith(".tmp"))
+
+    def set_aside(self, folder: str, names: list[str]) -> Path:
+        """Move the files ``names`` into the new directory ``folder`` of the data dir (kept, never read
+        again); returns its path.
+
+        Raises:
+            FileExistsError: ``folder`` exists.
+            OSError: a file cannot be moved.
+        """
+        target = self.path / folder
+        target.mkdir()
+        for name in names:
+            os.replace(self.path / name, target / name)
+        fsync_dir(target)
+        fsync_dir(self.path)
+        return target
 
     def drop_generations_before(self, generation: int) -> None:
         """Delete every file of an older generation (snapshot ``generation`` holds all they did)."""

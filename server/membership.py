@@ -6,9 +6,20 @@ so every access takes a lock; each is a few dictionary operations.
 
 With ``--data-dir`` the view is kept in the file ``members`` there (msgpack,
 written whole to a temporary file and renamed over it), so a node that
-restarts knows the members even if its ``--join`` seeds are down. A server
-without ``--join`` is a cluster of one: its view holds only itself, ready,
-and nothing is written.
+restarts knows the members even if its ``--join`` seeds are down; beside it,
+``last-ready`` holds when this node was last ready (unix milliseconds,
+written every :data:`READY_STAMP_EVERY_S` while it is, and as it stops),
+which says at its next start how long it was away (server/rejoin.py). A
+server without ``--join`` is a cluster of one: its view holds only itself,
+ready, and nothing is written.
+
+An entry in state ``left`` is kept so that gossip does not bring back an
+older entry of that node, for ``forget_left_after_s`` (the tombstone grace):
+every node in touch with the cluster has it within a few gossip rounds, and
+a node away for longer sets its view aside when it returns
+(server/rejoin.py), so after that no node holds an older entry it would have
+to outvote. It is then dropped, and refused if gossip offers it again; a
+node of that name that comes back joins as a new one.
 """
 
 from __future__ import annotations
@@ -26,11 +37,19 @@ import msgpack
 from common.address import DEFAULT_PORT
 from common.membership import JOINING, LEAVING, LEFT, READY, Entry, epoch, next_version, parse_entries
 from common.versions import Version
+from server.store import TOMBSTONE_GRACE_S
 
 log = logging.getLogger(__name__)
 
 #: The view's file in the data directory.
 MEMBERS_FILE = "members"
+
+#: The file in the data directory that holds when this node was last ready (unix milliseconds).
+READY_STAMP_FILE = "last-ready"
+
+#: How often a ready node writes :data:`READY_STAMP_FILE` (and once more as it
+#: stops): after a crash it says the node left up to this much earlier than it did.
+READY_STAMP_EVERY_S = 10.0
 
 
 def now_ms() -> int:
@@ -45,6 +64,9 @@ class MemberView:
         replicas: the cluster's R (``--replicas``).
         dynamic: started with ``--join``: the membership is kept by the nodes.
         data_dir: where the view is kept; None: in memory only.
+        forget_left_after_s: how long an entry in state ``left`` is kept (``--tombstone-grace-s``).
+        loaded_until_ms: the newest version this node loaded from its data dir
+            (ms; 0: none), which a node back from far asks for (server/rejoin.py).
     """
 
     @classmethod
@@ -55,8 +77,12 @@ class MemberView:
         view.listening_at(f"{name}:{DEFAULT_PORT}")
         return view
 
-    def __init__(self, name: str, replicas: int, dynamic: bool, data_dir: str | None) -> None:
+    def __init__(self, name: str, replicas: int, dynamic: bool, data_dir: str | None,
+                 forget_left_after_s: float = TOMBSTONE_GRACE_S, loaded_until_ms: int = 0) -> None:
         self.name, self.replicas, self.dynamic = name, replicas, dynamic
+        self.up_since_ms = now_ms()
+        self.loaded_until_ms = loaded_until_ms
+        self._forget_left_after_ms = forget_left_after_s * 1000
         self.address = ""
         self._dirty = False  # changed since it was last saved
         #: Set by the ``leave`` op; the membership thread runs the procedure.
@@ -67,7 +93,9 @@ class MemberView:
         self._lock = threading.Lock()
         self._saving = threading.Lock()  # one writer of the file at a time
         self._path = Path(data_dir) / MEMBERS_FILE if data_dir is not None and dynamic else None
-        self._entries: dict[str, Entry] = self._load()
+        self._stamp_path = Path(data_dir) / READY_STAMP_FILE if data_dir is not None and dynamic else None
+        self._stamped_s = -READY_STAMP_EVERY_S
+        self._entries: dict[str, Entry] = saved_view(self._path) if self._path is not None else {}
         self._epoch = epoch(self._entries)
 
     def listening_at(self, address: str) -> None:
@@ -106,10 +134,10 @@ class MemberView:
                     "members": {name: entry.wire() for name, entry in self._entries.items()}}
 
     def node(self) -> dict[str, Any]:
-        """The ``node`` op's answer: who this node is."""
+        """The ``node`` op's answer: who this node is, and since when it holds what (server/rejoin.py)."""
         with self._lock:
             return {"name": self.name, "address": self.address, "state": self._entries[self.name].state,
-                    "epoch": self._epoch}
+                    "epoch": self._epoch, "up_since_ms": self.up_since_ms, "loaded_until_ms": self.loaded_until_ms}
 
     def peers(self) -> dict[str, str]:
         """The other members that have not left: name -> address."""
@@ -151,6 +179,7 @@ class MemberView:
         entry with a version past it.
         """
         applied: dict[str, bool] = {}
+        forgotten_before_ms = now_ms() - self._forget_left_after_ms
         with self._lock:
             for name, entry in entries.items():
                 held = self._entries.get(name)
@@ -160,6 +189,8 @@ class MemberView:
                         self._set_own(self._entries[name].state, past=entry.version)
                     applied[name] = False
                     continue
+                if entry.state == LEFT and entry.version[0] < forgotten_before_ms:
+                    newer = False  # forgotten here, or about to be: it must not come back
                 if newer:
                     self._entries[name] = entry
                 applied[name] = newer
@@ -167,8 +198,21 @@ class MemberView:
                 self._changed()
         return applied
 
-    def save(self) -> None:
-        """Write the view to the data directory (when there is one and it changed since).
+    def forget_left(self) -> list[str]:
+        """Drop the other members' ``left`` entries older than ``forget_left_after_s``; their names."""
+        forgotten_before_ms = now_ms() - self._forget_left_after_ms
+        with self._lock:
+            gone = [name for name, entry in self._entries.items()
+                    if name != self.name and entry.state == LEFT and entry.version[0] < forgotten_before_ms]
+            for name in gone:
+                del self._entries[name]
+            if gone:
+                self._changed()
+        return gone
+
+    def save(self, stopping: bool = False) -> None:
+        """Write the view to the data directory (when there is one and it changed since), and
+        while this node is ready, when it was (every :data:`READY_STAMP_EVERY_S`, and ``stopping``).
 
         Called by the membership thread after each change of this node's own
         state and each gossip round, and once more as the server stops, so
@@ -177,17 +221,21 @@ class MemberView:
         if self._path is None:
             return
         with self._saving:
+            self._stamp_ready(stopping)
             with self._lock:
                 if not self._dirty:
                     return
                 data = msgpack.packb({name: entry.wire() for name, entry in self._entries.items()})
                 self._dirty = False
-            temporary = self._path.with_suffix(".tmp")
-            with open(temporary, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self._path)
+            _write_whole(self._path, data)
+
+    def _stamp_ready(self, stopping: bool) -> None:
+        now_s = time.time()
+        if self._stamp_path is None or self.state != READY:
+            return
+        if stopping or now_s - self._stamped_s >= READY_STAMP_EVERY_S:
+            _write_whole(self._stamp_path, str(int(now_s * 1000)).encode())
+            self._stamped_s = now_s
 
     # -- inside the lock -----------------------------------------------------------
 
@@ -202,13 +250,34 @@ class MemberView:
         self._epoch = epoch(self._entries)
         self._dirty = True
 
-    def _load(self) -> dict[str, Entry]:
-        if self._path is None or not self._path.exists():
-            return {}
-        try:
-            raw = msgpack.unpackb(self._path.read_bytes())
-            return parse_entries(raw, now_ms())
-        except (OSError, ValueError) as exc:  # msgpack's decoding errors are ValueErrors
-            # The view heals from the seeds and gossip; a damaged copy is not worth refusing to start.
-            log.warning("ignoring %s: %s", self._path, exc)
-            return {}
+
+
+def saved_view(path: Path) -> dict[str, Entry]:
+    """The view kept in ``path`` (a ``members`` file); empty if there is none or it is damaged."""
+    if not path.exists():
+        return {}
+    try:
+        return parse_entries(msgpack.unpackb(path.read_bytes()), now_ms())
+    except (OSError, ValueError) as exc:  # msgpack's decoding errors are ValueErrors
+        # The view heals from the seeds and gossip; a damaged copy is not worth refusing to start.
+        log.warning("ignoring %s: %s", path, exc)
+        return {}
+
+
+def last_ready_s(data_dir: Path) -> float | None:
+    """When the node keeping ``data_dir`` was last ready (unix seconds), from its
+    :data:`READY_STAMP_FILE`; None if there is none or it does not hold a time."""
+    try:
+        return int((data_dir / READY_STAMP_FILE).read_bytes()) / 1000
+    except (OSError, ValueError):
+        return None
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` as the whole of ``path``: written to a temporary file, fsynced, renamed over it."""
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

@@ -15,10 +15,11 @@ applies, journals and memory-checks them like every other write.
   owns on the new write ring (``scanv``, applied to itself with ``putv``:
   newer wins, tombstones apply, so a node returning with old data catches up
   on what it missed) and announces itself ``ready``.
-* **Gossip**, every :data:`GOSSIP_INTERVAL_S`: one member picked at random is
-  asked for its view, which is merged; the entries it lacks or holds older
-  are announced to it (push-pull), so a missed announcement heals within a
-  few rounds; the view is then saved if it changed.
+* **Gossip**, every :data:`GOSSIP_INTERVAL_S`: ``left`` entries older than
+  the tombstone grace are forgotten; one member picked at random is asked
+  for its view, which is merged; the entries it lacks or holds older are
+  announced to it (push-pull), so a missed announcement heals within a few
+  rounds; the view is then saved if it changed.
 * **Leave**, when the ``leave`` op asks: announce ``leaving``, wait
   :data:`SETTLE_S` (clients stop making this node an owner of new writes,
   but still read it), push every record this node holds to its owners on
@@ -41,7 +42,7 @@ from typing import Any
 from client.client import Client
 from client.membership import ANNOUNCE, MEMBERS, PUTV, SCANV
 from client.requests import Command
-from common.errors import MemlookupError, NodeUnavailableError
+from common.errors import AuthenticationError, MemlookupError, NodeUnavailableError
 from common.limits import MAX_BATCH_KEYS
 from common.membership import (
     GOSSIP_INTERVAL_S,
@@ -81,15 +82,20 @@ class MembershipThread:
         view: this node's view.
         seeds: addresses of nodes of the cluster (``--join``).
         local: this node's own ``host:port`` on loopback (records it pulls are sent there).
-        curve_secret_key: the server's key pair: with CURVE, the nodes share
-            one, and each connects to the others with it.
+        server_key: the server's key pair (``--curve-secret-key``): with CURVE
+            the nodes share one, as cluster clients expect, so it is also the
+            key this node checks the others by.
+        client_key: the key pair this node is known by as a client of the
+            others and of itself (``--client-key``); None: ``server_key``'s.
     """
 
-    def __init__(self, view: MemberView, seeds: list[str], local: str, curve_secret_key: str | None = None) -> None:
+    def __init__(self, view: MemberView, seeds: list[str], local: str, server_key: str | None = None,
+                 client_key: str | None = None) -> None:
         self._view = view
         self._seeds = seeds
         self._local = local
-        self._curve_secret_key = curve_secret_key
+        self._server_key = server_key
+        self._client_key = client_key or server_key
         self._stop = threading.Event()
         self._clients: dict[tuple[str, float], Client] = {}  # by address and timeout
         self._thread = threading.Thread(target=self._run, name="memlookup-membership", daemon=True)
@@ -101,7 +107,7 @@ class MembershipThread:
         """Ask the thread to finish (it closes its sockets as it ends), and keep the view."""
         self._stop.set()
         self._thread.join(STOP_WAIT_S)
-        self._view.save()
+        self._view.save(stopping=True)
 
     def _run(self) -> None:
         view = self._view
@@ -168,6 +174,8 @@ class MembershipThread:
         log.info("%s left: %d records pushed to their owners", view.name, view.pushed)
 
     def _gossip(self) -> None:
+        for name in self._view.forget_left():
+            log.info("forgot %s: it left longer than --tombstone-grace-s ago", name)
         peers = list(self._view.peers().values()) or self._seeds
         if peers:
             self._pull(random.choice(peers), push=True)
@@ -257,20 +265,27 @@ class MembershipThread:
         try:
             client = self._clients.get((address, timeout_s))
             if client is None:
-                key = self._curve_secret_key
-                client = self._clients[address, timeout_s] = Client(address, timeout_s=timeout_s, retries=0,
-                                                                     server_key=key, client_key=key)
+                client = self._clients[address, timeout_s] = Client(
+                    address, timeout_s=timeout_s, retries=0, server_key=self._server_key,
+                    client_key=self._client_key)
             return client._execute(command, *args)
+        except AuthenticationError as exc:
+            log.warning("%s refused this node: %s", address, exc)
+            self._forget(address, timeout_s)
         except NodeUnavailableError:
-            # Its address is looked up again next time (a restarted container has a new one).
-            dropped = self._clients.pop((address, timeout_s), None)
-            if dropped is not None:
-                dropped.close()
+            self._forget(address, timeout_s)
         except MemlookupError as exc:  # before ValueError: InvalidRequestError is one
             log.warning("%s refused %s: %s", address, command.name, exc)
         except ValueError as exc:  # the address does not resolve: down
             log.debug("%s is down: %s", address, exc)
         return None
+
+    def _forget(self, address: str, timeout_s: float) -> None:
+        """Close the client of a node that did not answer: its address is looked up again next
+        time (a restarted container has a new one)."""
+        dropped = self._clients.pop((address, timeout_s), None)
+        if dropped is not None:
+            dropped.close()
 
 
 class _MoveFailed(Exception):

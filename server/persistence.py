@@ -80,8 +80,12 @@ class Persistence:
     def report(self) -> RecoveryReport:
         return self.data_dir.report
 
-    def open(self) -> RecoveryReport:
+    def open(self, before_load: Callable[[DataDir], object] | None = None) -> RecoveryReport:
         """Lock the directory, load it into the store and the replies, open the journal for appending.
+
+        ``before_load`` is called once the directory is locked, before it is
+        read: where a node back after longer than the tombstone grace sets
+        its files aside (server/rejoin.py).
 
         Raises:
             DataDirLocked: another live server uses the directory.
@@ -93,6 +97,8 @@ class Persistence:
         gc.disable()  # loading makes millions of objects and no cycles: the collector only slows it
         try:
             self.data_dir.lock()
+            if before_load is not None:
+                before_load(self.data_dir)
             recovered = self.data_dir.recover(self.store, self.fsync.name)
             self.replies.restore(recovered.replies)
             self.journal.open(self.data_dir.file("journal", recovered.generation), recovered.generation)

@@ -76,7 +76,8 @@ def wheelhouse_port() -> int:
 
 
 def download_wheelhouse(folder: Path) -> None:
-    """Wheels of what the Dockerfile's ``pip install .`` needs, at requirements.txt's pins.
+    """Wheels of what ``pip install .`` needs (the Dockerfile's builder and runtime stages, README's first
+    command), at requirements.txt's and requirements-build.txt's pins.
 
     For the base image's Python: Debian bookworm's CPython 3.11 on glibc 2.36
     (pip takes the platform tags one by one, older glibc versions included).
@@ -86,7 +87,8 @@ def download_wheelhouse(folder: Path) -> None:
     arch = platform.machine()
     tags = [f"manylinux_2_{minor}_{arch}" for minor in range(36, 4, -1)]
     tags += [f"manylinux{legacy}_{arch}" for legacy in ("2014", "2010", "1")]
-    done = run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder), "-c", "requirements.txt",
+    done = run([sys.executable, "-m", "pip", "download", "-q", "-d", str(folder),
+                "-c", "requirements.txt", "-c", "requirements-build.txt",
                 "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
                 *[word for tag in tags for word in ("--platform", tag)], *wanted], timeout_s=300)
     assert done.returncode == 0, done.stderr
@@ -142,7 +144,7 @@ def image(wheelhouse: Path, pytestconfig: pytest.Config,
                      "build"], timeout_s=900, env={**os.environ, "BUILDAH_FORMAT": "docker"})
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     # One image for the three nodes: podman-compose builds once per service that has `build`.
-    assert build.stdout.count("STEP 1/") == 1, build.stdout
+    assert build.stdout.count(f"COMMIT {IMAGE}") == 1, build.stdout
     size_bytes = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
     base_bytes = int(podman("image", "inspect", BASE_IMAGE, "--format", "{{.Size}}").stdout)
     record_testsuite_property("image_size_bytes", size_bytes)

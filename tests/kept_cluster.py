@@ -23,15 +23,15 @@ def node(start_server: Start, name: str, *seeds: ServerProcess | str, args: tupl
     return start_server("--node-name", name, "--advertise", "127.0.0.1", "--join", join, *args)
 
 
-def members(server: ServerProcess) -> dict[str, Any]:
-    """``server``'s answer to ``members``."""
-    with Client(server.node, timeout_s=2.0) as client:
+def members(server: ServerProcess, **options: Any) -> dict[str, Any]:
+    """``server``'s answer to ``members``; ``options`` are :class:`Client`'s (CURVE keys)."""
+    with Client(server.node, timeout_s=2.0, **options) as client:
         return client._execute(MEMBERS)
 
 
-def states(server: ServerProcess) -> dict[str, str]:
+def states(server: ServerProcess, **options: Any) -> dict[str, str]:
     """name -> state, as ``server`` sees them."""
-    return {name: entry["state"] for name, entry in members(server)["members"].items()}
+    return {name: entry["state"] for name, entry in members(server, **options)["members"].items()}
 
 
 def announce(server: ServerProcess, entries: Any) -> Any:

@@ -96,3 +96,19 @@ def test_cores_quick_mode_puts_both_cores_side_by_side():
     for row in ("| lockstep get through Client,", "| lockstep set through bare REQ socket,", "| -c 2 -P 64 -m 1,",
                 "| -c 2 -P 64 -m 16,"):
         assert row in result.stdout
+
+
+def test_capacity_counts_every_request_the_server_answered_and_its_cpu_share(start_server):
+    server = start_server()
+    result = subprocess.run([sys.executable, "-m", "bench.capacity", server.node, "-c", "2", "-P", "32", "-m", "8",
+                             "--duration", "0.5", "-r", "1000", "--server-pid", str(server.proc.pid)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    with Client(server.node) as table:
+        ops = table.stats()["ops"]
+    assert report["requests"] > 0 and report["refused"] == 0
+    # each client pings once to connect before the clock starts
+    assert ops.get("get", 0) + ops.get("set", 0) == report["requests"] and ops["ping"] == 2
+    assert ops["batch"] * 8 == report["requests"]
+    assert 0 < report["server_cpu"] <= 1.5

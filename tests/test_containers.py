@@ -130,6 +130,15 @@ def test_all_nodes_recreated_keep_their_data_in_the_volumes(stack: Stack):
     assert (got.returncode, lines(got)) == (0, list(pairs.values()))
 
 
+def startup_line(container: str, timeout_s: float = 30) -> str:
+    """The server's ``... listening on ...`` line in the container's log, once it is there."""
+    deadline = time.monotonic() + timeout_s
+    while (found := re.search(r"^.* listening on .*$", podman("logs", container).stderr, re.M)) is None:
+        assert time.monotonic() < deadline, podman("logs", container).stderr
+        time.sleep(0.2)
+    return found.group(0)
+
+
 def test_the_health_checks_ask_the_server(stack: Stack):
     stack.up()
     for node in NODES:
@@ -143,10 +152,7 @@ def test_the_health_checks_ask_the_server(stack: Stack):
     podman("rm", "-f", "-v", name)
     try:
         assert podman("run", "-d", "--name", name, "-e", "MEMLOOKUP_PORT=7401", IMAGE).returncode == 0
-        deadline = time.monotonic() + 30
-        while "listening on" not in podman("logs", name).stderr:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        startup_line(name)
         check = podman("healthcheck", "run", name)
         assert (check.returncode, check.stdout.strip()) == (1, "unhealthy"), check.stderr
     finally:
@@ -210,6 +216,29 @@ def test_the_image_holds_memlookup_and_what_it_needs_at_run_time_only(image: str
                    "import importlib.util as u; print(*(u.find_spec(n) is not None for n in "
                    "('memlookup.client', 'memlookup.server', 'client', 'server', 'common', 'bench')))")
     assert names.stdout.split() == ["True", "True", "False", "False", "False", "False"], names.stderr
+
+
+def test_a_container_runs_the_compiled_core(image: str) -> None:
+    """The Dockerfile's builder stage compiled it; the server says so at start, and serves. (~3 s)"""
+    name = f"{PROJECT}-core"
+    podman("rm", "-f", "-v", name)
+    try:
+        assert podman("run", "-d", "--name", name, image).returncode == 0
+        line = startup_line(name)
+        assert line.endswith(", compiled core"), line
+        pong = podman("exec", name, "memlookup", "127.0.0.1", "ping")
+        assert (pong.returncode, pong.stdout) == (0, "PONG\n"), pong.stderr
+    finally:
+        podman("rm", "-f", "-v", "-t", "0", name)
+
+
+def test_the_image_has_no_compiler_and_no_cython(image: str) -> None:
+    """Compiling is the builder stage's: the image ships neither the compiler, the headers nor Cython."""
+    probe = ("import importlib.util, os, shutil, sysconfig; "
+             "print(shutil.which('gcc'), shutil.which('cc'), importlib.util.find_spec('Cython'), "
+             "os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))")
+    found = podman("run", "--rm", image, "python3", "-c", probe)
+    assert found.stdout.split() == ["None", "None", "None", "False"], found.stdout + found.stderr
 
 
 def readme_first_command() -> str:

@@ -2,25 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from client import Client, InvalidRequestError
+from client import Client, ClusterClient, InvalidRequestError
 from client.membership import NODE, leave
 from tests.kept_cluster import Start, announce, entry, eventually, members, node, now_ms, states
 from tests.servers import ServerProcess, free_port, run_server
 
 
-@pytest.fixture
-def three(start_server: Start) -> list[ServerProcess]:
+def start_three(start_server: Start) -> list[ServerProcess]:
     first = node(start_server, "n1", f"127.0.0.1:{free_port()}")  # its seed is down: it starts a cluster
     second = node(start_server, "n2", first)
     third = node(start_server, "n3", second)
     everyone = {"n1": "ready", "n2": "ready", "n3": "ready"}
     eventually(lambda: all(states(server) == everyone for server in (first, second, third)))
     return [first, second, third]
+
+
+@pytest.fixture
+def three(start_server: Start) -> list[ServerProcess]:
+    return start_three(start_server)
+
+
+@pytest.fixture(scope="module")
+def unchanged_three() -> Iterator[list[ServerProcess]]:
+    """Three nodes shared by the tests that must leave them as they found them (each checks it)."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        started.append(ServerProcess(args))
+        return started[-1]
+
+    try:
+        yield start_three(start)
+    finally:
+        for server in started:
+            server.kill()
 
 
 def test_nodes_that_join_share_one_view_with_one_epoch(three: list[ServerProcess]) -> None:
@@ -86,9 +107,9 @@ def test_no_one_else_changes_a_nodes_own_entry(three: list[ServerProcess]) -> No
     ({"x" * 300: {"address": "127.0.0.1:9", "state": "ready", "version": [1, 0, "x" * 300]}},
      "member name must be a string of 1 to 255 bytes"),
 ])
-def test_a_malformed_announcement_is_refused_and_changes_nothing(three: list[ServerProcess], entries: Any,
+def test_a_malformed_announcement_is_refused_and_changes_nothing(unchanged_three: list[ServerProcess], entries: Any,
                                                                  message: str) -> None:
-    first = three[0]
+    first = unchanged_three[0]
     before = members(first)
     with pytest.raises(InvalidRequestError, match=message):
         announce(first, entries)
@@ -123,11 +144,37 @@ def test_bad_membership_settings_are_refused(args: tuple[str, ...], message: str
 def test_node_says_who_it_is_with_its_state_and_the_epoch(three: list[ServerProcess]) -> None:
     first = three[0]
     with Client(first.node, timeout_s=2.0) as client:
-        assert client._execute(NODE) == {"name": "n1", "address": first.node, "state": "ready",
-                                         "epoch": members(first)["epoch"]}
+        answer = client._execute(NODE)
+    assert answer == {"name": "n1", "address": first.node, "state": "ready", "epoch": members(first)["epoch"],
+                      "up_since_ms": answer["up_since_ms"], "loaded_until_ms": 0}  # nothing loaded: no data dir
+    assert now_ms() - 60_000 < answer["up_since_ms"] < now_ms()
 
 
 def test_a_cluster_of_one_refuses_to_leave(start_server: Start) -> None:
     server = start_server("--node-name", "solo")
     with pytest.raises(InvalidRequestError, match="keeps no membership"):
         leave(server.node, timeout_s=5)
+
+
+def test_a_left_entry_is_forgotten_after_the_grace_and_its_name_joins_again_as_a_new_node(
+        start_server: Start) -> None:
+    grace = ("--tombstone-grace-s", "2")
+    first = node(start_server, "n1", f"127.0.0.1:{free_port()}", args=grace)
+    second = node(start_server, "n2", first, args=grace)
+    eventually(lambda: all(states(server) == {"n1": "ready", "n2": "ready"} for server in (first, second)))
+    written = {f"key{index}": str(index) for index in range(50)}
+    with ClusterClient(first.node, timeout_s=2.0) as table:
+        table.mset(written)
+    assert leave(second.node, timeout_s=30)["state"] == "left"
+    eventually(lambda: states(first)["n2"] == "left")
+    left_entry = members(first)["members"]["n2"]
+    assert second.stop() == 0
+
+    eventually(lambda: states(first) == {"n1": "ready"})
+    assert announce(first, {"n2": left_entry}) == {"n2": False}  # gossip offering it again changes nothing
+    assert states(first) == {"n1": "ready"}
+
+    again = node(start_server, "n2", first, args=grace)  # the same name, a new node
+    eventually(lambda: all(states(server) == {"n1": "ready", "n2": "ready"} for server in (first, again)))
+    with Client(again.node, timeout_s=2.0) as direct:  # with R=2 it owns every key: it pulled them all
+        assert direct.mget(list(written)) == list(written.values())

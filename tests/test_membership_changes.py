@@ -146,6 +146,9 @@ def test_a_node_restarted_from_its_data_dir_catches_up_on_what_it_missed(start_s
         table.get(keys[0])  # the first call finds the members
         mine = [key for key in keys if "n2" in table.owners(key)]
     assert mine
+    # Back well within --tombstone-grace-s (a day): it kept its records (tests/test_rejoin.py has the rest).
+    assert f"loaded {len(mine)} keys" in again.log
+    assert not list((tmp_path / "n2").glob("discarded-*"))
     with Client(again.node) as direct:  # the node itself, not the cluster, holds what it missed
         for key in mine:
             want = "new" if key in keys[:100] else None if key in keys[100:200] else "old"

@@ -311,8 +311,10 @@ def test_scanv_refuses_a_cursor_of_another_run(peer):
 
 def test_node_says_who_the_node_is(node, peer):
     # A cluster of one (no --join): ready, at NAME:PORT, with its view's epoch (tests/test_membership.py has more).
-    assert peer.ok("node") == {"name": "node-a", "address": f"node-a:{node.port}", "state": "ready",
-                               "epoch": peer.ok("members")["epoch"]}
+    answer = peer.ok("node")
+    assert answer == {"name": "node-a", "address": f"node-a:{node.port}", "state": "ready",
+                      "epoch": peer.ok("members")["epoch"], "up_since_ms": answer["up_since_ms"],
+                      "loaded_until_ms": 0}
 
 
 def test_the_node_name_defaults_to_the_host_name(start_server):
