@@ -141,6 +141,7 @@ def test_a_rolling_restart_gives_every_node_a_new_address_and_hides_no_key(clust
 
 
 def test_scaling_from_3_to_5_nodes_and_back_hides_no_key(cluster: Stack, request, tmp_path):
+    assert len(NODES) + len(SCALE_NODES) == 5, "docker-compose.yml: two nodes under the profile scale"
     moved: dict[str, object] = {}
     with recording("scale") as recorder:
         time.sleep(STEADY_S)
