@@ -31,6 +31,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -43,7 +44,9 @@ NETWORK = f"{PROJECT}_memlookup"
 IMAGE = "memlookup:local"
 BASE_IMAGE = "localhost/python:3.11-slim"  # made by .ci/podman-setup.sh
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-NODES = [name for name in COMPOSE["services"] if name != "client"]
+#: The nodes `up` starts (no profile), and those the profile "scale" adds.
+NODES = [name for name, service in COMPOSE["services"].items() if name != "client" and "profiles" not in service]
+SCALE_NODES = [name for name, service in COMPOSE["services"].items() if "scale" in service.get("profiles", [])]
 LOCK = Path("/tmp/memlookup-containers.lock")
 
 
@@ -159,6 +162,8 @@ class Stack:
 
     def compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         profile = ["--profile", "client"] if args[:1] == ("run",) else []
+        if any(arg in SCALE_NODES for arg in args):
+            profile += ["--profile", "scale"]
         done = run(["podman-compose", "-p", PROJECT, *profile, *args], timeout_s=timeout_s,
                    env={**os.environ, "MEMLOOKUP_HOST_PORT": str(self.host_port)})
         # `run` gives the container a terminal, as in a shell: CRLF line ends.
@@ -198,9 +203,37 @@ class Stack:
         assert done.returncode == 0, done.stderr
         self.wait_healthy([service])
 
+    def add(self, service: str) -> int:
+        """Start one of the nodes the profile "scale" adds, and wait until it is ready (its health
+        check, ``ready``: it has joined and pulled its keys); the records it pulled, as its log says."""
+        done = self.compose("up", "-d", service)
+        assert done.returncode == 0, done.stderr
+        self.wait_healthy([service])
+        logs = podman("logs", self.container(service))
+        log = logs.stdout + logs.stderr
+        pulled = re.search(r" ready: (\d+) records pulled", log)
+        assert pulled is not None, log[-3000:]
+        return int(pulled.group(1))
+
+    def leave(self, service: str, wait_s: float = 100) -> int:
+        """Make a node leave the cluster (``memlookup 127.0.0.1 leave`` in its container, as kind's preStop
+        hook does) and wait until it has; the records it pushed to their new owners."""
+        left = self.compose("exec", "-T", service, "memlookup", "127.0.0.1", "leave", "--wait", f"{wait_s:g}",
+                            timeout_s=wait_s + 30)
+        pushed = re.fullmatch(r"left: moved (\d+) records to their new owners\n", left.stdout)
+        assert left.returncode == 0 and pushed is not None, left.stdout + left.stderr
+        return int(pushed.group(1))
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Each member's ``stats`` (a node that does not answer: ``{"error": ...}``), by name, as the client
+        service sees the cluster: the members it learnt from node1..node3."""
+        done = self.client("--json", "stats")
+        nodes: dict[str, dict[str, Any]] = json.loads(done.stdout)["nodes"]
+        return nodes
+
     def wait_healthy(self, services: list[str] | None = None, timeout_s: float = 60) -> None:
-        """Each node's (default: every node's) health check, the image's, passes: ``podman healthcheck run``
-        exits 0."""
+        """Each node's (default: every node's) health check passes (``podman healthcheck run`` exits 0): the
+        compose file's, ``ready``: the node has joined and pulled its keys."""
         deadline = time.monotonic() + timeout_s
         for node in services or NODES:
             name = self.container(node)

@@ -3,8 +3,9 @@
 A recorder (tests/cluster_workload.py) runs in a container on the compose
 network -- the image's Python with this tree's ``client`` package mounted,
 the same code the image's nodes were built from -- writing, deleting and
-reading through a ``ClusterClient`` of node1,node2,node3 (R=2) while the test
-changes the cluster; the checker then counts what clients must never see.
+reading through a ``ClusterClient`` given node1,node2,node3 (the nodes keep
+the membership, R=2) while the test changes the cluster; the checker then
+counts what clients must never see.
 One compose project serves the module (each scenario uses keys of its own).
 
 * A node stopped, so that it misses writes and deletes, then started again
@@ -17,6 +18,15 @@ One compose project serves the module (each scenario uses keys of its own).
   (aardvark-dns) answers nothing for 25 to 35 s after a container is
   recreated, so that is how long clients need to learn the new address (the
   nodes that kept theirs are reached at their last answer, common/address.py).
+* Scaling 3 -> 5 -> 3, the way README.md says to scale a compose cluster:
+  node4, then node5 (profile ``scale``) started, each ready (its health
+  check: it has joined and pulled its keys) and reached by the recorder
+  before the next change; then node5, then node4 removed, each after its
+  ``leave`` (in its container, as kind's preStop hook runs it) has pushed its
+  records. The recorder is given node1..node3 only: it learns the other
+  members from the nodes, as the client service does. After a node is
+  added, ``AFTER_S``, as for the restart (a client may have found the new
+  node down before its name resolved); after a removal, ``STEADY_S``.
 
 Every anomaly the checker knows must be absent: no key unreadable at any
 moment, none lost, no delete undone, no older value read outside a change.
@@ -38,7 +48,7 @@ import pytest
 
 from client.routing import DEAD_FOR_S
 from tests.cluster_workload import History, RecorderProcess, Report, check
-from tests.containers import IMAGE, NETWORK, NODES, PROJECT, Stack, podman
+from tests.containers import IMAGE, NETWORK, NODES, PROJECT, SCALE_NODES, Stack, podman
 from tests.servers import ROOT
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
@@ -82,9 +92,12 @@ def recording(prefix: str) -> Iterator[RecorderProcess]:
         podman("rm", "-f", "-v", "-t", "0", RECORDER)
 
 
-def judged(history: History, title: str, request: pytest.FixtureRequest, tmp_path: Path) -> Report:
-    """The checker's report, printed with its figures; the history kept in a file for a closer look."""
+def judged(history: History, title: str, request: pytest.FixtureRequest, tmp_path: Path,
+           figures: dict[str, object] | None = None) -> Report:
+    """The checker's report, printed with its figures (and ``figures``, the test's own); the history kept
+    in a file for a closer look."""
     report = check(history)
+    report.figures.update(figures or {})
     kept = tmp_path / "history.json"
     kept.write_text(json.dumps(history.to_json()))
     with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
@@ -123,5 +136,35 @@ def test_a_rolling_restart_gives_every_node_a_new_address_and_hides_no_key(clust
             time.sleep(AFTER_S)
         history = recorder.stop()
     report = judged(history, "rolling restart: node1, node2, node3 recreated in turn", request, tmp_path)
+    counts = report.counts()
+    assert counts == dict.fromkeys(counts, 0), report.summary()
+
+
+def test_scaling_from_3_to_5_nodes_and_back_hides_no_key(cluster: Stack, request, tmp_path):
+    assert len(NODES) + len(SCALE_NODES) == 5, "docker-compose.yml: two nodes under the profile scale"
+    moved: dict[str, object] = {}
+    with recording("scale") as recorder:
+        time.sleep(STEADY_S)
+        moved["records the cluster held before (keys and tombstones, every copy)"] = sum(
+            node["keys"] + node["tombstones"] for node in cluster.stats().values())
+        for node in SCALE_NODES:
+            recorder.begin(f"add {node}")
+            moved[f"records {node} pulled"] = cluster.add(node)
+            recorder.reach(node)  # the recorder's clients reach it by its name
+            recorder.end(f"add {node}")
+            time.sleep(AFTER_S)
+        assert sorted(cluster.stats()) == NODES + SCALE_NODES  # the client service learnt the new members
+        for node in reversed(SCALE_NODES):
+            recorder.begin(f"remove {node}")
+            started = time.monotonic()
+            moved[f"records {node} pushed"] = cluster.leave(node)
+            moved[f"{node}'s leave took"] = f"{time.monotonic() - started:.1f} s"
+            assert cluster.compose("down", "-t", "5", node).returncode == 0
+            recorder.end(f"remove {node}")
+            time.sleep(STEADY_S)  # no node was down: no client skips one
+        assert sorted(cluster.stats()) == NODES
+        history = recorder.stop()
+    report = judged(history, "scaling: node4, node5 added, then node5, node4 removed", request, tmp_path, moved)
+    assert all(value for name, value in moved.items() if name.startswith("records")), moved  # each moved some
     counts = report.counts()
     assert counts == dict.fromkeys(counts, 0), report.summary()

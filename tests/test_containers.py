@@ -56,8 +56,7 @@ def lines(done: subprocess.CompletedProcess[str]) -> list[str]:
 
 def keys_per_node(stack: Stack) -> dict[str, int]:
     """Each node's key count, from the cluster's ``stats`` (a node that does not answer: -1)."""
-    nodes = json.loads(stack.client("--json", "stats").stdout)["nodes"]
-    return {name.split(":")[0]: stats.get("keys", -1) for name, stats in nodes.items()}
+    return {name.split(":")[0]: stats.get("keys", -1) for name, stats in stack.stats().items()}
 
 
 def transcript() -> list[tuple[list[str], str]]:
@@ -140,12 +139,15 @@ def startup_line(container: str, timeout_s: float = 30) -> str:
     return found.group(0)
 
 
-def test_the_image_health_check_pings_the_server(stack: Stack):
+def test_the_health_checks_ask_the_server(stack: Stack):
     stack.up()
     for node in NODES:
+        # The compose nodes' check: the node has joined and holds its keys.
+        found = podman("inspect", stack.container(node), "--format", "{{json .Config.Healthcheck.Test}}")
+        assert json.loads(found.stdout)[-2:] == ["127.0.0.1", "ready"]
         check = podman("healthcheck", "run", stack.container(node))
         assert check.returncode == 0, check.stdout + check.stderr
-    # It does ask the server: one listening elsewhere than the port it pings is unhealthy.
+    # The image's own check does ask the server: one listening elsewhere than the port it pings is unhealthy.
     name = f"{PROJECT}-elsewhere"
     podman("rm", "-f", "-v", name)
     try:
@@ -173,6 +175,12 @@ def test_the_published_port_reaches_node1_alone(stack: Stack):
     host = [sys.executable, "-m", "client", "--timeout", "2", f"127.0.0.1:{stack.host_port}"]
     pong = run([*host, "ping"])
     assert (pong.returncode, pong.stdout) == (0, "PONG\n"), pong.stderr
+    # What it holds is node1's share of the cluster's keys, no more.
+    assert stack.client("mset", *flat({f"country{i}": f"capital{i}" for i in range(60)})).returncode == 0
+    shares = keys_per_node(stack)
+    assert 0 < shares["node1"] < 60
+    assert json.loads(run([*host, "--json", "stats"]).stdout)["keys"] == shares["node1"]
+    # A key set through it lives on node1 alone, wherever the cluster would place it.
     assert run([*host, "set", "from-the-host", "1"]).returncode == 0
     held = {node: stack.client(node, "exists", "from-the-host").returncode for node in NODES}
     assert held == {"node1": 0, "node2": 1, "node3": 1}

@@ -173,17 +173,27 @@ def test_pods_are_ready_once_joined_and_leave_before_they_stop():
 def test_compose_network_addresses_agree():
     """Every service is on the network, the servers allow exactly its subnet, no node has a fixed
     address (a recreated container gets a new one, as a pod does) and the client names the nodes,
-    with no addresses of its own for them; one service builds the one image."""
+    with no addresses of its own for them; one service builds the one image. The nodes keep the
+    membership, each named by its service and joining through the three that `up` starts; the
+    others are under the profile "scale"."""
     compose = yaml.safe_load(COMPOSE.read_text())
     subnet = ipaddress.ip_network(compose["networks"]["memlookup"]["ipam"]["config"][0]["subnet"])
     services = compose["services"]
     nodes = {name: s for name, s in services.items() if name != "client"}
+    started = [name for name, s in nodes.items() if "profiles" not in s]
+    assert started == ["node1", "node2", "node3"]
+    assert all(s["profiles"] == ["scale"] for name, s in nodes.items() if name not in started)
     client = services["client"]
-    assert set(nodes) == set(client["environment"]["MEMLOOKUP_NODES"].split(","))
+    assert client["environment"]["MEMLOOKUP_NODES"].split(",") == started
     assert "extra_hosts" not in client and client["networks"] == ["memlookup"]
-    for node in nodes.values():
+    for name, node in nodes.items():
         assert node["networks"] == ["memlookup"]  # a list: no ipv4_address
-        assert node["environment"]["MEMLOOKUP_ALLOW"] == str(subnet)
+        environment = node["environment"]
+        assert environment["MEMLOOKUP_ALLOW"] == str(subnet)
+        assert environment["MEMLOOKUP_NODE_NAME"] == node["hostname"] == name
+        assert "MEMLOOKUP_ADVERTISE" not in environment  # reached at its name
+        assert environment["MEMLOOKUP_JOIN"].split(",") == started
+        assert node["healthcheck"]["test"][-2:] == ["127.0.0.1", "ready"]
     assert "client" in client["profiles"]
     assert [name for name, s in services.items() if "build" in s] == ["node1"]
     assert {s["image"] for s in services.values()} == {"memlookup:local"}
