@@ -549,6 +549,22 @@ class Store:
         self.memory_bytes -= _size(key, value)
         self._deadlines.pop(key, None)
 
+    def _held(self, key: str) -> tuple[str, str | None, Version | None, float | None]:
+        """What the table holds for ``key``, expired or not: ``(key, value, version, deadline)``.
+
+        ``value`` None: a tombstone of ``version``, or nothing at all (version None).
+        """
+        value = self._buckets[hash(key) & _MASK].get(key)
+        if value is not None:
+            return key, value, self._versions[key], self._deadlines.get(key)
+        return key, None, self.tombstone(key), None
+
+    def _forget(self, key: str) -> None:
+        """Remove whatever the table holds for ``key``, expired or not: no tombstone, not journaled."""
+        if key in self._buckets[hash(key) & _MASK]:
+            self._remove(key)
+        self._unbury(key)
+
     def _drop(self, key: str) -> None:
         """Remove the live ``key`` without a tombstone (a change a journal records: see JournaledStore)."""
         self._remove(key)

@@ -1,0 +1,8 @@
+"""Types of the compact table (server/_cstore.pyx), for mypy: it has :class:`server.store.Store`'s interface."""
+
+from server.journaled_store import Journaled
+from server.store import Store
+
+class CompactStore(Store): ...
+
+class JournaledCompactStore(Journaled, CompactStore): ...
