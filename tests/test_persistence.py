@@ -23,8 +23,8 @@ from common.errors import PersistenceError
 from server.journal import FsyncAlways
 from server.journaled_store import JournaledStore
 from server.persistence import Persistence
-from server.store import Store
 from server.records import JOURNAL_MAGIC, JOURNAL_MAGIC_V1, SNAPSHOT_MAGIC, frame, scan
+from server.store import Store
 from tests.servers import ServerProcess, run_server
 from tests.tables import TABLES
 
