@@ -26,7 +26,8 @@ and ``(delete's ms, record number)``, as the Python table keeps heaps of keys;
 an entry is stale when its record no longer has that deadline or tombstone.
 
 ``memory_bytes`` is what the table holds beyond an empty one: the blocks'
-sizes as the allocator reports them (``malloc_usable_size``), the arrays of
+sizes as the allocator reports them (``malloc_usable_size``, plus the 8
+bytes of glibc's header before each block), the arrays of
 records, slots and heaps at their allocated sizes, and the node names of the
 versions. When the last record goes the arrays return to their first size.
 """
@@ -95,6 +96,14 @@ cdef struct Deadline:
 cdef struct Buried:
     int64_t ms
     uint32_t record
+
+
+#: What a block costs besides its usable size: glibc's malloc keeps its size in the 8 bytes before it.
+cdef size_t BLOCK_HEADER_BYTES = 8
+
+
+cdef inline size_t _block_bytes(void* block) noexcept nogil:
+    return malloc_usable_size(block) + BLOCK_HEADER_BYTES
 
 
 cdef inline object _utf8(str text, const char** data, Py_ssize_t* size):
@@ -338,7 +347,7 @@ cdef class CompactStore:
             self.rec_top += 1
         memcpy(data, key, key_len)
         memcpy(data + key_len, value, value_len)
-        self.data_bytes += malloc_usable_size(data)
+        self.data_bytes += _block_bytes(data)
         rec = &self.recs[number]
         rec.data = data
         rec.hash = hash
@@ -358,13 +367,13 @@ cdef class CompactStore:
         if value_len > 0xFFFFFFFF:
             raise ValueError("a value of 4 GiB or more")
         if value_len != rec.value_len:
-            self.data_bytes -= malloc_usable_size(rec.data)
+            self.data_bytes -= _block_bytes(rec.data)
             data = <char*>realloc(rec.data, rec.key_len + value_len + 1)
             if data == NULL:
-                self.data_bytes += malloc_usable_size(rec.data)
+                self.data_bytes += _block_bytes(rec.data)
                 raise MemoryError()
             rec.data = data
-            self.data_bytes += malloc_usable_size(data)
+            self.data_bytes += _block_bytes(data)
             rec.value_len = value_len
         memcpy(rec.data + rec.key_len, value, value_len)
         return 0
@@ -373,7 +382,7 @@ cdef class CompactStore:
         """Remove the record at ``slot`` from the index and free it (its counts are the caller's)."""
         cdef uint32_t number = self.slots[slot], i = slot, j = slot, home
         cdef Rec* rec = &self.recs[number]
-        self.data_bytes -= malloc_usable_size(rec.data)
+        self.data_bytes -= _block_bytes(rec.data)
         free(rec.data)
         rec.data = NULL
         rec.flags = 0

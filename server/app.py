@@ -38,12 +38,11 @@ from common import __version__
 from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
-from server.core import CORE_DESCRIPTION, make_server
+from server.core import CORE_DESCRIPTION, JOURNALED_TABLE, TABLE, make_server
 from server.datadir import RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
 from server.journal import FSYNC_POLICIES
-from server.journaled_store import JournaledStore
 from server.loop import LoopHooks, Server
 from server.membership import MemberView
 from server.memory import cap_memory
@@ -117,10 +116,10 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     store: Store
     hlc = HybridLogicalClock(config.node_name)
     if config.data_dir is None:
-        store = Store(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
+        store = TABLE(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         where = "in memory"
     else:
-        store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
+        store = journaled = JOURNALED_TABLE(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
         try:
