@@ -28,8 +28,9 @@ an entry is stale when its record no longer has that deadline or tombstone.
 ``memory_bytes`` is what the table holds beyond an empty one: the blocks'
 sizes as the allocator reports them (``malloc_usable_size``, plus the 8
 bytes of glibc's header before each block), the arrays of
-records, slots and heaps at their allocated sizes, and the node names of the
-versions. When the last record goes the arrays return to their first size.
+records, slots and heaps at their allocated sizes, the order of use under
+allkeys-lru, and the node names of the versions other than this server's.
+When the last record goes the arrays return to their first size.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -67,6 +68,7 @@ cdef enum:
     USED = 1
     TOMBSTONE = 2
     HAS_DEADLINE = 4
+    IN_ORDER = 8  # linked in the order of use
 
 cdef extern from *:
     """
@@ -85,7 +87,6 @@ cdef struct Rec:
     uint32_t key_len
     uint32_t value_len
     uint32_t node
-    uint32_t lru        # seconds (of a monotonic clock) of the last write or read
     uint16_t counter
     uint8_t flags
 
@@ -97,6 +98,11 @@ cdef struct Buried:
     int64_t ms
     uint32_t record
 
+
+#: What the memory cap adds per key beyond the table's own figure, which counts
+#: what the table allocated: what the allocator cannot reuse of blocks freed
+#: under churn (tests/test_security_memory.py's churn test holds RSS to it).
+KEY_SLACK_BYTES = 16
 
 #: What a block costs besides its usable size: glibc's malloc keeps its size in the 8 bytes before it.
 cdef size_t BLOCK_HEADER_BYTES = 8
@@ -122,6 +128,13 @@ cdef inline object _utf8(str text, const char** data, Py_ssize_t* size):
     return encoded
 
 
+cdef inline Py_ssize_t _utf8_size(str text) except -1:
+    cdef const char* data
+    cdef Py_ssize_t size
+    keep = _utf8(text, &data, &size)
+    return size
+
+
 cdef inline uint32_t _hash(str key) except? 0:
     return <uint32_t>((<uint64_t>hash(key)) >> 32)
 
@@ -130,12 +143,17 @@ cdef inline str _text(const char* data, Py_ssize_t size):
     return PyUnicode_DecodeUTF8(data, size, "surrogatepass")
 
 
+cdef inline bint _before(Deadline a, Deadline b) noexcept nogil:
+    """Heap order: by deadline, ties by record number (for keys set together, the order they were set in)."""
+    return a.deadline < b.deadline or (a.deadline == b.deadline and a.record < b.record)
+
+
 cdef inline void _heap_up_d(Deadline* heap, Py_ssize_t i) noexcept nogil:
     cdef Deadline item = heap[i]
     cdef Py_ssize_t parent
     while i > 0:
         parent = (i - 1) >> 1
-        if heap[parent].deadline <= item.deadline:
+        if not _before(item, heap[parent]):
             break
         heap[i] = heap[parent]
         i = parent
@@ -149,9 +167,9 @@ cdef inline void _heap_down_d(Deadline* heap, Py_ssize_t size, Py_ssize_t i) noe
         child = 2 * i + 1
         if child >= size:
             break
-        if child + 1 < size and heap[child + 1].deadline < heap[child].deadline:
+        if child + 1 < size and _before(heap[child + 1], heap[child]):
             child += 1
-        if item.deadline <= heap[child].deadline:
+        if not _before(heap[child], item):
             break
         heap[i] = heap[child]
         i = child
@@ -213,13 +231,19 @@ cdef class CompactStore:
     #: Tombstones held (collected or not yet).
     cdef readonly Py_ssize_t tombstones
     cdef public Py_ssize_t expired_total
-    cdef object _monotonic
+    #: What the memory cap adds per key beyond :attr:`memory_bytes` (:data:`KEY_SLACK_BYTES`).
+    cdef readonly Py_ssize_t key_slack_bytes
+    cdef bint tracking
+    cdef uint32_t* order  # with tracking: each record's (previous, next) in order of use
+    cdef uint32_t oldest, newest
 
     def __cinit__(self, *args, **kwargs):
         self.recs = NULL
         self.slots = NULL
         self.expiry = NULL
         self.buried = NULL
+        self.order = NULL
+        self.oldest = self.newest = EMPTY
         self._reset()
 
     def __init__(self, clock=time.time, hlc=None, tombstone_grace_s=_store.TOMBSTONE_GRACE_S):
@@ -227,7 +251,8 @@ cdef class CompactStore:
         self.hlc = hlc if hlc is not None else HybridLogicalClock("", clock)
         self.tombstone_grace_s = tombstone_grace_s
         self.expired_total = 0
-        self._monotonic = time.monotonic
+        self.key_slack_bytes = KEY_SLACK_BYTES
+        self._reset()  # again, now that the clock's node is known
 
     def __dealloc__(self):
         self._release()
@@ -242,6 +267,8 @@ cdef class CompactStore:
         free(self.slots)
         free(self.expiry)
         free(self.buried)
+        free(self.order)
+        self.order = NULL
         self.recs = NULL
         self.slots = NULL
         self.expiry = NULL
@@ -262,6 +289,8 @@ cdef class CompactStore:
         self.buried = <Buried*>malloc(8 * sizeof(Buried))
         if self.recs == NULL or self.slots == NULL or self.expiry == NULL or self.buried == NULL:
             raise MemoryError()
+        if self.tracking:
+            self._allocate_order(FIRST_RECORDS)
         for i in range(1 << FIRST_SLOT_BITS):
             self.slots[i] = EMPTY
         self.occupied = 0
@@ -270,11 +299,14 @@ cdef class CompactStore:
         self.nodes = []  # no record names a node any more
         self.node_numbers = {}
         self.node_bytes = 0
-        self.empty_bytes = self._structure_bytes()
+        if self.hlc is not None:
+            self._node_number(self.hlc.node)  # this server's own: part of the empty table
+        self.empty_bytes = self._structure_bytes() + self.node_bytes
         return 0
 
     cdef inline Py_ssize_t _structure_bytes(self):
-        return (self.rec_capacity * sizeof(Rec) + (self.slot_mask + 1) * sizeof(uint32_t)
+        return (self.rec_capacity * (sizeof(Rec) + (2 * sizeof(uint32_t) if self.tracking else 0))
+                + (self.slot_mask + 1) * sizeof(uint32_t)
                 + self.expiry_capacity * sizeof(Deadline) + self.buried_capacity * sizeof(Buried))
 
     # -- the index and the records ----------------------------------------
@@ -342,6 +374,8 @@ cdef class CompactStore:
                     free(data)
                     raise MemoryError()
                 self.recs = recs
+                if self.tracking:
+                    self._allocate_order(2 * self.rec_capacity)
                 self.rec_capacity *= 2
             number = self.rec_top
             self.rec_top += 1
@@ -382,6 +416,7 @@ cdef class CompactStore:
         """Remove the record at ``slot`` from the index and free it (its counts are the caller's)."""
         cdef uint32_t number = self.slots[slot], i = slot, j = slot, home
         cdef Rec* rec = &self.recs[number]
+        self._unlink(number)
         self.data_bytes -= _block_bytes(rec.data)
         free(rec.data)
         rec.data = NULL
@@ -462,8 +497,72 @@ cdef class CompactStore:
         _heap_up_b(self.buried, self.buried_len - 1)
         return 0
 
-    cdef inline uint32_t _lru_now(self) except? 0:
-        return <uint32_t><uint64_t>self._monotonic()
+    # -- the order of use (allkeys-lru) ------------------------------------
+
+    def track_recency(self):
+        """Keep live keys in order of use from now on (for allkeys-lru); True: this table does.
+
+        A key is used when an operation finds it live (a read, ``exists``,
+        ``ttl``...) or writes it. Keys held now count as used before any
+        later use, in record order. Costs 8 bytes a record, counted in
+        :attr:`memory_bytes`.
+        """
+        cdef uint32_t number
+        if not self.tracking:
+            self.tracking = True
+            self.oldest = self.newest = EMPTY
+            self._allocate_order(self.rec_capacity)
+            if self.occupied == 0:
+                self.empty_bytes = self._structure_bytes() + self.node_bytes
+            for number in range(self.rec_top):
+                if self.recs[number].flags & USED and not self.recs[number].flags & TOMBSTONE:
+                    self._touch(number)
+        return True
+
+    def least_recently_used(self):
+        """The live key used longest ago (expired or not), or None; only while :meth:`track_recency` is on."""
+        cdef Rec* rec
+        if not self.tracking or self.oldest == EMPTY:
+            return None
+        rec = &self.recs[self.oldest]
+        return _text(rec.data, rec.key_len)
+
+    cdef int _allocate_order(self, uint32_t capacity) except -1:
+        cdef uint32_t* order = <uint32_t*>realloc(self.order, 2 * capacity * sizeof(uint32_t))
+        if order == NULL:
+            raise MemoryError()
+        self.order = order
+        if self.rec_top == 0:
+            self.oldest = self.newest = EMPTY
+        return 0
+
+    cdef inline void _unlink(self, uint32_t number) noexcept:
+        cdef uint32_t before, after
+        if not self.recs[number].flags & IN_ORDER:
+            return
+        self.recs[number].flags &= ~IN_ORDER
+        before, after = self.order[2 * number], self.order[2 * number + 1]
+        if before == EMPTY:
+            self.oldest = after
+        else:
+            self.order[2 * before + 1] = after
+        if after == EMPTY:
+            self.newest = before
+        else:
+            self.order[2 * after] = before
+
+    cdef inline void _touch(self, uint32_t number) noexcept:
+        if not self.tracking or (self.newest == number and self.recs[number].flags & IN_ORDER):
+            return
+        self._unlink(number)
+        self.recs[number].flags |= IN_ORDER
+        self.order[2 * number] = self.newest
+        self.order[2 * number + 1] = EMPTY
+        if self.newest == EMPTY:
+            self.oldest = number
+        else:
+            self.order[2 * self.newest + 1] = number
+        self.newest = number
 
     cdef Py_ssize_t _live(self, str key) except -2:
         """The slot of the live ``key``, or -1; an expired key found is removed (as Store.get does)."""
@@ -478,6 +577,7 @@ cdef class CompactStore:
             self._remove_slot(slot)
             self.expired_total += 1
             return -1
+        self._touch(self.slots[slot])
         return slot
 
     cdef int _remove_slot(self, Py_ssize_t slot) except -1:
@@ -487,6 +587,21 @@ cdef class CompactStore:
             self.with_deadline -= 1
         self.count -= 1
         return self._free_slot(slot)
+
+    def new_key_bytes(self, str key not None):
+        """What a new ``key`` adds to :attr:`memory_bytes` besides its value, at most (the memory cap's estimate).
+
+        Its record, twice (the array of records doubles), its share of the
+        index (at least a quarter empty after doubling: 4 slots), its place
+        in the order of use, and its bytes in a block with the allocator's
+        header and rounding.
+        """
+        return (2 * sizeof(Rec) + 4 * sizeof(uint32_t) + (4 * sizeof(uint32_t) if self.tracking else 0)
+                + _utf8_size(key) + BLOCK_HEADER_BYTES + 16)
+
+    def value_bytes(self, str value not None):
+        """What ``value`` adds to :attr:`memory_bytes` (its UTF-8 bytes in the key's block)."""
+        return _utf8_size(value)
 
     # -- reading ---------------------------------------------------------
 
@@ -501,7 +616,7 @@ cdef class CompactStore:
     @property
     def memory_bytes(self):
         """What the table holds beyond an empty table's arrays (see the module docstring)."""
-        return self.data_bytes + self._structure_bytes() - self.empty_bytes + self.node_bytes
+        return self.data_bytes + self._structure_bytes() + self.node_bytes - self.empty_bytes
 
     def get(self, str key not None):
         """The value of ``key``, or None if it is missing or expired."""
@@ -742,7 +857,7 @@ cdef class CompactStore:
             self._set_value(rec, value_data, value_size)
         rec = &self.recs[number]
         self._set_version(rec, version)
-        rec.lru = self._lru_now()
+        self._touch(number)
         self._set_deadline(number, deadline)
 
     def put_if_newer(self, str key not None, value, version, deadline):
@@ -946,6 +1061,7 @@ cdef class CompactStore:
             number = self.slots[slot]
             rec = &self.recs[number]
             if not rec.flags & TOMBSTONE:
+                self._unlink(number)
                 self.count -= 1
                 self.tombstones += 1
                 self._set_deadline(number, None)
