@@ -831,6 +831,9 @@ cdef class CompactStore:
 
         A tombstone of the key is removed.
         """
+        self._put(key, value, deadline, version)
+
+    cdef int _put(self, str key, str value, object deadline, object version) except -1:
         cdef const char* key_data
         cdef const char* value_data
         cdef Py_ssize_t key_size, value_size, slot
@@ -859,6 +862,7 @@ cdef class CompactStore:
         self._set_version(rec, version)
         self._touch(number)
         self._set_deadline(number, deadline)
+        return 0
 
     def put_if_newer(self, str key not None, value, version, deadline):
         """Apply a record copied from another replica if ``version`` is newer (as Store.put_if_newer)."""
@@ -901,7 +905,7 @@ cdef class CompactStore:
                 continue
             if slot >= 0 and self.recs[self.slots[slot]].flags & TOMBSTONE:
                 self._forget_slot(slot)
-            CompactStore.put(self, key, value, deadline, version if version is not None else _ZERO_VERSION)
+            self._put(key, value, deadline, version if version is not None else _ZERO_VERSION)
         self.hlc.observe(newest)
 
     def set_many(self, dict pairs not None, ttl_s=None):
