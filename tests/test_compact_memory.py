@@ -4,8 +4,8 @@ Issue 11 asks for it: a real server on the compiled core and compact table,
 filled with 1,000,000 keys of 16 bytes and values of 32 bytes (the size of
 docs/BENCHMARKS.md's memory row); the growth of ``memory_bytes`` in ``stats``
 (the arrays, index and blocks the table holds) must match the growth of the
-process's resident memory within :data:`TOLERANCE`. It costs about 10 s
-(filling through the real socket dominates).
+process's resident memory within :data:`TOLERANCE`. It costs 4 s on an idle
+2-core machine, up to 16 s on a loaded one (filling through the socket).
 """
 
 from __future__ import annotations
