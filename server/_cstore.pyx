@@ -2,7 +2,7 @@
 """The compact table: :class:`server.store.Store`'s behaviour with no Python object per key.
 
 A key's record is a fixed 48-byte entry in one array of records (its hash,
-lengths, deadline, version, LRU clock and flags) and one block from the C
+lengths, deadline, version and flags) and one block from the C
 allocator holding its key's and value's UTF-8 bytes. An open-addressing
 index (linear probing, 4 bytes a slot, at most half full) maps a key to its
 record's number. A tombstone is a record with the tombstone flag and no
@@ -27,8 +27,11 @@ an entry is stale when its record no longer has that deadline or tombstone.
 
 ``memory_bytes`` is what the table holds beyond an empty one: the blocks'
 sizes as the allocator reports them (``malloc_usable_size``, plus the 8
-bytes of glibc's header before each block), the arrays of
-records, slots and heaps at their allocated sizes, the order of use under
+bytes of glibc's header before each block), the records in use (the rest
+of the array, after it doubled, is pages not touched yet; a freed record is
+not counted, as a freed block is not: the next new key takes it), the index
+and heaps at their allocated sizes, the
+order of use under
 allkeys-lru, and the node names of the versions other than this server's.
 When the last record goes the arrays return to their first size.
 """
@@ -39,7 +42,6 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
-import heapq
 import sys
 import time
 
@@ -214,7 +216,7 @@ cdef class CompactStore:
     """
 
     cdef Rec* recs
-    cdef uint32_t rec_capacity, rec_top, free_head
+    cdef uint32_t rec_capacity, rec_top, free_head, free_records
     cdef uint32_t* slots
     cdef int slot_bits
     cdef uint32_t slot_mask, occupied
@@ -280,6 +282,7 @@ cdef class CompactStore:
         self.rec_capacity = FIRST_RECORDS
         self.rec_top = 0
         self.free_head = EMPTY
+        self.free_records = 0
         self.recs = <Rec*>malloc(FIRST_RECORDS * sizeof(Rec))
         self.slot_bits = FIRST_SLOT_BITS
         self.slot_mask = (1 << FIRST_SLOT_BITS) - 1
@@ -305,7 +308,9 @@ cdef class CompactStore:
         return 0
 
     cdef inline Py_ssize_t _structure_bytes(self):
-        return (self.rec_capacity * (sizeof(Rec) + (2 * sizeof(uint32_t) if self.tracking else 0))
+        # Records in use: a doubled array's other pages are not touched yet, and a freed record is
+        # not counted (as a freed block is not), the next new key takes it.
+        return ((self.rec_top - self.free_records) * (sizeof(Rec) + (2 * sizeof(uint32_t) if self.tracking else 0))
                 + (self.slot_mask + 1) * sizeof(uint32_t)
                 + self.expiry_capacity * sizeof(Deadline) + self.buried_capacity * sizeof(Buried))
 
@@ -367,6 +372,7 @@ cdef class CompactStore:
         if self.free_head != EMPTY:
             number = self.free_head
             self.free_head = self.recs[number].hash
+            self.free_records -= 1
         else:
             if self.rec_top == self.rec_capacity:
                 recs = <Rec*>realloc(self.recs, 2 * self.rec_capacity * sizeof(Rec))
@@ -423,6 +429,7 @@ cdef class CompactStore:
         rec.flags = 0
         rec.hash = self.free_head
         self.free_head = number
+        self.free_records += 1
         while True:  # backward-shift deletion: no marker is left in the index
             j = (j + 1) & self.slot_mask
             if self.slots[j] == EMPTY:
@@ -591,12 +598,11 @@ cdef class CompactStore:
     def new_key_bytes(self, str key not None):
         """What a new ``key`` adds to :attr:`memory_bytes` besides its value, at most (the memory cap's estimate).
 
-        Its record, twice (the array of records doubles), its share of the
-        index (at least a quarter empty after doubling: 4 slots), its place
-        in the order of use, and its bytes in a block with the allocator's
-        header and rounding.
+        Its record, its share of the index (a quarter full right after it
+        doubles: 4 slots), its place in the order of use, and its bytes in a
+        block with the allocator's header and rounding.
         """
-        return (2 * sizeof(Rec) + 4 * sizeof(uint32_t) + (4 * sizeof(uint32_t) if self.tracking else 0)
+        return (sizeof(Rec) + 4 * sizeof(uint32_t) + (2 * sizeof(uint32_t) if self.tracking else 0)
                 + _utf8_size(key) + BLOCK_HEADER_BYTES + 16)
 
     def value_bytes(self, str value not None):
