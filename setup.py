@@ -20,10 +20,11 @@ pyproject.toml maps each folder to ``memlookup.NAME`` (package-dir), and:
   Extensions are built in place, next to their sources, as setuptools always
   does for editable installs.
 
-The server's compiled loop, ``server/_cloop.pyx``, is built with Cython (a
-build requirement in pyproject.toml) as an optional extension: where it
-cannot be compiled (no C compiler), the install goes on without it and the
-server runs its pure-Python core (server/core.py). It needs neither zmq.h
+The server's compiled loop, ``server/_cloop.pyx``, and its compact table,
+``server/_cstore.pyx``, are built with Cython (a build requirement in
+pyproject.toml) as optional extensions: where they cannot be compiled (no C
+compiler), the install goes on without them and the server runs its
+pure-Python core and table (server/core.py). It needs neither zmq.h
 nor linking: it finds libzmq's functions in the library pyzmq loaded.
 ``python setup.py build_ext --inplace`` builds it in a checkout (.ci/run
 does).
@@ -220,7 +221,8 @@ def compiled_extensions() -> list[Extension]:
     except ImportError:
         return []
     loop = Extension(f"{NAMESPACE}.server._cloop", ["server/_cloop.pyx"])
-    extensions: list[Extension] = cythonize([loop], quiet=True)  # type: ignore[no-untyped-call]
+    table = Extension(f"{NAMESPACE}.server._cstore", ["server/_cstore.pyx"])
+    extensions: list[Extension] = cythonize([loop, table], quiet=True)  # type: ignore[no-untyped-call]
     for extension in extensions:
         extension.optional = True  # set after cythonize, which makes new Extensions without it
     return extensions

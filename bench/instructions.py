@@ -12,6 +12,9 @@ cancels out), divided by the difference in count:
 * ``load``: entries through ``Store.load`` (what a restart spends per key
   besides decoding), the building of the entries subtracted.
 
+Each on both tables where the tree has the compact one built
+(server/_cstore.pyx): the Python ``Store`` and ``CompactStore``.
+
 Needs valgrind (Debian: valgrind). On a machine shared with other work the
 counts stay within a fraction of a percent; wall-clock timings do not.
 """
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL, LARGE = 1_000, 21_000
 
 
-def _workload(kind: str, count: int, load: bool) -> None:
+def _workload(kind: str, count: int, load: bool, table_name: str) -> None:
     """Run in the child process, whose ``server`` is the tree's."""
     import time
 
@@ -39,8 +42,13 @@ def _workload(kind: str, count: int, load: bool) -> None:
     from server.handler import Handler
     from server.store import Store
 
+    table: type[Store] = Store
+    if table_name == "compact":
+        from server._cstore import CompactStore
+
+        table = CompactStore
     if kind in ("set", "get"):
-        handler = Handler(Store())
+        handler = Handler(table())
         for i in range(1000):
             handler.handle(msgpack.packb(["set", f"k{i}", "v" * 32]))
         frames = [msgpack.packb(["set", f"k{i % 1000}", "v" * 32, {"rid": f"r{i}"}] if kind == "set"
@@ -49,7 +57,7 @@ def _workload(kind: str, count: int, load: bool) -> None:
             for frame in frames:
                 handler.handle(frame)
         return
-    store = Store()
+    store = table()
     versioned = "version" in Store.put.__code__.co_varnames  # a tree before versions loads 3-tuples
     if versioned:
         entries: list[tuple[object, ...]] = [(f"key:{i:012d}", "v" * 32, (1_796_000_000_000 + i, 0, "node-a"), None)
@@ -60,10 +68,10 @@ def _workload(kind: str, count: int, load: bool) -> None:
         store.load(iter(entries), time.time())  # type: ignore[arg-type]  # either tree's shape
 
 
-def _instructions(tree: Path, kind: str, count: int, load: bool) -> int:
+def _instructions(tree: Path, kind: str, count: int, load: bool, table: str) -> int:
     python = os.path.realpath(sys.executable)  # valgrind must start the interpreter, not a shim script
     command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", python,
-               __file__, "--run", kind, str(count), "1" if load else "0"]
+               __file__, "--run", kind, str(count), "1" if load else "0", table]
     result = subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
                             text=True, check=True)
     match = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
@@ -72,29 +80,30 @@ def _instructions(tree: Path, kind: str, count: int, load: bool) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def per_item(tree: Path, kind: str) -> int:
-    """Instructions per request (``set``, ``get``) or per loaded entry (``load``) in ``tree``."""
-    span = _instructions(tree, kind, LARGE, True) - _instructions(tree, kind, SMALL, True)
+def per_item(tree: Path, kind: str, table: str) -> int:
+    """Instructions per request (``set``, ``get``) or per loaded entry (``load``) in ``tree``'s ``table``."""
+    span = _instructions(tree, kind, LARGE, True, table) - _instructions(tree, kind, SMALL, True, table)
     if kind == "load":
-        span -= _instructions(tree, kind, LARGE, False) - _instructions(tree, kind, SMALL, False)
+        span -= _instructions(tree, kind, LARGE, False, table) - _instructions(tree, kind, SMALL, False, table)
     return span // (LARGE - SMALL)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="another source tree, counted the same way")
-    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)  # the child process's part
+    parser.add_argument("--run", nargs=4, help=argparse.SUPPRESS)  # the child process's part
     args = parser.parse_args()
     if args.run:
-        kind, count, load = args.run
-        _workload(kind, int(count), load == "1")
+        kind, count, load, table = args.run
+        _workload(kind, int(count), load == "1", table)
         return
     trees = [("this tree", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
     print(f"instructions per item ({LARGE:,} minus {SMALL:,} items)")
     for name, tree in trees:
-        figures = {kind: per_item(tree, kind) for kind in ("set", "get", "load")}
-        print(f"{name:<10} set request {figures['set']:>7,}   get request {figures['get']:>7,}   "
-              f"loaded entry {figures['load']:>7,}")
+        for table in ["python"] + (["compact"] if list((tree / "server").glob("_cstore*.so")) else []):
+            figures = {kind: per_item(tree, kind, table) for kind in ("set", "get", "load")}
+            print(f"{name:<10} {table:<8} set request {figures['set']:>7,}   get request {figures['get']:>7,}   "
+                  f"loaded entry {figures['load']:>7,}")
 
 
 if __name__ == "__main__":

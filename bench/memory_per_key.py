@@ -3,13 +3,16 @@
     python3 bench/memory_per_key.py                         # this tree
     python3 bench/memory_per_key.py --baseline /tmp/old     # and another tree (``git archive``), side by side
 
-Fills a :class:`server.store.Store` with ``--keys`` keys (16-byte keys,
-``--value-bytes`` values, the way ``set`` stores them), then deletes them
-all; each phase is measured twice: Python's allocations (tracemalloc, exact)
-and the process's resident memory (RSS, what ``--max-memory`` is about),
-both per key, next to ``Store.memory_bytes`` per key (the estimate the memory
-cap counts). The figures include 8 bytes per key of the list of names kept
-to delete them. A tree without tombstones frees everything on delete (the
+Fills each table (:class:`server.store.Store`, and the compact table of
+server/_cstore.pyx where the tree has it built) with ``--keys`` keys
+(16-byte keys, ``--value-bytes`` values, the way ``set`` stores them), then
+deletes them all; each phase is measured twice: Python's allocations
+(tracemalloc, exact; blank for the compact table, whose C allocations it
+does not see) and the process's resident memory (RSS, what ``--max-memory``
+is about), both per key, next to the table's ``memory_bytes`` per key (the
+figure the memory cap counts: an estimate for Store, the allocations for the
+compact table). The deletes name the keys anew (no list of names is kept,
+which would count in the compact table's RSS). A tree without tombstones frees everything on delete (the
 deleted RSS stays: freed memory goes back to the allocator, not the system).
 Each tree runs in a subprocess of its own, so their imports and heaps do not
 mix.
@@ -27,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _measure(keys: int, value_bytes: int, traced: bool) -> dict[str, float]:
+def _measure(keys: int, value_bytes: int, traced: bool, table: str) -> dict[str, float]:
     """Per-key bytes after filling and after deleting, in this process (whose ``server`` is the tree's).
 
     ``traced``: Python's allocations by tracemalloc; else RSS, in a process
@@ -41,9 +44,12 @@ def _measure(keys: int, value_bytes: int, traced: bool) -> dict[str, float]:
 
     gc.disable()
     kind = "traced" if traced else "rss"
-    store = Store()
-    names: list[str] = []
+    if table == "compact":
+        from server._cstore import CompactStore
 
+        store: Store = CompactStore()
+    else:
+        store = Store()
     def measure() -> int:
         return tracemalloc.get_traced_memory()[0] if traced else rss_bytes()
 
@@ -51,25 +57,28 @@ def _measure(keys: int, value_bytes: int, traced: bool) -> dict[str, float]:
         tracemalloc.start()
     base = measure()
     for i in range(keys):  # new key and value objects, as decoding requests makes them
-        name = f"key:{i:012d}"
-        names.append(name)
-        store.set(name, "v" * value_bytes)
+        store.set(f"key:{i:012d}", "v" * value_bytes)
     figures = {f"live_{kind}": (measure() - base) / keys, "live_estimate": store.memory_bytes / keys}
-    for name in names:
-        store.delete(name)
+    for i in range(keys):
+        store.delete(f"key:{i:012d}")
     figures |= {f"deleted_{kind}": (measure() - base) / keys, "deleted_estimate": store.memory_bytes / keys}
     return figures
 
 
-def run_tree(tree: Path, keys: int, value_bytes: int) -> dict[str, float]:
+def run_tree(tree: Path, keys: int, value_bytes: int, table: str) -> dict[str, float]:
     """:func:`_measure`, both ways, in processes of their own that import ``tree``'s server."""
     figures: dict[str, float] = {}
     for kind in ("traced", "rss"):
-        out = subprocess.run([sys.executable, __file__, "--measure", kind, "--keys", str(keys), "--value-bytes",
-                              str(value_bytes)], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, "--measure", kind, "--table", table, "--keys", str(keys),
+                              "--value-bytes", str(value_bytes)], cwd=tree,
+                             env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True)
         figures |= json.loads(out.stdout)
     return figures
+
+
+def tables(tree: Path) -> list[str]:
+    """The tables ``tree`` has: the Python one, and the compact one where it is built."""
+    return ["python"] + (["compact"] if list((tree / "server").glob("_cstore*.so")) else [])
 
 
 def main() -> None:
@@ -78,18 +87,23 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=32)
     parser.add_argument("--baseline", type=Path, help="another source tree, measured the same way")
     parser.add_argument("--measure", choices=("traced", "rss"), help=argparse.SUPPRESS)  # a child process's part
+    parser.add_argument("--table", choices=("python", "compact"), help=argparse.SUPPRESS)  # the child's table
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(_measure(args.keys, args.value_bytes, args.measure == "traced")))
+        print(json.dumps(_measure(args.keys, args.value_bytes, args.measure == "traced", args.table)))
         return
     trees = [("this tree", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
     print(f"{args.keys} keys of 16 bytes, values of {args.value_bytes} bytes; bytes per key")
-    print(f"{'tree':<10} {'live: traced':>13} {'RSS':>6} {'estimate':>9} {'deleted: traced':>16} {'RSS':>6} "
-          f"{'estimate':>9}")
+    print(f"{'tree':<10} {'table':<8} {'live: traced':>13} {'RSS':>6} {'counted':>8} {'deleted: traced':>16} "
+          f"{'RSS':>6} {'counted':>8}")
     for name, tree in trees:
-        r = run_tree(tree, args.keys, args.value_bytes)
-        print(f"{name:<10} {r['live_traced']:>13.0f} {r['live_rss']:>6.0f} {r['live_estimate']:>9.0f} "
-              f"{r['deleted_traced']:>16.0f} {r['deleted_rss']:>6.0f} {r['deleted_estimate']:>9.0f}")
+        for table in tables(tree):
+            r = run_tree(tree, args.keys, args.value_bytes, table)
+            traced = table == "python"
+            live = f"{r['live_traced']:.0f}" if traced else ""
+            deleted = f"{r['deleted_traced']:.0f}" if traced else ""
+            print(f"{name:<10} {table:<8} {live:>13} {r['live_rss']:>6.0f} {r['live_estimate']:>8.0f} "
+                  f"{deleted:>16} {r['deleted_rss']:>6.0f} {r['deleted_estimate']:>8.0f}")
 
 
 if __name__ == "__main__":

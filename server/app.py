@@ -42,12 +42,11 @@ from common.keys import load_key_pair
 from server.auth import AccessPolicy
 from server.clock import HybridLogicalClock
 from server.config import ServerConfig
-from server.core import CORE_DESCRIPTION, make_server
+from server.core import CORE_DESCRIPTION, JOURNALED_TABLE, TABLE, make_server
 from server.datadir import DataDir, RecoveryError
 from server.eviction import EVICTION_POLICIES
 from server.handler import Handler
 from server.journal import FSYNC_POLICIES
-from server.journaled_store import JournaledStore
 from server.loop import LoopHooks, Server
 from server.membership import MemberView
 from server.memory import cap_memory
@@ -126,10 +125,10 @@ def _build(config: ServerConfig, stack: contextlib.ExitStack) -> App:
     store: Store
     hlc = HybridLogicalClock(config.node_name)
     if config.data_dir is None:
-        store = Store(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
+        store = TABLE(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         where = "in memory"
     else:
-        store = journaled = JournaledStore(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
+        store = journaled = JOURNALED_TABLE(hlc=hlc, tombstone_grace_s=config.tombstone_grace_s)
         persistence = Persistence(config.data_dir, FSYNC_POLICIES[config.fsync], journaled, replies,
                                   config.compact_after_bytes, config.repair)
         before_load: Callable[[DataDir], object] | None = None

@@ -1,4 +1,5 @@
-"""Which core runs the socket loop: the compiled one (server/_cloop.pyx) or the pure-Python one (server/loop.py).
+"""Which core runs: the compiled loop and compact table (server/_cloop.pyx, server/_cstore.pyx) or the
+pure-Python loop and table (server/loop.py, server/store.py).
 
 Chosen at import, as msgpack chooses between ``_cmsgpack`` and ``fallback``:
 the compiled core when its extension imports, the Python core when the
@@ -17,46 +18,56 @@ import zmq
 
 from server.config import ServerConfig
 from server.handler import Handler
+from server.journaled_store import Journaled, JournaledStore
 from server.loop import LoopHooks, Server
 from server.output import OutputQueue
+from server.store import Store
 
 #: Set to 1 to run the pure-Python core even where the compiled one is built.
 PURE_PYTHON_ENV = "MEMLOOKUP_PURE_PYTHON"
 
-#: The compiled core's source: in a checkout, a compiled core older than it
-#: was built from another version (a ``git pull`` without a rebuild), which
-#: may no longer fit the Python it calls. (Only this file: a rebuild after a
-#: change elsewhere leaves the compiled file as it was, with its old time.)
-_SOURCE = "_cloop.pyx"
+#: The compiled core's sources (the loop, the compact table): in a checkout, a
+#: compiled module older than its source was built from another version (a
+#: ``git pull`` without a rebuild), which may no longer fit the Python it
+#: calls. (Only these files: a rebuild after a change elsewhere leaves the
+#: compiled files as they were, with their old time.)
+_SOURCES = ("_cloop", "_cstore")
 
 
 def _stale_build() -> str | None:
-    """The source's name, if the compiled core in a checkout is older than it."""
-    spec = importlib.util.find_spec(f"{__package__}._cloop")
-    if spec is None or spec.origin is None or not os.path.exists(spec.origin):
-        return None
-    built_at = os.stat(spec.origin).st_mtime
+    """The name of a source in a checkout that is newer than its compiled module, if there is one."""
     here = Path(__file__).parent
-    if not (here / _SOURCE).exists():
-        return None  # installed: the build and its source came together
-    return _SOURCE if (here / _SOURCE).stat().st_mtime > built_at else None
+    for module in _SOURCES:
+        spec = importlib.util.find_spec(f"{__package__}.{module}")
+        if spec is None or spec.origin is None or not os.path.exists(spec.origin):
+            continue
+        source = here / f"{module}.pyx"
+        if source.exists() and source.stat().st_mtime > os.stat(spec.origin).st_mtime:
+            return source.name  # (installed, there is no source: the build and it came together)
+    return None
 
 
 _compiled: type[Server] | None = None
+#: The table's class, and its journaled class for a data directory: the
+#: compact table (server/_cstore.pyx) with the compiled core, else server/store.py's.
+TABLE: type[Store] = Store
+JOURNALED_TABLE: type[Journaled] = JournaledStore
 _stale = None if os.environ.get(PURE_PYTHON_ENV) == "1" else _stale_build()
 if os.environ.get(PURE_PYTHON_ENV) == "1":
-    #: How the start-up line names the core that runs.
+    #: How the start-up line names the core that runs, and its table.
     CORE_DESCRIPTION = f"pure-Python core ({PURE_PYTHON_ENV}=1)"
 elif _stale is not None:
     CORE_DESCRIPTION = (f"pure-Python core (the compiled core is older than server/{_stale}: "
                         "rebuild it with python setup.py build_ext --inplace)")
 else:
     try:
-        from server._cloop import CompiledServer as _compiled
+        from server._cloop import CompiledServer
+        from server._cstore import CompactStore, JournaledCompactStore
     except ImportError as exc:
         CORE_DESCRIPTION = f"pure-Python core (no compiled core: {exc})"
     else:
-        CORE_DESCRIPTION = "compiled core"
+        _compiled, TABLE, JOURNALED_TABLE = CompiledServer, CompactStore, JournaledCompactStore
+        CORE_DESCRIPTION = "compiled core, compact table"
 
 
 def make_server(config: ServerConfig, hooks: LoopHooks, output: OutputQueue,

@@ -39,7 +39,7 @@ import msgpack
 
 from common.versions import ZERO_VERSION
 from server.journal import FSYNC_POLICIES, fsync_dir, journal_start
-from server.journaled_store import JournaledStore
+from server.journaled_store import Journaled
 from server.records import (
     JOURNAL_MAGIC,
     JOURNAL_MAGIC_V1,
@@ -173,7 +173,7 @@ class DataDir:
 
     # -- recovery ------------------------------------------------------------------
 
-    def recover(self, store: JournaledStore, policy: str) -> Recovered:
+    def recover(self, store: Journaled, policy: str) -> Recovered:
         """Load the snapshot and journals into ``store`` (empty); ``policy`` is this run's ``--fsync``.
 
         Raises:
@@ -273,7 +273,7 @@ class DataDir:
         with open(path, "rb") as file:
             return scan(file.read(), magics)
 
-    def _load_snapshot(self, store: JournaledStore, generation: int, now: float, replies: deque[Any]) -> bool:
+    def _load_snapshot(self, store: Journaled, generation: int, now: float, replies: deque[Any]) -> bool:
         """Load one snapshot; True if repair cut it short."""
         path = self.file("snapshot", generation)
         result = self._read(path, (SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_V2, SNAPSHOT_MAGIC_V1))
@@ -287,7 +287,7 @@ class DataDir:
                                  result.magic == SNAPSHOT_MAGIC, replies), now)
         return problem_at is not None
 
-    def _load_journal(self, store: JournaledStore, generation: int, now: float, last: bool, policy: str,
+    def _load_journal(self, store: Journaled, generation: int, now: float, last: bool, policy: str,
                       replies: deque[Any]) -> bool:
         """Replay one journal; True if repair cut it short.
 

@@ -7,10 +7,13 @@
     (``error: out of memory``); reads and deletes still work, as in Redis.
 ``allkeys-lru`` (:class:`AllKeysLru`)
     the least recently used keys are removed until the write fits. Recency is
-    exact: every key an operation names is moved to the end of an ordered
-    dict after it ran (about 100 bytes per key, counted in the limit), or
-    dropped from it if the key is gone. Keys nobody touched since the server
-    started are evicted first.
+    exact, not sampled as in Redis. The compact table (server/_cstore.pyx)
+    keeps its live keys in order of use itself: a list through its records
+    (8 bytes a record), a key moved to the end whenever an operation finds it
+    live or writes it. With the Python table every key an operation names is
+    moved to the end of an ordered dict after it ran (about 100 bytes per
+    key), or dropped from it if the key is gone. Either costs what the limit
+    counts. Keys nobody touched since the server started are evicted first.
 ``volatile-ttl`` (:class:`VolatileTtl`)
     keys with a TTL are removed, nearest deadline first; with none left,
     writes are refused as under ``noeviction``.
@@ -22,7 +25,7 @@ KEY, KEYS and PAIRS parameters.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 from common.ops import Kind, Op
 from server.store import Store
@@ -35,13 +38,19 @@ if TYPE_CHECKING:
 LRU_ENTRY_BYTES = 100
 
 
+class _OrderedTable(Protocol):
+    """A table that keeps its keys in order of use (:meth:`server.store.Store.track_recency` said so)."""
+
+    def least_recently_used(self) -> str | None: ...
+
+
 class EvictionPolicy:
     """Chooses the keys to remove when a write does not fit; the base refuses (evicts nothing)."""
 
     #: The ``--eviction`` name.
     name: ClassVar[str]
-    #: Bookkeeping bytes per key, counted in the limit.
-    entry_bytes: ClassVar[int] = 0
+    #: Bookkeeping bytes per key beyond what the table counts, counted in the limit.
+    entry_bytes = 0
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -83,12 +92,19 @@ class AllKeysLru(EvictionPolicy):
         super().__init__(store)
         self._recency: OrderedDict[str, None] = OrderedDict()
         self._scan_cursor = 0
+        #: The table itself, when it keeps the order of use (and counts its cost in memory_bytes).
+        self._ordered = cast(_OrderedTable, store) if store.track_recency() else None
+        if self._ordered is not None:
+            self.entry_bytes = 0
 
     @property
     def bookkeeping_bytes(self) -> int:
         return len(self._recency) * LRU_ENTRY_BYTES
 
     def evict_one(self) -> bool:
+        if self._ordered is not None:
+            key = self._ordered.least_recently_used()
+            return key is not None and self.store.evict(key)
         store, recency = self.store, self._recency
         # Keys untouched since start (loaded from disk) are older than any tracked one.
         if len(store) > len(recency) and self._evict_untracked():
@@ -117,7 +133,7 @@ class AllKeysLru(EvictionPolicy):
         (reads of keys found, every write but a delete, and deletes)."""
         named = tuple((index, param.kind) for index, param in enumerate(op.params)
                       if param.kind in (Kind.KEY, Kind.KEYS, Kind.PAIRS, Kind.RECORDS))
-        if not named:
+        if not named or self._ordered is not None:
             return None
         seen = self._seen
 

@@ -495,8 +495,16 @@ class Handler:
 
     def op_mget(self, keys: list[str]) -> list[str | None]:
         get = self.store.get
-        values = [get(key) for key in keys]
-        size = 6 * len(values) + sum(map(len, filter(None, values)))  # 5 for each str header, 1 for each nil
+        values: list[str | None] = []
+        size = 6 * len(keys)  # 5 for each str header, 1 for each nil
+        limit = self._reply_limit - self._batch_bytes
+        for key in keys:
+            value = get(key)
+            values.append(value)
+            if value is not None:
+                size += len(value)
+                if size > limit:  # refused before the rest is read: the compact table makes each a new str
+                    self._admit_reply(size)
         if size > _UNCHECKED_CHARS:
             self._admit_reply(size + sum(_text_bytes(v) - len(v) for v in filter(None, values) if not v.isascii()))
         return values

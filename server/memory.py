@@ -29,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +38,7 @@ from common.protocol import Status
 from server.eviction import EvictionPolicy, NoEviction
 from server.handler import ArgsHook, Refused, rss_bytes
 from server.output import OutputQueue
-from server.store import ENTRY_OVERHEAD_BYTES, Store
+from server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +46,8 @@ log = logging.getLogger(__name__)
 #: not with the data: the 10,000 remembered write replies, socket buffers.
 RESERVE_BYTES = 4 * 1024 * 1024
 
-#: What a key costs beyond the table's estimate once keys come and go: hash
-#: tables of the buckets and the recency dict keep deleted slots and resize in
-#: steps, and the allocator cannot always reuse what eviction freed. Measured:
-#: with 100-byte values under allkeys-lru churn RSS grew about 517 bytes per
-#: key against an estimate of 374 (see docs/BENCHMARKS.md, memory cap).
-KEY_SLACK_BYTES = 192
-
 #: What a stored INT argument (``incr``'s) may make the value take: a number of 20 digits.
-NUMBER_BYTES = sys.getsizeof("-" + "9" * 19)
+LONGEST_NUMBER = "-" + "9" * 19
 
 #: Under a cap, writes leave 1/REPLY_SHARE of the headroom free for replies;
 #: half of it is the largest reply and one peer's output budget. All peers'
@@ -143,7 +135,7 @@ class MemoryGuard:
         self.refused_writes = 0
         self.refused_replies = 0
         #: What a new key costs besides its strings, as :attr:`used_bytes` counts it.
-        self._key_extra_bytes = ENTRY_OVERHEAD_BYTES + KEY_SLACK_BYTES + policy.entry_bytes
+        self._key_extra_bytes = store.key_slack_bytes + self.policy.entry_bytes
         self._output = output
         #: Bytes writes leave free for replies; the largest reply built (None: replies are not capped).
         self.reply_reserve_bytes = 0
@@ -162,7 +154,7 @@ class MemoryGuard:
     def used_bytes(self) -> int:
         """The process's estimated memory use, as the limit counts it."""
         output = self._output.held_bytes if self._output is not None else 0
-        return (self.baseline_bytes + self.store.memory_bytes + len(self.store) * KEY_SLACK_BYTES
+        return (self.baseline_bytes + self.store.memory_bytes + len(self.store) * self.store.key_slack_bytes
                 + self.policy.bookkeeping_bytes + output)
 
     def make_room(self, incoming_bytes: int) -> None:
@@ -220,17 +212,18 @@ class MemoryGuard:
 
     def _size_of(self, op: Op, param: Param) -> Callable[[Any], int]:
         """What a checked ``stored`` argument of ``param``'s kind will take in the table."""
-        getsizeof, key_extra = sys.getsizeof, self._key_extra_bytes
+        key_bytes, value_bytes, key_extra = self.store.new_key_bytes, self.store.value_bytes, self._key_extra_bytes
         if param.kind is Kind.KEY:
-            return lambda key: getsizeof(key) + key_extra
+            return lambda key: key_bytes(key) + key_extra
         if param.kind is Kind.VALUE:
-            return getsizeof
+            return value_bytes
         if param.kind is Kind.INT:
-            return lambda number: NUMBER_BYTES
+            number_bytes = value_bytes(LONGEST_NUMBER)
+            return lambda number: number_bytes
         if param.kind is Kind.PAIRS:
-            return lambda pairs: sum(getsizeof(key) + getsizeof(value) + key_extra for key, value in pairs.items())
+            return lambda pairs: sum(key_bytes(key) + value_bytes(value) + key_extra for key, value in pairs.items())
         if param.kind is Kind.RECORDS:  # a tombstone counts as much as an empty value would
-            return lambda records: sum(getsizeof(key) + getsizeof(value or "") + key_extra
+            return lambda records: sum(key_bytes(key) + value_bytes(value or "") + key_extra
                                        for key, value, _, _ in records)
         raise ValueError(f"{op.name}: the memory guard cannot count a stored {param.kind.value} argument")
 

@@ -31,7 +31,7 @@ import msgpack
 from common.protocol import Status, encode_reply
 from server.datadir import DataDir, RecoveryError, RecoveryReport
 from server.journal import FsyncPolicy, Journal
-from server.journaled_store import JournaledStore
+from server.journaled_store import Journaled
 from server.records import frame
 from server.replies import Remembered, RememberedReplies
 from server.snapshot import COMPACT_AFTER_BYTES, Compaction
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class Persistence:
-    """Keeps a :class:`JournaledStore` in a data directory.
+    """Keeps a :class:`~server.journaled_store.Journaled` table in a data directory.
 
     Args:
         data_dir: the directory (created if missing).
@@ -57,7 +57,7 @@ class Persistence:
         self,
         data_dir: str | os.PathLike[str],
         fsync: type[FsyncPolicy],
-        store: JournaledStore,
+        store: Journaled,
         replies: RememberedReplies | None = None,
         compact_after_bytes: int = COMPACT_AFTER_BYTES,
         repair: bool = False,

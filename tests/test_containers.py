@@ -255,7 +255,8 @@ def test_the_readme_first_command_runs_the_server_on_a_fresh_debian(wheelhouse: 
     source = tmp_path / "memlookup"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__",
                                                                 ".pytest_cache", ".hypothesis", ".venv",
-                                                                ".mypy_cache", ".ruff_cache", "*.so", "_cloop.c"))
+                                                                ".mypy_cache", ".ruff_cache", "*.so", "_cloop.c",
+                                                                "_cstore.c"))
     debian = ["--unsetenv", "PIP_BREAK_SYSTEM_PACKAGES", "--network", "host", "-v", f"{source}:/src", "-w", "/src"]
     name, port = f"{PROJECT}-readme", free_port()
     node = [sys.executable, "-m", "client", "--timeout", "1", "--retries", "0", f"127.0.0.1:{port}"]

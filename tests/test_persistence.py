@@ -24,7 +24,9 @@ from server.journal import FsyncAlways
 from server.journaled_store import JournaledStore
 from server.persistence import Persistence
 from server.records import JOURNAL_MAGIC, JOURNAL_MAGIC_V1, SNAPSHOT_MAGIC, frame, scan
+from server.store import Store
 from tests.servers import ServerProcess, run_server
+from tests.tables import TABLES
 
 
 def _start(data_dir: Path, *args: str) -> ServerProcess:
@@ -540,10 +542,9 @@ def test_leftovers_of_an_interrupted_compaction_are_ignored_and_removed(tmp_path
         server.stop()
 
 
-def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one():
+@TABLES
+def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(table):
     import random
-
-    from server.store import Store
 
     rng = random.Random(7)
     now = time.time()
@@ -560,9 +561,9 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
         else:
             deadline = None if roll < 0.6 else now + rng.uniform(-10, 10)
             entries.append((key, "v" * rng.randrange(50) + key, version, deadline))
-    loaded = Store(tombstone_grace_s=grace_s)
+    loaded = table(tombstone_grace_s=grace_s)
     loaded.load(iter(entries), now)
-    applied = Store(tombstone_grace_s=grace_s)
+    applied = table(tombstone_grace_s=grace_s)
     for key, value, saved, deadline in entries:
         applied.evict(key)
         applied._unbury(key)
@@ -572,7 +573,11 @@ def test_loading_saved_entries_gives_the_same_table_as_applying_them_one_by_one(
             applied._bury(key, saved)
     assert sorted(loaded.records(), key=repr) == sorted(applied.records(), key=repr)
     assert loaded.tombstones == applied.tombstones > 0
-    assert (len(loaded), loaded.memory_bytes) == (len(applied), applied.memory_bytes)
+    assert len(loaded) == len(applied)
+    if table is Store:  # an estimate, summed by load at the end
+        assert loaded.memory_bytes == applied.memory_bytes
+    else:  # what the allocator holds, which depends a little on the order of allocations
+        assert abs(loaded.memory_bytes - applied.memory_bytes) < 0.05 * applied.memory_bytes
     assert loaded.keys_with_ttl == sum(d is not None for _, _, d in applied.items())
     newest = max(saved for _, _, saved, _ in entries if saved is not None)
     assert loaded.hlc.issue() > newest  # the clock moved past everything loaded

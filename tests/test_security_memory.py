@@ -13,6 +13,7 @@ from client import Client, OutOfMemoryError
 from server.memory import parse_bytes
 from tests.hostile import read_status_kib
 from tests.servers import ROOT, run_cli
+from tests.tables import TABLES
 
 VALUE = "v" * 1000
 
@@ -140,17 +141,22 @@ def test_a_bad_size_is_a_usage_error():
     assert result.returncode == 2 and "is not a size" in result.stderr
 
 
-def _handler_with_guard(policy: str, keys_that_fit: int, store=None):
+def _handler_with_guard(policy: str, keys_that_fit: int, store=None, table=None):
     from common.protocol import encode_request
     from server.eviction import EVICTION_POLICIES
     from server.handler import Handler
     from server.memory import MemoryGuard
     from server.store import Store
 
-    store = store if store is not None else Store()
-    probe = MemoryGuard(Store(), 1 << 40, EVICTION_POLICIES[policy], baseline_bytes=0)
+    table = table or Store
+    store = store if store is not None else table()
+    probe = MemoryGuard(table(), 1 << 40, EVICTION_POLICIES[policy], baseline_bytes=0)
     Handler(probe.store, memory=probe).handle(encode_request("set", "k00", "x" * 100))
-    guard = MemoryGuard(store, probe.used_bytes * keys_that_fit + 50, EVICTION_POLICIES[policy], baseline_bytes=0)
+    # The room a write asks for is an upper bound of what it costs: the compact table's is above the real cost.
+    asked = (probe.store.new_key_bytes("k00") + probe.store.value_bytes("x" * 100) + probe.store.key_slack_bytes
+             + probe.policy.entry_bytes)
+    limit = probe.used_bytes * (keys_that_fit - 1) + max(asked, probe.used_bytes) + 50
+    guard = MemoryGuard(store, limit, EVICTION_POLICIES[policy], baseline_bytes=0)
     handler = Handler(store, memory=guard)
 
     def call(op, *args, **options):
@@ -159,8 +165,9 @@ def _handler_with_guard(policy: str, keys_that_fit: int, store=None):
     return store, guard, call
 
 
-def test_lru_evicts_in_exact_recency_order_without_a_socket():
-    store, guard, call = _handler_with_guard("allkeys-lru", keys_that_fit=5)
+@TABLES
+def test_lru_evicts_in_exact_recency_order_without_a_socket(table):
+    store, guard, call = _handler_with_guard("allkeys-lru", keys_that_fit=5, table=table)
     for name in "abcde":
         assert call("set", f"k{name}0", "x" * 100) == [0, True]
     assert call("get", "ka0") == [0, "x" * 100]  # a is now the most recent
@@ -194,10 +201,11 @@ def test_noeviction_refuses_without_a_socket_and_delete_makes_room():
     assert len(store) == 3 and guard.refused_writes == 2
 
 
+@TABLES
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
-def test_eviction_leaves_no_tombstone_and_never_evicts_one(policy):
+def test_eviction_leaves_no_tombstone_and_never_evicts_one(policy, table):
     # An evicted key is not deleted: a replica's copy of it is not outdated, so nothing must outlive it.
-    store, guard, call = _handler_with_guard(policy, keys_that_fit=4)
+    store, guard, call = _handler_with_guard(policy, keys_that_fit=4, table=table)
     assert call("set", "deleted", "x" * 100) == [0, True]
     assert call("del", "deleted") == [0, True]
     for i in range(8):

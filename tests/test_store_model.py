@@ -7,7 +7,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from server._cstore import CompactStore
 from server.store import INT64_MAX, NotAnInteger, Store
+from tests.tables import TABLES
 
 KEYS = st.sampled_from(["a", "b", "c", "ü", "", "key with space"])
 VALUES = st.one_of(st.sampled_from(["", "1", "-7", "x", "9223372036854775807"]), st.text(max_size=8))
@@ -25,10 +27,12 @@ class Clock:
 class StoreModel(RuleBasedStateMachine):
     """The model: key -> (value, deadline or None); a key past its deadline is absent."""
 
+    table: type[Store] = Store
+
     def __init__(self) -> None:
         super().__init__()
         self.clock = Clock()
-        self.store = Store(clock=self.clock)
+        self.store = self.table(clock=self.clock)
         self.model: dict[str, tuple[str, float | None]] = {}
 
     def live(self) -> dict[str, str]:
@@ -114,13 +118,20 @@ class StoreModel(RuleBasedStateMachine):
         assert {k: v for k, v, _ in self.store.items()} == live
 
 
+class CompactStoreModel(StoreModel):
+    table = CompactStore
+
+
 TestStoreModel = StoreModel.TestCase
 TestStoreModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestCompactStoreModel = CompactStoreModel.TestCase
+TestCompactStoreModel.settings = TestStoreModel.settings
 
 
-def test_sweep_removes_expired_keys_nobody_reads():
+@TABLES
+def test_sweep_removes_expired_keys_nobody_reads(table: type[Store]) -> None:
     clock = Clock()
-    store = Store(clock=clock)
+    store = table(clock=clock)
     for i in range(100):
         store.set(f"k{i}", "v", ttl_s=1)
     store.set("forever", "v")
@@ -130,9 +141,10 @@ def test_sweep_removes_expired_keys_nobody_reads():
     assert store.memory_bytes > 0
 
 
-def test_memory_estimate_returns_to_zero_once_the_tombstone_is_collected():
+@TABLES
+def test_memory_estimate_returns_to_zero_once_the_tombstone_is_collected(table: type[Store]) -> None:
     clock = Clock()
-    store = Store(clock=clock, tombstone_grace_s=60)
+    store = table(clock=clock, tombstone_grace_s=60)
     store.set("k", "v" * 1000)
     store.set("k", "v")
     store.delete("k")
@@ -142,8 +154,9 @@ def test_memory_estimate_returns_to_zero_once_the_tombstone_is_collected():
     assert store.memory_bytes == 0 and store.tombstones == 0
 
 
-def test_scan_with_pattern_and_small_pages_finds_each_key_once():
-    store = Store()
+@TABLES
+def test_scan_with_pattern_and_small_pages_finds_each_key_once(table: type[Store]) -> None:
+    store = table()
     for i in range(5000):
         store.set(f"user:{i}", "x")
         store.set(f"item:{i}", "x")

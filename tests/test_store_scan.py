@@ -1,4 +1,5 @@
-"""Scan pages that end inside a bucket still return every key present throughout exactly once."""
+"""Scan pages that end inside a bucket (or between index resizes) still return every key present throughout
+exactly once."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import random
 from collections.abc import Callable
 
 from server.store import BUCKETS, SCAN_POSITIONS, SUB_BUCKETS, WHOLE_BUCKET_KEYS, Store
+from tests.tables import TABLES
 
 KEYS = 40 * BUCKETS  # about 40 per bucket: every bucket is scanned in sub-buckets
 
@@ -24,9 +26,11 @@ def _scan_in_steps(store: Store, pattern: str, between_pages: Callable[[], None]
         between_pages()
 
 
-def test_keys_present_for_the_whole_scan_come_back_exactly_once_while_others_come_and_go():
+@TABLES
+def test_keys_present_for_the_whole_scan_come_back_exactly_once_while_others_come_and_go(
+        table: type[Store]) -> None:
     assert KEYS // BUCKETS > WHOLE_BUCKET_KEYS
-    store = Store()
+    store = table()
     stable = [f"stable:{i}" for i in range(KEYS)]
     for key in stable:
         store.set(key, "v")
@@ -47,6 +51,26 @@ def test_keys_present_for_the_whole_scan_come_back_exactly_once_while_others_com
     assert len(found) == len(set(found))
 
 
+@TABLES
+def test_keys_present_for_the_whole_scan_come_back_exactly_once_while_the_table_grows(table: type[Store]) -> None:
+    """The compact table's index doubles six times (and its slots move) between pages here."""
+    store = table()
+    stable = [f"stable:{i}" for i in range(300)]
+    for key in stable:
+        store.set(key, "v")
+    added = iter(range(10**6))
+
+    def grow() -> None:
+        if len(store) < 20_000:
+            for _ in range(100):
+                store.set(f"more:{next(added)}", "v")
+
+    found = _scan_in_steps(store, "*", grow)
+    kept = [key for key in found if key.startswith("stable:")]
+    assert sorted(kept) == sorted(stable)
+    assert len(found) == len(set(found))
+
+
 def test_a_page_can_end_inside_a_bucket():
     store = Store()
     for i in range(KEYS):
@@ -58,8 +82,9 @@ def test_a_page_can_end_inside_a_bucket():
     assert cursor == SUB_BUCKETS and len(page) > WHOLE_BUCKET_KEYS
 
 
-def test_count_and_bytes_end_a_page_too():
-    store = Store()
+@TABLES
+def test_count_and_bytes_end_a_page_too(table: type[Store]) -> None:
+    store = table()
     for i in range(1000):
         store.set(f"key:{i:04d}", "v")
     cursor, page = store.scan(0, "*", 10)

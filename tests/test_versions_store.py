@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from common.versions import MAX_COUNTER
 from server.clock import HybridLogicalClock
 from server.store import Store
+from tests.tables import TABLES
 
 
 class Clock:
@@ -42,8 +43,9 @@ def test_a_version_observed_makes_every_later_version_newer_whatever_its_node():
     assert clock.issue()[:2] == (1_000_000_000 + 5_000, 11)
 
 
-def test_loading_moves_the_clock_past_the_newest_version_loaded():
-    store = Store(clock=Clock())
+@TABLES
+def test_loading_moves_the_clock_past_the_newest_version_loaded(table: type[Store]) -> None:
+    store = table(clock=Clock())
     store.load(iter([("k", "v", (2_000_000_000, 4, "b"), None), ("t", None, (1_500_000_000, 0, "c"), None)]),
                1_000_000.0)
     store.set("k", "mine")
@@ -56,15 +58,16 @@ RECORDS = st.lists(st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.sam
                    max_size=30)
 
 
+@TABLES
 @settings(max_examples=200, deadline=None)
 @given(records=RECORDS, order=st.randoms(use_true_random=False))
-def test_replicas_given_the_same_records_in_any_order_hold_the_same_table(records, order):
+def test_replicas_given_the_same_records_in_any_order_hold_the_same_table(table, records, order):
     """What read-repair and rebalancing rely on: putv converges, whatever order the copies arrive in."""
     shuffled = list(records)
     order.shuffle(shuffled)
     replicas = []
     for feed in (records, shuffled):
-        store = Store(clock=Clock())
+        store = table(clock=Clock())
         for key, value, version in feed:
             store.put_if_newer(key, value, version, None)
         replicas.append(store)

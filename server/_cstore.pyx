@@ -1,0 +1,1106 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compact table: :class:`server.store.Store`'s behaviour with no Python object per key.
+
+A key's record is a fixed 48-byte entry in one array of records (its hash,
+lengths, deadline, version and flags) and one block from the C
+allocator holding its key's and value's UTF-8 bytes. An open-addressing
+index (linear probing, 4 bytes a slot, at most half full) maps a key to its
+record's number. A tombstone is a record with the tombstone flag and no
+value. Nothing here is a Python object until a method returns it.
+
+Scan positions are those of :class:`~server.store.Store` (``SCAN_POSITIONS``,
+2**20): a key's position is the top 20 bits of its 32-bit hash (the top half
+of Python's ``hash(key)``, randomized per process). A key's home slot is the
+top bits of the same hash, so home slots are ordered by position whatever
+the index's size. A step of a scan covers the positions of one home slot (or
+one position, when there are more slots than positions): it reads from the
+first home slot of its positions to the end of the run of occupied slots
+after their last, and keeps the records whose position is in the step's
+range. Linear probing puts a record at or after its home slot with no empty
+slot between, so every record of the range is read; the cursor is a position,
+not a slot, so it keeps its meaning when the index is resized between pages.
+A key present for the whole scan is therefore returned exactly once.
+
+Expiry and tombstone collection keep heaps of ``(deadline, record number)``
+and ``(delete's ms, record number)``, as the Python table keeps heaps of keys;
+an entry is stale when its record no longer has that deadline or tombstone.
+
+``memory_bytes`` is what the table holds beyond an empty one: the blocks'
+sizes as the allocator reports them (``malloc_usable_size``, plus the 8
+bytes of glibc's header before each block), the records in use (the rest
+of the array, after it doubled, is pages not touched yet; a freed record is
+not counted, as a freed block is not: the next new key takes it), the index
+and heaps at their allocated sizes, the
+order of use under
+allkeys-lru, and the node names of the versions other than this server's.
+When the last record goes the arrays return to their first size.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_Clear
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
+
+import sys
+import time
+
+from . import store as _store
+from .clock import HybridLogicalClock
+from .glob_match import compile_glob
+from .journaled_store import Journaled
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size)
+    object PyUnicode_DecodeUTF8(const char* data, Py_ssize_t size, const char* errors)
+
+cdef extern from "<malloc.h>" nogil:
+    size_t malloc_usable_size(void* block)
+
+NotAnInteger = _store.NotAnInteger
+cdef object _ZERO_VERSION = (0, 0, "")
+cdef object _is_decimal = _store._is_decimal
+cdef int64_t _INT64_MIN = _store.INT64_MIN
+cdef int64_t _INT64_MAX = _store.INT64_MAX
+cdef uint32_t _SCAN_POSITIONS = _store.SCAN_POSITIONS
+cdef int _POSITION_BITS = 20
+assert _SCAN_POSITIONS == 1 << _POSITION_BITS
+
+cdef enum:
+    USED = 1
+    TOMBSTONE = 2
+    HAS_DEADLINE = 4
+    IN_ORDER = 8  # linked in the order of use
+
+cdef extern from *:
+    """
+    #define MEMLOOKUP_EMPTY_SLOT 0xFFFFFFFFu
+    """
+    const uint32_t EMPTY "MEMLOOKUP_EMPTY_SLOT"  # a free slot in the index; no record's number
+#: The index's first size (slots), and the records array's.
+cdef int FIRST_SLOT_BITS = 4
+cdef uint32_t FIRST_RECORDS = 8
+
+cdef struct Rec:
+    char* data          # the key's bytes, then the value's; NULL when the record is free
+    double deadline     # wall-clock seconds, when HAS_DEADLINE
+    int64_t ms          # the version: (ms, counter, nodes[node])
+    uint32_t hash       # top half of hash(key); the next free record's number when free
+    uint32_t key_len
+    uint32_t value_len
+    uint32_t node
+    uint16_t counter
+    uint8_t flags
+
+cdef struct Deadline:
+    double deadline
+    uint32_t record
+
+cdef struct Buried:
+    int64_t ms
+    uint32_t record
+
+
+#: What the memory cap adds per key beyond the table's own figure, which counts
+#: what the table allocated: what the allocator cannot reuse of blocks freed
+#: under churn (tests/test_security_memory.py's churn test holds RSS to it).
+KEY_SLACK_BYTES = 16
+
+#: What a block costs besides its usable size: glibc's malloc keeps its size in the 8 bytes before it.
+cdef size_t BLOCK_HEADER_BYTES = 8
+
+
+cdef inline size_t _block_bytes(void* block) noexcept nogil:
+    return malloc_usable_size(block) + BLOCK_HEADER_BYTES
+
+
+cdef inline object _utf8(str text, const char** data, Py_ssize_t* size):
+    """``text``'s UTF-8 bytes in ``data``/``size``; returns what must be kept alive while they are used.
+
+    Lone surrogates (which only ``surrogatepass`` encodes) take a copy; other
+    text is the str's own cached UTF-8.
+    """
+    data[0] = PyUnicode_AsUTF8AndSize(text, size)
+    if data[0] != NULL:
+        return None
+    PyErr_Clear()
+    encoded = text.encode("utf-8", "surrogatepass")
+    data[0] = PyBytes_AS_STRING(encoded)
+    size[0] = PyBytes_GET_SIZE(encoded)
+    return encoded
+
+
+cdef inline Py_ssize_t _utf8_size(str text) except -1:
+    cdef const char* data
+    cdef Py_ssize_t size
+    keep = _utf8(text, &data, &size)
+    return size
+
+
+cdef inline uint32_t _hash(str key) except? 0:
+    return <uint32_t>((<uint64_t>hash(key)) >> 32)
+
+
+cdef inline str _text(const char* data, Py_ssize_t size):
+    return PyUnicode_DecodeUTF8(data, size, "surrogatepass")
+
+
+cdef inline bint _before(Deadline a, Deadline b) noexcept nogil:
+    """Heap order: by deadline, ties by record number (for keys set together, the order they were set in)."""
+    return a.deadline < b.deadline or (a.deadline == b.deadline and a.record < b.record)
+
+
+cdef inline void _heap_up_d(Deadline* heap, Py_ssize_t i) noexcept nogil:
+    cdef Deadline item = heap[i]
+    cdef Py_ssize_t parent
+    while i > 0:
+        parent = (i - 1) >> 1
+        if not _before(item, heap[parent]):
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = item
+
+
+cdef inline void _heap_down_d(Deadline* heap, Py_ssize_t size, Py_ssize_t i) noexcept nogil:
+    cdef Deadline item = heap[i]
+    cdef Py_ssize_t child
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and _before(heap[child + 1], heap[child]):
+            child += 1
+        if not _before(heap[child], item):
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = item
+
+
+cdef inline void _heap_up_b(Buried* heap, Py_ssize_t i) noexcept nogil:
+    cdef Buried item = heap[i]
+    cdef Py_ssize_t parent
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[parent].ms <= item.ms:
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = item
+
+
+cdef inline void _heap_down_b(Buried* heap, Py_ssize_t size, Py_ssize_t i) noexcept nogil:
+    cdef Buried item = heap[i]
+    cdef Py_ssize_t child
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap[child + 1].ms < heap[child].ms:
+            child += 1
+        if item.ms <= heap[child].ms:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = item
+
+
+cdef class CompactStore:
+    """A table with :class:`server.store.Store`'s interface and behaviour, held in C arrays (see the module).
+
+    Args:
+        clock: returns the current wall-clock time in seconds; tests pass a fake one.
+        hlc: the clock that versions writes; one named "" on ``clock`` when omitted.
+        tombstone_grace_s: how long a tombstone is kept after its delete.
+    """
+
+    cdef Rec* recs
+    cdef uint32_t rec_capacity, rec_top, free_head, free_records
+    cdef uint32_t* slots
+    cdef int slot_bits
+    cdef uint32_t slot_mask, occupied
+    cdef Deadline* expiry
+    cdef Py_ssize_t expiry_len, expiry_capacity
+    cdef Buried* buried
+    cdef Py_ssize_t buried_len, buried_capacity
+    cdef Py_ssize_t count, with_deadline, data_bytes, node_bytes, empty_bytes
+    cdef list nodes
+    cdef dict node_numbers
+    cdef readonly object _clock
+    cdef public object hlc
+    cdef public double tombstone_grace_s
+    #: Tombstones held (collected or not yet).
+    cdef readonly Py_ssize_t tombstones
+    cdef public Py_ssize_t expired_total
+    #: What the memory cap adds per key beyond :attr:`memory_bytes` (:data:`KEY_SLACK_BYTES`).
+    cdef readonly Py_ssize_t key_slack_bytes
+    cdef bint tracking
+    cdef uint32_t* order  # with tracking: each record's (previous, next) in order of use
+    cdef uint32_t oldest, newest
+
+    def __cinit__(self, *args, **kwargs):
+        self.recs = NULL
+        self.slots = NULL
+        self.expiry = NULL
+        self.buried = NULL
+        self.order = NULL
+        self.oldest = self.newest = EMPTY
+        self._reset()
+
+    def __init__(self, clock=time.time, hlc=None, tombstone_grace_s=_store.TOMBSTONE_GRACE_S):
+        self._clock = clock
+        self.hlc = hlc if hlc is not None else HybridLogicalClock("", clock)
+        self.tombstone_grace_s = tombstone_grace_s
+        self.expired_total = 0
+        self.key_slack_bytes = KEY_SLACK_BYTES
+        self._reset()  # again, now that the clock's node is known
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        cdef uint32_t i
+        if self.recs != NULL:
+            for i in range(self.rec_top):
+                if self.recs[i].data != NULL:
+                    free(self.recs[i].data)
+        free(self.recs)
+        free(self.slots)
+        free(self.expiry)
+        free(self.buried)
+        free(self.order)
+        self.order = NULL
+        self.recs = NULL
+        self.slots = NULL
+        self.expiry = NULL
+        self.buried = NULL
+
+    cdef int _reset(self) except -1:
+        """Free everything and start over with the first sizes (the table holds no record)."""
+        self._release()
+        self.rec_capacity = FIRST_RECORDS
+        self.rec_top = 0
+        self.free_head = EMPTY
+        self.free_records = 0
+        self.recs = <Rec*>malloc(FIRST_RECORDS * sizeof(Rec))
+        self.slot_bits = FIRST_SLOT_BITS
+        self.slot_mask = (1 << FIRST_SLOT_BITS) - 1
+        self.slots = <uint32_t*>malloc((1 << FIRST_SLOT_BITS) * sizeof(uint32_t))
+        self.expiry_capacity = self.buried_capacity = 8
+        self.expiry = <Deadline*>malloc(8 * sizeof(Deadline))
+        self.buried = <Buried*>malloc(8 * sizeof(Buried))
+        if self.recs == NULL or self.slots == NULL or self.expiry == NULL or self.buried == NULL:
+            raise MemoryError()
+        if self.tracking:
+            self._allocate_order(FIRST_RECORDS)
+        for i in range(1 << FIRST_SLOT_BITS):
+            self.slots[i] = EMPTY
+        self.occupied = 0
+        self.expiry_len = self.buried_len = 0
+        self.count = self.with_deadline = self.tombstones = self.data_bytes = 0
+        self.nodes = []  # no record names a node any more
+        self.node_numbers = {}
+        self.node_bytes = 0
+        if self.hlc is not None:
+            self._node_number(self.hlc.node)  # this server's own: part of the empty table
+        self.empty_bytes = self._structure_bytes() + self.node_bytes
+        return 0
+
+    cdef inline Py_ssize_t _structure_bytes(self):
+        # Records in use: a doubled array's other pages are not touched yet, and a freed record is
+        # not counted (as a freed block is not), the next new key takes it.
+        return ((self.rec_top - self.free_records) * (sizeof(Rec) + (2 * sizeof(uint32_t) if self.tracking else 0))
+                + (self.slot_mask + 1) * sizeof(uint32_t)
+                + self.expiry_capacity * sizeof(Deadline) + self.buried_capacity * sizeof(Buried))
+
+    # -- the index and the records ----------------------------------------
+
+    cdef inline uint32_t _home(self, uint32_t hash) noexcept nogil:
+        return hash >> (32 - self.slot_bits)
+
+    cdef inline Py_ssize_t _find(self, uint32_t hash, const char* key, Py_ssize_t key_len) noexcept nogil:
+        """The slot of the record of ``key``, live or a tombstone; -1 if there is none."""
+        cdef uint32_t i = self._home(hash), number
+        cdef Rec* rec
+        while True:
+            number = self.slots[i]
+            if number == EMPTY:
+                return -1
+            rec = &self.recs[number]
+            if rec.hash == hash and rec.key_len == key_len and memcmp(rec.data, key, key_len) == 0:
+                return i
+            i = (i + 1) & self.slot_mask
+
+    cdef inline Py_ssize_t _slot_of(self, str key) except -2:
+        cdef const char* data
+        cdef Py_ssize_t size
+        keep = _utf8(key, &data, &size)
+        return self._find(_hash(key), data, size)
+
+    cdef int _grow_index(self) except -1:
+        cdef int bits = self.slot_bits + 1
+        cdef uint32_t capacity = 1 << bits, mask = capacity - 1, i, j, old_capacity = self.slot_mask + 1
+        cdef uint32_t* slots = <uint32_t*>malloc(capacity * sizeof(uint32_t))
+        if slots == NULL:
+            raise MemoryError()
+        for i in range(capacity):
+            slots[i] = EMPTY
+        for i in range(old_capacity):
+            if self.slots[i] != EMPTY:
+                j = self.recs[self.slots[i]].hash >> (32 - bits)
+                while slots[j] != EMPTY:
+                    j = (j + 1) & mask
+                slots[j] = self.slots[i]
+        free(self.slots)
+        self.slots, self.slot_bits, self.slot_mask = slots, bits, mask
+        return 0
+
+    cdef uint32_t _new_record(self, uint32_t hash, const char* key, Py_ssize_t key_len, const char* value,
+                              Py_ssize_t value_len) except? EMPTY:
+        """A record holding ``key`` and ``value`` (flags only USED), placed in the index; its number."""
+        cdef uint32_t number, i
+        cdef Rec* recs
+        cdef char* data
+        if key_len > 0xFFFFFFFF or value_len > 0xFFFFFFFF:
+            raise ValueError("a key or value of 4 GiB or more")
+        if (self.occupied + 1) * 2 > self.slot_mask + 1:
+            self._grow_index()
+        data = <char*>malloc(key_len + value_len + 1)  # + 1: never malloc(0)
+        if data == NULL:
+            raise MemoryError()
+        if self.free_head != EMPTY:
+            number = self.free_head
+            self.free_head = self.recs[number].hash
+            self.free_records -= 1
+        else:
+            if self.rec_top == self.rec_capacity:
+                recs = <Rec*>realloc(self.recs, 2 * self.rec_capacity * sizeof(Rec))
+                if recs == NULL:
+                    free(data)
+                    raise MemoryError()
+                self.recs = recs
+                if self.tracking:
+                    self._allocate_order(2 * self.rec_capacity)
+                self.rec_capacity *= 2
+            number = self.rec_top
+            self.rec_top += 1
+        memcpy(data, key, key_len)
+        memcpy(data + key_len, value, value_len)
+        self.data_bytes += _block_bytes(data)
+        rec = &self.recs[number]
+        rec.data = data
+        rec.hash = hash
+        rec.key_len = key_len
+        rec.value_len = value_len
+        rec.flags = USED
+        rec.deadline = 0
+        i = self._home(hash)
+        while self.slots[i] != EMPTY:
+            i = (i + 1) & self.slot_mask
+        self.slots[i] = number
+        self.occupied += 1
+        return number
+
+    cdef int _set_value(self, Rec* rec, const char* value, Py_ssize_t value_len) except -1:
+        cdef char* data
+        if value_len > 0xFFFFFFFF:
+            raise ValueError("a value of 4 GiB or more")
+        if value_len != rec.value_len:
+            self.data_bytes -= _block_bytes(rec.data)
+            data = <char*>realloc(rec.data, rec.key_len + value_len + 1)
+            if data == NULL:
+                self.data_bytes += _block_bytes(rec.data)
+                raise MemoryError()
+            rec.data = data
+            self.data_bytes += _block_bytes(data)
+            rec.value_len = value_len
+        memcpy(rec.data + rec.key_len, value, value_len)
+        return 0
+
+    cdef int _free_slot(self, Py_ssize_t slot) except -1:
+        """Remove the record at ``slot`` from the index and free it (its counts are the caller's)."""
+        cdef uint32_t number = self.slots[slot], i = slot, j = slot, home
+        cdef Rec* rec = &self.recs[number]
+        self._unlink(number)
+        self.data_bytes -= _block_bytes(rec.data)
+        free(rec.data)
+        rec.data = NULL
+        rec.flags = 0
+        rec.hash = self.free_head
+        self.free_head = number
+        self.free_records += 1
+        while True:  # backward-shift deletion: no marker is left in the index
+            j = (j + 1) & self.slot_mask
+            if self.slots[j] == EMPTY:
+                break
+            home = self._home(self.recs[self.slots[j]].hash)
+            if (i <= j and (home <= i or home > j)) or (i > j and home <= i and home > j):
+                self.slots[i] = self.slots[j]
+                i = j
+        self.slots[i] = EMPTY
+        self.occupied -= 1
+        if self.occupied == 0:
+            self._reset()
+        return 0
+
+    cdef int _node_number(self, str node) except -1:
+        number = self.node_numbers.get(node)
+        if number is None:
+            number = len(self.nodes)
+            node = sys.intern(node)
+            self.nodes.append(node)
+            self.node_numbers[node] = number
+            self.node_bytes += sys.getsizeof(node) + 8 + 100  # the str, its list slot and dict entry
+        return number
+
+    cdef int _set_version(self, Rec* rec, tuple version) except -1:
+        rec.ms = version[0]
+        rec.counter = version[1]
+        rec.node = self._node_number(version[2])
+        return 0
+
+    cdef inline tuple _version(self, Rec* rec):
+        return (rec.ms, rec.counter, self.nodes[rec.node])
+
+    cdef inline object _deadline_of(self, Rec* rec):
+        return rec.deadline if rec.flags & HAS_DEADLINE else None
+
+    cdef int _set_deadline(self, uint32_t number, object deadline) except -1:
+        cdef Rec* rec = &self.recs[number]
+        cdef Deadline* heap
+        if deadline is None:
+            if rec.flags & HAS_DEADLINE:
+                rec.flags &= ~HAS_DEADLINE
+                self.with_deadline -= 1
+            return 0
+        if not rec.flags & HAS_DEADLINE:
+            rec.flags |= HAS_DEADLINE
+            self.with_deadline += 1
+        rec.deadline = deadline
+        if self.expiry_len == self.expiry_capacity:
+            heap = <Deadline*>realloc(self.expiry, 2 * self.expiry_capacity * sizeof(Deadline))
+            if heap == NULL:
+                raise MemoryError()
+            self.expiry = heap
+            self.expiry_capacity *= 2
+        self.expiry[self.expiry_len].deadline = rec.deadline
+        self.expiry[self.expiry_len].record = number
+        self.expiry_len += 1
+        _heap_up_d(self.expiry, self.expiry_len - 1)
+        return 0
+
+    cdef int _push_buried(self, uint32_t number) except -1:
+        cdef Buried* heap
+        if self.buried_len == self.buried_capacity:
+            heap = <Buried*>realloc(self.buried, 2 * self.buried_capacity * sizeof(Buried))
+            if heap == NULL:
+                raise MemoryError()
+            self.buried = heap
+            self.buried_capacity *= 2
+        self.buried[self.buried_len].ms = self.recs[number].ms
+        self.buried[self.buried_len].record = number
+        self.buried_len += 1
+        _heap_up_b(self.buried, self.buried_len - 1)
+        return 0
+
+    # -- the order of use (allkeys-lru) ------------------------------------
+
+    def track_recency(self):
+        """Keep live keys in order of use from now on (for allkeys-lru); True: this table does.
+
+        A key is used when an operation finds it live (a read, ``exists``,
+        ``ttl``...) or writes it. Keys held now count as used before any
+        later use, in record order. Costs 8 bytes a record, counted in
+        :attr:`memory_bytes`.
+        """
+        cdef uint32_t number
+        if not self.tracking:
+            self.tracking = True
+            self.oldest = self.newest = EMPTY
+            self._allocate_order(self.rec_capacity)
+            if self.occupied == 0:
+                self.empty_bytes = self._structure_bytes() + self.node_bytes
+            for number in range(self.rec_top):
+                if self.recs[number].flags & USED and not self.recs[number].flags & TOMBSTONE:
+                    self._touch(number)
+        return True
+
+    def least_recently_used(self):
+        """The live key used longest ago (expired or not), or None; only while :meth:`track_recency` is on."""
+        cdef Rec* rec
+        if not self.tracking or self.oldest == EMPTY:
+            return None
+        rec = &self.recs[self.oldest]
+        return _text(rec.data, rec.key_len)
+
+    cdef int _allocate_order(self, uint32_t capacity) except -1:
+        cdef uint32_t* order = <uint32_t*>realloc(self.order, 2 * capacity * sizeof(uint32_t))
+        if order == NULL:
+            raise MemoryError()
+        self.order = order
+        if self.rec_top == 0:
+            self.oldest = self.newest = EMPTY
+        return 0
+
+    cdef inline void _unlink(self, uint32_t number) noexcept:
+        cdef uint32_t before, after
+        if not self.recs[number].flags & IN_ORDER:
+            return
+        self.recs[number].flags &= ~IN_ORDER
+        before, after = self.order[2 * number], self.order[2 * number + 1]
+        if before == EMPTY:
+            self.oldest = after
+        else:
+            self.order[2 * before + 1] = after
+        if after == EMPTY:
+            self.newest = before
+        else:
+            self.order[2 * after] = before
+
+    cdef inline void _touch(self, uint32_t number) noexcept:
+        if not self.tracking or (self.newest == number and self.recs[number].flags & IN_ORDER):
+            return
+        self._unlink(number)
+        self.recs[number].flags |= IN_ORDER
+        self.order[2 * number] = self.newest
+        self.order[2 * number + 1] = EMPTY
+        if self.newest == EMPTY:
+            self.oldest = number
+        else:
+            self.order[2 * self.newest + 1] = number
+        self.newest = number
+
+    cdef Py_ssize_t _live(self, str key) except -2:
+        """The slot of the live ``key``, or -1; an expired key found is removed (as Store.get does)."""
+        cdef Py_ssize_t slot = self._slot_of(key)
+        cdef Rec* rec
+        if slot < 0:
+            return -1
+        rec = &self.recs[self.slots[slot]]
+        if rec.flags & TOMBSTONE:
+            return -1
+        if rec.flags & HAS_DEADLINE and rec.deadline <= self._clock():
+            self._remove_slot(slot)
+            self.expired_total += 1
+            return -1
+        self._touch(self.slots[slot])
+        return slot
+
+    cdef int _remove_slot(self, Py_ssize_t slot) except -1:
+        """Remove the live record at ``slot``: no tombstone, not journaled (Store._remove)."""
+        cdef Rec* rec = &self.recs[self.slots[slot]]
+        if rec.flags & HAS_DEADLINE:
+            self.with_deadline -= 1
+        self.count -= 1
+        return self._free_slot(slot)
+
+    def new_key_bytes(self, str key not None):
+        """What a new ``key`` adds to :attr:`memory_bytes` besides its value, at most (the memory cap's estimate).
+
+        Its record, its share of the index (a quarter full right after it
+        doubles: 4 slots), its place in the order of use, and its bytes in a
+        block with the allocator's header and rounding.
+        """
+        return (sizeof(Rec) + 4 * sizeof(uint32_t) + (2 * sizeof(uint32_t) if self.tracking else 0)
+                + _utf8_size(key) + BLOCK_HEADER_BYTES + 16)
+
+    def value_bytes(self, str value not None):
+        """What ``value`` adds to :attr:`memory_bytes` (its UTF-8 bytes in the key's block)."""
+        return _utf8_size(value)
+
+    # -- reading ---------------------------------------------------------
+
+    def __len__(self):
+        return self.count
+
+    @property
+    def keys_with_ttl(self):
+        """How many keys have a deadline (some may have passed it already)."""
+        return self.with_deadline
+
+    @property
+    def memory_bytes(self):
+        """What the table holds beyond an empty table's arrays (see the module docstring)."""
+        return self.data_bytes + self._structure_bytes() + self.node_bytes - self.empty_bytes
+
+    def get(self, str key not None):
+        """The value of ``key``, or None if it is missing or expired."""
+        cdef Py_ssize_t slot = self._live(key)
+        cdef Rec* rec
+        if slot < 0:
+            return None
+        rec = &self.recs[self.slots[slot]]
+        return _text(rec.data + rec.key_len, rec.value_len)
+
+    def exists(self, str key not None):
+        return self._live(key) >= 0
+
+    def ttl(self, str key not None):
+        """Seconds ``key`` has left; -1 if it never expires, -2 if it is missing."""
+        cdef Py_ssize_t slot = self._live(key)
+        cdef Rec* rec
+        if slot < 0:
+            return -2
+        rec = &self.recs[self.slots[slot]]
+        if not rec.flags & HAS_DEADLINE:
+            return -1
+        return max(0.0, rec.deadline - self._clock())
+
+    def deadline(self, str key not None):
+        """The wall-clock second ``key`` expires at, or None."""
+        cdef Py_ssize_t slot = self._slot_of(key)
+        cdef Rec* rec
+        if slot < 0:
+            return None
+        rec = &self.recs[self.slots[slot]]
+        return None if rec.flags & TOMBSTONE else self._deadline_of(rec)
+
+    def version(self, str key not None):
+        """The version of the live ``key``, or None if it is missing or expired."""
+        cdef Py_ssize_t slot = self._live(key)
+        if slot < 0:
+            return None
+        return self._version(&self.recs[self.slots[slot]])
+
+    def tombstone(self, str key not None):
+        """The version of the delete that left ``key``'s tombstone, or None if it has none."""
+        cdef Py_ssize_t slot
+        cdef Rec* rec
+        if not self.tombstones:
+            return None
+        slot = self._slot_of(key)
+        if slot < 0:
+            return None
+        rec = &self.recs[self.slots[slot]]
+        return self._version(rec) if rec.flags & TOMBSTONE else None
+
+    def record(self, str key not None):
+        """``key``'s record, a tombstone's included; None if the table holds nothing for it."""
+        cdef Py_ssize_t slot = self._live(key)
+        cdef Rec* rec
+        if slot < 0:
+            version = self.tombstone(key)
+            return None if version is None else (key, None, version, None)
+        rec = &self.recs[self.slots[slot]]
+        return (key, _text(rec.data + rec.key_len, rec.value_len), self._version(rec), self._deadline_of(rec))
+
+    def _held(self, str key not None):
+        """What the table holds for ``key``, expired or not: ``(key, value, version, deadline)``.
+
+        ``value`` None: a tombstone of ``version``, or nothing at all (version None).
+        """
+        cdef Py_ssize_t slot = self._slot_of(key)
+        cdef Rec* rec
+        if slot < 0:
+            return key, None, None, None
+        rec = &self.recs[self.slots[slot]]
+        if rec.flags & TOMBSTONE:
+            return key, None, self._version(rec), None
+        return key, _text(rec.data + rec.key_len, rec.value_len), self._version(rec), self._deadline_of(rec)
+
+    cdef inline tuple _record_at(self, Rec* rec):
+        key = _text(rec.data, rec.key_len)
+        if rec.flags & TOMBSTONE:
+            return (key, None, self._version(rec), None)
+        return (key, _text(rec.data + rec.key_len, rec.value_len), self._version(rec), self._deadline_of(rec))
+
+    def items(self):
+        """Every live ``(key, value, deadline)``, for snapshots and rebalancing.
+
+        By record number: a key held throughout is yielded once, whatever
+        changes while the iteration is paused.
+        """
+        cdef uint32_t number = 0
+        cdef Rec* rec
+        now = self._clock()
+        while number < self.rec_top:
+            rec = &self.recs[number]
+            number += 1
+            if rec.flags & USED and not rec.flags & TOMBSTONE and not (
+                    rec.flags & HAS_DEADLINE and rec.deadline <= now):
+                yield (_text(rec.data, rec.key_len), _text(rec.data + rec.key_len, rec.value_len),
+                       self._deadline_of(rec))
+
+    def records(self):
+        """Every live key's record and every tombstone's: what a snapshot holds (by record number, as items)."""
+        cdef uint32_t number = 0
+        cdef Rec* rec
+        now = self._clock()
+        while number < self.rec_top:
+            rec = &self.recs[number]
+            number += 1
+            if rec.flags & USED and not (rec.flags & HAS_DEADLINE and rec.deadline <= now):
+                yield self._record_at(rec)
+
+    cdef inline uint32_t _step_end(self, uint32_t position) noexcept:
+        """The first position after the step that starts at ``position`` (see the module docstring)."""
+        cdef int shift
+        if self.slot_bits <= _POSITION_BITS:
+            shift = _POSITION_BITS - self.slot_bits
+            return ((position >> shift) + 1) << shift
+        return position + 1
+
+    cdef int _step(self, uint32_t first, uint32_t end, list found, bint records, object match, double now,
+                   Py_ssize_t* examined, Py_ssize_t* found_bytes) except -1:
+        """Append the records at positions ``first`` to ``end`` (excluded) to ``found``: keys or records."""
+        cdef uint32_t start, stop, i, number, position
+        cdef uint64_t steps = 0
+        cdef Rec* rec
+        if self.slot_bits <= _POSITION_BITS:
+            start = first >> (_POSITION_BITS - self.slot_bits)
+            stop = start + 1
+        else:
+            start = first << (self.slot_bits - _POSITION_BITS)
+            stop = (first + 1) << (self.slot_bits - _POSITION_BITS)
+        i = start
+        while steps <= self.slot_mask:
+            number = self.slots[i & self.slot_mask]
+            if number == EMPTY:
+                if i >= stop:
+                    break
+            else:
+                rec = &self.recs[number]
+                position = rec.hash >> (32 - _POSITION_BITS)
+                if first <= position < end:
+                    examined[0] += 1
+                    if rec.flags & HAS_DEADLINE and not rec.flags & TOMBSTONE and rec.deadline <= now:
+                        pass
+                    elif records:
+                        found.append(self._record_at(rec))
+                        found_bytes[0] += rec.key_len + (0 if rec.flags & TOMBSTONE else rec.value_len)
+                    elif not rec.flags & TOMBSTONE:
+                        key = _text(rec.data, rec.key_len)
+                        if match is None or match(key):
+                            found.append(key)
+                            found_bytes[0] += rec.key_len
+            i += 1
+            steps += 1
+        return 0
+
+    def scan(self, cursor, str pattern, count, deadline=None, max_bytes=None):
+        """One page of the live keys matching the glob ``pattern``, as :meth:`server.store.Store.scan`.
+
+        A step is one home slot's positions (see the module docstring); the
+        page ends after a step once ``count`` keys were examined,
+        ``time.perf_counter()`` reached ``deadline``, or the keys found take
+        ``max_bytes``; always at least one step. Returns ``(next_cursor, keys)``,
+        ``next_cursor`` 0 when the scan is complete.
+
+        Raises:
+            PatternTooComplex: see :func:`server.glob_match.compile_glob`.
+        """
+        return self._scan(cursor, compile_glob(pattern), count, deadline, max_bytes, False)
+
+    def scan_records(self, cursor, count, deadline=None, max_bytes=None):
+        """One page of every record, tombstones included, from scan position ``cursor``.
+
+        The positions and steps are :meth:`scan`'s; the records' keys and
+        values count towards ``max_bytes``.
+        """
+        return self._scan(cursor, None, count, deadline, max_bytes, True)
+
+    cdef tuple _scan(self, object cursor, object match, Py_ssize_t count, object deadline, object max_bytes,
+                     bint records):
+        cdef uint32_t position, end
+        cdef list found = []
+        cdef Py_ssize_t examined = 0, found_bytes = 0
+        cdef double now = self._clock()
+        cdef Py_ssize_t byte_limit = -1 if max_bytes is None else max_bytes
+        clock = time.perf_counter
+        if not 0 <= cursor < _SCAN_POSITIONS:
+            raise ValueError("a scan position is from 0 to SCAN_POSITIONS - 1")
+        position = cursor
+        while position < _SCAN_POSITIONS:
+            end = self._step_end(position)
+            self._step(position, end, found, records, match, now, &examined, &found_bytes)
+            position = end
+            if (examined >= count or (deadline is not None and clock() >= deadline)
+                    or (byte_limit >= 0 and found_bytes >= byte_limit)):
+                break
+        return (0 if position >= _SCAN_POSITIONS else position), found
+
+    # -- writing ---------------------------------------------------------
+
+    def set(self, str key not None, str value not None, ttl_s=None, bint nx=False, bint xx=False):
+        """Store ``value`` under ``key``; returns False if a condition failed (as Store.set)."""
+        cdef bint present
+        if nx or xx:
+            present = self._live(key) >= 0
+            if (nx and present) or (xx and not present):
+                return False
+        self.put(key, value, None if ttl_s is None else self._clock() + ttl_s)
+        return True
+
+    cpdef put(self, str key, str value, object deadline, object version=None):
+        """Store ``value`` with an absolute deadline (None: never expires) and ``version`` (None: a new one).
+
+        A tombstone of the key is removed.
+        """
+        self._put(key, value, deadline, version)
+
+    cdef int _put(self, str key, str value, object deadline, object version) except -1:
+        cdef const char* key_data
+        cdef const char* value_data
+        cdef Py_ssize_t key_size, value_size, slot
+        cdef uint32_t number, hash
+        cdef Rec* rec
+        if key is None or value is None:
+            raise TypeError("key and value must be str")
+        if version is None:
+            version = self.hlc.issue()
+        keep_key = _utf8(key, &key_data, &key_size)
+        keep_value = _utf8(value, &value_data, &value_size)
+        hash = _hash(key)
+        slot = self._find(hash, key_data, key_size)
+        if slot < 0:
+            number = self._new_record(hash, key_data, key_size, value_data, value_size)
+            self.count += 1
+        else:
+            number = self.slots[slot]
+            rec = &self.recs[number]
+            if rec.flags & TOMBSTONE:
+                rec.flags &= ~TOMBSTONE
+                self.tombstones -= 1
+                self.count += 1
+            self._set_value(rec, value_data, value_size)
+        rec = &self.recs[number]
+        self._set_version(rec, version)
+        self._touch(number)
+        self._set_deadline(number, deadline)
+        return 0
+
+    def put_if_newer(self, str key not None, value, version, deadline):
+        """Apply a record copied from another replica if ``version`` is newer (as Store.put_if_newer)."""
+        self.hlc.observe(version)
+        live = self.get(key)
+        current = self.version(key) if live is not None else self.tombstone(key)
+        if current is not None and (version < current or (version == current and (
+                live is None or (value is not None and value <= live)))):
+            return False
+        if value is None:
+            self._bury(key, version)
+        elif deadline is not None and deadline <= self._clock():
+            if live is not None:
+                self._drop(key)
+        else:
+            self.put(key, value, deadline, version)
+        return True
+
+    def load(self, entries, double now):
+        """Apply saved ``(key, value, version, deadline)`` entries in order (as Store.load).
+
+        Each entry is applied with the table's own C operations, never
+        through the overridable methods (nothing is journaled), and the clock
+        then moves past the newest version loaded.
+        """
+        cdef double collected_before_ms = (now - self.tombstone_grace_s) * 1000
+        cdef Py_ssize_t slot
+        newest = _ZERO_VERSION
+        for key, value, version, deadline in entries:
+            if version is not None:
+                version = (version[0], version[1], version[2])
+            if version is not None and version > newest:
+                newest = version
+            slot = self._slot_of(key)
+            if value is None or (deadline is not None and deadline <= now):
+                if slot >= 0:
+                    self._forget_slot(slot)
+                if value is None and version is not None and version[0] > collected_before_ms:
+                    self._bury_c(key, version)
+                continue
+            if slot >= 0 and self.recs[self.slots[slot]].flags & TOMBSTONE:
+                self._forget_slot(slot)
+            self._put(key, value, deadline, version if version is not None else _ZERO_VERSION)
+        self.hlc.observe(newest)
+
+    def set_many(self, dict pairs not None, ttl_s=None):
+        deadline = None if ttl_s is None else self._clock() + ttl_s
+        for key, value in pairs.items():
+            self.put(key, value, deadline)
+
+    def delete(self, str key not None):
+        """Remove ``key``, leaving a tombstone; True if it was there (and not expired)."""
+        if self._live(key) < 0:
+            return False
+        self._bury(key, self.hlc.issue())
+        return True
+
+    def evict(self, str key not None):
+        """Remove ``key`` without a tombstone (the memory cap makes room); True if it was there."""
+        if self._live(key) < 0:
+            return False
+        self._drop(key)
+        return True
+
+    def incr(self, str key not None, delta):
+        """Add ``delta`` to the integer at ``key`` (missing counts as 0); the deadline is kept.
+
+        Raises:
+            NotAnInteger: the value is not a decimal int64, or the sum overflows.
+        """
+        current = self.get(key)
+        if current is None:
+            number = 0
+        else:
+            if not _is_decimal(current):
+                raise NotAnInteger(f"value of {key[:64]!r} is not an integer")
+            number = int(current)
+            if not _INT64_MIN <= number <= _INT64_MAX:
+                raise NotAnInteger(f"value of {key[:64]!r} is out of the int64 range")
+        result = number + delta
+        if not _INT64_MIN <= result <= _INT64_MAX:
+            raise NotAnInteger("increment would overflow int64")
+        self.put(key, str(result), self.deadline(key))
+        return result
+
+    def cas(self, str key not None, expected, str value not None, ttl_s=None):
+        """Set ``key`` to ``value`` only if its current value equals ``expected``."""
+        if self.get(key) != expected:
+            return False
+        self.put(key, value, None if ttl_s is None else self._clock() + ttl_s)
+        return True
+
+    # -- expiry ----------------------------------------------------------
+
+    def sweep(self, Py_ssize_t limit=1000):
+        """Remove up to ``limit`` expired keys, and as many tombstones past their grace; returns how many keys."""
+        cdef double now = self._clock()
+        cdef Py_ssize_t removed = 0, slot
+        cdef Deadline top
+        cdef Rec* rec
+        while self.expiry_len and self.expiry[0].deadline <= now and removed < limit:
+            top = self.expiry[0]
+            self._pop_expiry()
+            rec = &self.recs[top.record] if top.record < self.rec_top else NULL
+            if (rec != NULL and rec.flags & USED and not rec.flags & TOMBSTONE and rec.flags & HAS_DEADLINE
+                    and rec.deadline == top.deadline):
+                slot = self._find(rec.hash, rec.data, rec.key_len)
+                self._remove_slot(slot)
+                self.expired_total += 1
+                removed += 1
+        if self.expiry_len > 2 * self.with_deadline + 1024:
+            self._rebuild_heaps()
+        if self.buried_len:
+            self._collect_tombstones((now - self.tombstone_grace_s) * 1000, limit)
+        return removed
+
+    cdef void _pop_expiry(self) noexcept:
+        self.expiry_len -= 1
+        if self.expiry_len:
+            self.expiry[0] = self.expiry[self.expiry_len]
+            _heap_down_d(self.expiry, self.expiry_len, 0)
+
+    cdef int _collect_tombstones(self, double before_ms, Py_ssize_t limit) except -1:
+        cdef Py_ssize_t collected = 0
+        cdef Buried top
+        cdef Rec* rec
+        while self.buried_len and self.buried[0].ms < before_ms and collected < limit:
+            top = self.buried[0]
+            self.buried_len -= 1
+            if self.buried_len:
+                self.buried[0] = self.buried[self.buried_len]
+                _heap_down_b(self.buried, self.buried_len, 0)
+            rec = &self.recs[top.record] if top.record < self.rec_top else NULL
+            if rec != NULL and rec.flags & TOMBSTONE and rec.ms == top.ms:
+                self.tombstones -= 1
+                self._free_slot(self._find(rec.hash, rec.data, rec.key_len))
+                collected += 1
+        if self.buried_len > 2 * self.tombstones + 1024:
+            self._rebuild_heaps()
+        return 0
+
+    cdef int _rebuild_heaps(self) except -1:
+        """Drop the heaps' stale entries: rebuild both from the records."""
+        cdef uint32_t number
+        cdef Rec* rec
+        cdef Py_ssize_t i
+        self.expiry_len = self.buried_len = 0
+        for number in range(self.rec_top):
+            rec = &self.recs[number]
+            if rec.flags & TOMBSTONE:
+                self.buried[self.buried_len].ms = rec.ms
+                self.buried[self.buried_len].record = number
+                self.buried_len += 1
+            elif rec.flags & HAS_DEADLINE:
+                self.expiry[self.expiry_len].deadline = rec.deadline
+                self.expiry[self.expiry_len].record = number
+                self.expiry_len += 1
+        for i in range(self.expiry_len // 2 - 1, -1, -1):
+            _heap_down_d(self.expiry, self.expiry_len, i)
+        for i in range(self.buried_len // 2 - 1, -1, -1):
+            _heap_down_b(self.buried, self.buried_len, i)
+        return 0
+
+    def soonest_expiring(self):
+        """The key with the nearest deadline (volatile-ttl eviction), or None."""
+        cdef Deadline top
+        cdef Rec* rec
+        while self.expiry_len:
+            top = self.expiry[0]
+            rec = &self.recs[top.record] if top.record < self.rec_top else NULL
+            if (rec != NULL and rec.flags & USED and not rec.flags & TOMBSTONE and rec.flags & HAS_DEADLINE
+                    and rec.deadline == top.deadline):
+                return _text(rec.data, rec.key_len)
+            self._pop_expiry()  # a stale entry: the key was deleted or re-set
+        return None
+
+    # -- the changes a journal records (JournaledStore overrides them) -----
+
+    cpdef _drop(self, str key):
+        """Remove the live ``key`` without a tombstone."""
+        cdef Py_ssize_t slot = self._slot_of(key)
+        if slot >= 0 and not self.recs[self.slots[slot]].flags & TOMBSTONE:
+            self._remove_slot(slot)
+
+    cpdef _bury(self, str key, tuple version):
+        """Replace whatever the table holds for ``key`` by a tombstone of ``version``."""
+        self._bury_c(key, version)
+
+    cdef int _bury_c(self, str key, tuple version) except -1:
+        cdef const char* key_data
+        cdef Py_ssize_t key_size, slot
+        cdef uint32_t hash = _hash(key), number
+        cdef Rec* rec
+        keep = _utf8(key, &key_data, &key_size)
+        slot = self._find(hash, key_data, key_size)
+        if slot < 0:
+            number = self._new_record(hash, key_data, key_size, NULL, 0)
+            self.tombstones += 1
+        else:
+            number = self.slots[slot]
+            rec = &self.recs[number]
+            if not rec.flags & TOMBSTONE:
+                self._unlink(number)
+                self.count -= 1
+                self.tombstones += 1
+                self._set_deadline(number, None)
+                self._set_value(rec, NULL, 0)
+        rec = &self.recs[number]
+        rec.flags |= TOMBSTONE
+        self._set_version(rec, version)
+        self._push_buried(number)
+        return 0
+
+    cdef int _forget_slot(self, Py_ssize_t slot) except -1:
+        cdef Rec* rec = &self.recs[self.slots[slot]]
+        if rec.flags & TOMBSTONE:
+            self.tombstones -= 1
+            return self._free_slot(slot)
+        return self._remove_slot(slot)
+
+    def _forget(self, str key not None):
+        """Remove whatever the table holds for ``key``, expired or not: no tombstone, not journaled."""
+        cdef Py_ssize_t slot = self._slot_of(key)
+        if slot >= 0:
+            self._forget_slot(slot)
+
+    def _unbury(self, str key not None):
+        """Remove ``key``'s tombstone, if it has one."""
+        cdef Py_ssize_t slot = self._slot_of(key)
+        if slot >= 0 and self.recs[self.slots[slot]].flags & TOMBSTONE:
+            self._forget_slot(slot)
+
+
+class JournaledCompactStore(Journaled, CompactStore):
+    """The compact table, journaled (server/journaled_store.py)."""
