@@ -59,9 +59,6 @@ cdef extern from "<malloc.h>" nogil:
 
 NotAnInteger = _store.NotAnInteger
 cdef object _ZERO_VERSION = (0, 0, "")
-cdef object _is_decimal = _store._is_decimal
-cdef int64_t _INT64_MIN = _store.INT64_MIN
-cdef int64_t _INT64_MAX = _store.INT64_MAX
 cdef uint32_t _SCAN_POSITIONS = _store.SCAN_POSITIONS
 cdef int _POSITION_BITS = 20
 assert _SCAN_POSITIONS == 1 << _POSITION_BITS
@@ -939,18 +936,7 @@ cdef class CompactStore:
         Raises:
             NotAnInteger: the value is not a decimal int64, or the sum overflows.
         """
-        current = self.get(key)
-        if current is None:
-            number = 0
-        else:
-            if not _is_decimal(current):
-                raise NotAnInteger(f"value of {key[:64]!r} is not an integer")
-            number = int(current)
-            if not _INT64_MIN <= number <= _INT64_MAX:
-                raise NotAnInteger(f"value of {key[:64]!r} is out of the int64 range")
-        result = number + delta
-        if not _INT64_MIN <= result <= _INT64_MAX:
-            raise NotAnInteger("increment would overflow int64")
+        result = _store.incremented(key, self.get(key), delta)
         self.put(key, str(result), self.deadline(key))
         return result
 

@@ -472,18 +472,7 @@ class Store:
         Raises:
             NotAnInteger: the value is not a decimal int64, or the sum overflows.
         """
-        current = self.get(key)
-        if current is None:
-            number = 0
-        else:
-            if not _is_decimal(current):
-                raise NotAnInteger(f"value of {key[:64]!r} is not an integer")
-            number = int(current)
-            if not INT64_MIN <= number <= INT64_MAX:
-                raise NotAnInteger(f"value of {key[:64]!r} is out of the int64 range")
-        result = number + delta
-        if not INT64_MIN <= result <= INT64_MAX:
-            raise NotAnInteger("increment would overflow int64")
+        result = incremented(key, self.get(key), delta)
         self.put(key, str(result), self._deadlines.get(key))
         return result
 
@@ -628,6 +617,26 @@ def _sub_buckets(keys: Iterable[str], first: int) -> list[tuple[int, list[str]]]
         if sub >= first:
             subs.setdefault(sub, []).append(key)
     return sorted(subs.items())
+
+
+def incremented(key: str, current: str | None, delta: int) -> int:
+    """``incr``'s sum: ``current`` (the value at ``key``; None counts as 0) plus ``delta``.
+
+    Raises:
+        NotAnInteger: ``current`` is not a decimal int64, or the sum overflows.
+    """
+    if current is None:
+        number = 0
+    else:
+        if not _is_decimal(current):
+            raise NotAnInteger(f"value of {key[:64]!r} is not an integer")
+        number = int(current)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise NotAnInteger(f"value of {key[:64]!r} is out of the int64 range")
+    result = number + delta
+    if not INT64_MIN <= result <= INT64_MAX:
+        raise NotAnInteger("increment would overflow int64")
+    return result
 
 
 def _is_decimal(text: str) -> bool:
