@@ -258,6 +258,23 @@ def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
     raise _none_answered(key, failure)
 
 
+def _delete(membership: Membership, request: Request[Any]) -> Plan[Any]:
+    """DELETE: first what every live owner holds (``getv``), and the newest record to
+    those holding an older one, so that the owner applying the delete holds the
+    newest record the owners know of: ``del`` answers whether the key existed in
+    the cluster, not at an owner that missed a write or a delete while it was
+    away or not answering. Then the write rule (:func:`_write`)."""
+    key = request.args[0]
+    answers = yield {name: [Request(GETV, [[key]], None)] for name in membership.live(membership.owners(key))}
+    held = {name: got[0][0] for name, got in answers.items() if not isinstance(got, NodeUnavailableError)}
+    latest = newest(held.values())
+    if latest is not None:
+        repairs = _repairs(latest, held)
+        if repairs:
+            yield repairs
+    return (yield from _write(membership, request))
+
+
 def _read_many(membership: Membership, request: Request[Any]) -> Plan[Any]:
     """READ_MANY: ``getv`` of each key to each of its live owners, all nodes at once;
     each key's newest record answers; stale owners are repaired in one more step."""
@@ -391,7 +408,7 @@ _PLANS: dict[Route, Callable[[Membership, Request[Any]], Plan[Any]]] = {
     Route.READ: _read,
     Route.WRITE: _write,
     Route.DECIDE: _write,
-    Route.DELETE: _write,
+    Route.DELETE: _delete,
     Route.READ_MANY: _read_many,
     Route.WRITE_MANY: _write_many,
 }

@@ -73,6 +73,30 @@ def test_a_node_back_with_its_old_data_shows_no_older_value_and_no_deleted_key(
         assert table.get(key) == "newer" and table.get(deleted[0]) == "again"
 
 
+def test_a_delete_answers_for_the_cluster_not_for_an_owner_back_with_old_data(
+        start_server: Callable[..., ServerProcess], tmp_path: Path, make_cluster: Callable[..., Any]) -> None:
+    # Two nodes, R=2: each is the first owner of about half of the keys.
+    data_dirs = [str(tmp_path / f"data{i}") for i in range(2)]
+    servers = [start_server("--data-dir", data_dir, "--fsync", "always") for data_dir in data_dirs]
+    nodes = [server.node for server in servers]
+    away = servers[1]
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        table.mset(dict.fromkeys(KEYS, "old"))
+        firsts = {table.owners(key)[0] for key in KEYS}
+        assert firsts == set(nodes)  # both cases: the node back with old data is first owner, and second
+        away.stop()
+        for key in KEYS:
+            assert table.delete(key) is True
+    start_server("--data-dir", data_dirs[1], "--port", str(away.port))
+    assert set(direct_mget(away.node, KEYS)) == {"old"}  # it is back with the values deleted meanwhile
+
+    with make_cluster(nodes, replicas=2, timeout_s=0.3, retries=0) as table:
+        # Deleted already: a second delete finds nothing, whichever owner applies it.
+        assert [table.delete(key) for key in KEYS] == [False] * len(KEYS)
+        assert table.mget(KEYS) == [None] * len(KEYS)
+    assert direct_mget(away.node, KEYS) == [None] * len(KEYS)  # and the old values are gone from it
+
+
 def test_read_repair_gives_an_owner_back_empty_the_newest_record(
         start_server: Callable[..., ServerProcess], make_cluster: Callable[..., Any]) -> None:
     servers = [start_server() for _ in range(3)]
