@@ -96,9 +96,10 @@ class ClusterClient(MembershipView, MappingSugar):
         or may not have been applied. A refusal (out of memory, say) is
         raised; owners asked before keep the write. ``mset`` is all-or-none
         on each node, not across nodes. ``delete`` goes to the key's owners
-        only: its tombstone outvotes any older copy; when the first owner
-        deleted nothing (no value, or an older tombstone), each other owner
-        deletes too.
+        only: first every live owner's record is asked for and the newest
+        given to the owners holding an older one (as a read does), then the
+        first owner deletes and its tombstone, which outvotes any older copy,
+        is copied.
 
     Reads (``get``, ``exists``, ``ttl``, ``mget``; routes READ, READ_MANY):
         Every live owner is asked for its record at once (``getv``); the

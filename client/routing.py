@@ -231,10 +231,10 @@ def _read(membership: Membership, request: Request[Any]) -> Plan[Any]:
 def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
     """WRITE, DECIDE, DELETE: the first live owner applies the write (and decides a
     condition) and returns the record it left, which is copied to the other live
-    owners with ``putv`` (newer wins there). A ``del`` whose first owner deleted
-    nothing (it held no value, or the tombstone of an earlier delete: no newer
-    tombstone to copy) is applied by each other owner instead, since one of them
-    may hold a value the first owner missed."""
+    owners with ``putv`` (newer wins there). A ``del`` that deleted nothing
+    leaves nothing to copy: :func:`_delete` gave its owner the newest record the
+    owners held first, so a value another owner holds is one written after that
+    (by an owner applying writes while this one did not answer)."""
     key = request.args[0]
     applying = with_records(request)
     names = membership.live_first(membership.owners(key))
@@ -250,10 +250,6 @@ def _write(membership: Membership, request: Request[Any]) -> Plan[Any]:
         deleted_nothing = request.command.op.route is Route.DELETE and not outcome
         if others and copies and not deleted_nothing:
             yield {other: [Request(PUTV, [copies], None)] for other in others}
-        elif others and deleted_nothing:
-            answers = yield {other: [applying] for other in others}
-            outcome = outcome or any(not isinstance(got, NodeUnavailableError) and got[0][0] is True
-                                     for got in answers.values())
         return request.command.value(Status.OK, outcome)
     raise _none_answered(key, failure)
 

@@ -58,8 +58,7 @@ class Route(enum.Enum):
     READ = "read"  # every live owner's record (getv) at once; the newest answers, stale owners repaired
     WRITE = "write"  # the first live owner applies it; its record is copied to the others (putv)
     DECIDE = "decide"  # as WRITE: the first live owner also decides the condition
-    DELETE = "delete"  # the owners' records first (getv, repair), then as WRITE (a tombstone is copied); the
-    # others delete too when the first deleted nothing
+    DELETE = "delete"  # the owners' records first (getv, repair), then as WRITE (a tombstone is copied)
     READ_MANY = "read_many"  # READ for each key, all owners' shares in parallel
     WRITE_MANY = "write_many"  # split by first owner, sent in parallel, then copied as WRITE
     EVERY_NODE = "every_node"  # every member (ping, stats, keys)
