@@ -3,7 +3,7 @@
 #   docker build -t memlookup:local .
 #   docker run -d --name memlookup -p 127.0.0.1:7400:7400 -v memlookup-data:/data memlookup:local
 #   docker exec memlookup memlookup 127.0.0.1 ping
-#   docker logs memlookup        # the start-up line ends with the core that runs: "compiled core"
+#   docker logs memlookup        # the start-up line ends with the core that runs: "compiled core, compact table"
 
 # The builder stage: a wheel of memlookup with the server's compiled core
 # (server/_cloop.pyx), built where gcc and Python's headers are, with the
@@ -42,7 +42,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     --mount=type=bind,source=requirements.txt,target=/tmp/requirements.txt \
     pip install --constraint /tmp/requirements.txt /wheels/memlookup-*.whl \
-    && python3 -c 'from memlookup.server.core import CORE_DESCRIPTION as core; assert core == "compiled core", core'
+    && python3 -c 'from memlookup.server.core import CORE_DESCRIPTION as core; assert core == "compiled core, compact table", core'
 
 # An unprivileged user owning the data directory.
 RUN groupadd --system --gid 10001 memlookup \

@@ -225,7 +225,7 @@ def test_a_container_runs_the_compiled_core(image: str) -> None:
     try:
         assert podman("run", "-d", "--name", name, image).returncode == 0
         line = startup_line(name)
-        assert line.endswith(", compiled core"), line
+        assert line.endswith(", compiled core, compact table"), line
         pong = podman("exec", name, "memlookup", "127.0.0.1", "ping")
         assert (pong.returncode, pong.stdout) == (0, "PONG\n"), pong.stderr
     finally:
