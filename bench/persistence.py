@@ -292,6 +292,14 @@ def _time_start(data: Path, tree: Path | None) -> float:
 
 
 def bench_restart(keys: int, repeat: int, base: Path, baseline: Path | None) -> None:
+    measure_restart(keys, repeat, base, baseline, show=True)
+
+
+def measure_restart(keys: int, repeat: int, base: Path, baseline: Path | None = None,
+                    show: bool = False) -> dict[str, float]:
+    """Restart with ``keys`` keys, start to first reply, median of ``repeat``: this tree's server from
+    its journal and from its snapshot, and Redis from its AOF; returns those three medians in seconds
+    (``journal``, ``snapshot``, ``redis``), and prints the details when ``show``."""
     names = [f"key:{i:012d}" for i in range(keys)]  # 16 bytes
     values = [f"value:{i:026d}" for i in range(keys)]  # 32 bytes
     trees: list[Path | None] = [None] + ([baseline] if baseline is not None else [])
@@ -331,6 +339,10 @@ def bench_restart(keys: int, repeat: int, base: Path, baseline: Path | None) -> 
         for path in [*ours.values(), theirs]:
             shutil.rmtree(path, ignore_errors=True)
     mr = statistics.median(redis_times)
+    medians = {"journal": statistics.median(journal[None]), "snapshot": statistics.median(snapshot[None]),
+               "redis": mr}
+    if not show:
+        return medians
     print(f"restart with {keys:,} keys (16-byte keys, 32-byte values), start to first reply, median of {repeat}:")
     for tree in trees:
         mj, ms = statistics.median(journal[tree]), statistics.median(snapshot[tree])
@@ -342,6 +354,7 @@ def bench_restart(keys: int, repeat: int, base: Path, baseline: Path | None) -> 
         print(f"  {label[tree]}: compaction pause (new journal, or the longest snapshot slice) with {keys:,} keys:"
               f" {pause_ms[tree]:.1f} ms")
     print(f"  redis from AOF          {mr:6.2f} s  AOF {aof} bytes")
+    return medians
 
 
 def _pause_with_replies(data: Path, tree: Path | None) -> tuple[float, float, int]:

@@ -74,7 +74,8 @@ def test_compare_quick_mode_produces_the_table(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = doc.read_text()
     for row in ("1. lockstep get", "2. four processes", "3. capacity", "4. bulk load", "5. memory per key",
-                "6. one-shot CLI get"):
+                "6. one-shot CLI get", "7. restart with 20,000 keys, from the snapshot",
+                "7. restart with 20,000 keys, from the journal"):
         assert row in text
 
 
