@@ -778,8 +778,9 @@ cdef class CompactStore:
     def scan(self, cursor, str pattern, count, deadline=None, max_bytes=None):
         """One page of the live keys matching the glob ``pattern``, as :meth:`server.store.Store.scan`.
 
-        A step is one home slot's positions (see the module docstring); the
-        page ends after a step once ``count`` keys were examined,
+        A step is one home slot's positions (see the module docstring), or a
+        single position where a home slot's records would take more than
+        ``max_bytes``; the page ends after a step once ``count`` keys were examined,
         ``time.perf_counter()`` reached ``deadline``, or the keys found take
         ``max_bytes``; always at least one step. Returns ``(next_cursor, keys)``,
         ``next_cursor`` 0 when the scan is complete.
@@ -807,11 +808,25 @@ cdef class CompactStore:
         clock = time.perf_counter
         if not 0 <= cursor < _SCAN_POSITIONS:
             raise ValueError("a scan position is from 0 to SCAN_POSITIONS - 1")
+        cdef Py_ssize_t mark, bytes_before, examined_before
         position = cursor
         while position < _SCAN_POSITIONS:
             end = self._step_end(position)
+            mark, bytes_before, examined_before = len(found), found_bytes, examined
             self._step(position, end, found, records, match, now, &examined, &found_bytes)
-            position = end
+            if byte_limit >= 0 and found_bytes > byte_limit and end - position > 1:
+                # More than the page may hold in one step (large values sharing a home slot of a
+                # small index): this home slot's positions one at a time instead, up to the limit,
+                # as the Python table splits a bucket into sub-buckets.
+                del found[mark:]
+                found_bytes, examined = bytes_before, examined_before
+                while position < end:
+                    self._step(position, position + 1, found, records, match, now, &examined, &found_bytes)
+                    position += 1
+                    if found_bytes >= byte_limit:
+                        break
+            else:
+                position = end
             if (examined >= count or (deadline is not None and clock() >= deadline)
                     or (byte_limit >= 0 and found_bytes >= byte_limit)):
                 break
