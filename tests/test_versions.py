@@ -18,6 +18,7 @@ import pytest
 
 from common.limits import MAX_BATCH_KEYS, MAX_VERSION_AHEAD_S
 from common.protocol import Status, decode_reply
+from server.store import SCAN_POSITIONS
 from tests.hostile import RawPeer
 
 
@@ -302,7 +303,14 @@ def test_scanv_pages_through_every_record_and_tombstone_once(peer):
 
 
 def test_scanv_refuses_a_cursor_of_another_run(peer):
-    status, _ = peer("scanv", 123456789, 10)
+    for i in range(20):
+        peer.ok("set", f"k{i}", "v")
+    cursor, _ = peer.ok("scanv", 0, 1)
+    tag, position = divmod(cursor, SCAN_POSITIONS)
+    assert tag >= 1 and position > 0
+    # The same position under another run's tag (a run's tag is one of 1 .. 2**32 // SCAN_POSITIONS - 1).
+    other_run = (tag % (2**32 // SCAN_POSITIONS - 1) + 1) * SCAN_POSITIONS + position
+    status, _ = peer("scanv", other_run, 10)
     assert status == Status.BAD_CURSOR
 
 
