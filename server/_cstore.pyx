@@ -884,20 +884,7 @@ cdef class CompactStore:
 
     def put_if_newer(self, str key not None, value, version, deadline):
         """Apply a record copied from another replica if ``version`` is newer (as Store.put_if_newer)."""
-        self.hlc.observe(version)
-        live = self.get(key)
-        current = self.version(key) if live is not None else self.tombstone(key)
-        if current is not None and (version < current or (version == current and (
-                live is None or (value is not None and value <= live)))):
-            return False
-        if value is None:
-            self._bury(key, version)
-        elif deadline is not None and deadline <= self._clock():
-            if live is not None:
-                self._drop(key)
-        else:
-            self.put(key, value, deadline, version)
-        return True
+        return _store.put_record_if_newer(self, key, value, version, deadline)
 
     def load(self, entries, double now):
         """Apply saved ``(key, value, version, deadline)`` entries in order (as Store.load).

@@ -366,20 +366,7 @@ class Store:
         replicas still agree whatever the order they arrive in, a tie goes
         to the delete, then to the larger value (as in Cassandra).
         """
-        self.hlc.observe(version)
-        live = self.get(key)
-        current = self._versions[key] if live is not None else self.tombstone(key)
-        if current is not None and (version < current or (version == current and (
-                live is None or (value is not None and value <= live)))):
-            return False
-        if value is None:
-            self._bury(key, version)
-        elif deadline is not None and deadline <= self._clock():
-            if live is not None:
-                self._drop(key)
-        else:
-            self.put(key, value, deadline, version)
-        return True
+        return put_record_if_newer(self, key, value, version, deadline)
 
     def load(self, entries: Iterable[tuple[str, str | None, Version | None, float | None]], now: float) -> None:
         """Apply saved ``(key, value, version, deadline)`` entries in order (persistence loads with this).
@@ -617,6 +604,26 @@ def _sub_buckets(keys: Iterable[str], first: int) -> list[tuple[int, list[str]]]
         if sub >= first:
             subs.setdefault(sub, []).append(key)
     return sorted(subs.items())
+
+
+def put_record_if_newer(table: Store, key: str, value: str | None, version: Version,
+                        deadline: float | None) -> bool:
+    """:meth:`Store.put_if_newer` on ``table``, either table (the compact one calls it too):
+    the replication rule written once."""
+    table.hlc.observe(version)
+    live = table.get(key)
+    current = table.version(key) if live is not None else table.tombstone(key)
+    if current is not None and (version < current or (version == current and (
+            live is None or (value is not None and value <= live)))):
+        return False
+    if value is None:
+        table._bury(key, version)
+    elif deadline is not None and deadline <= table._clock():
+        if live is not None:
+            table._drop(key)
+    else:
+        table.put(key, value, deadline, version)
+    return True
 
 
 def incremented(key: str, current: str | None, delta: int) -> int:
