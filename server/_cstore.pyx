@@ -39,8 +39,8 @@ When the last record goes the arrays return to their first size.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_Clear
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
 
 import sys
 import time
@@ -68,6 +68,7 @@ cdef enum:
     TOMBSTONE = 2
     HAS_DEADLINE = 4
     IN_ORDER = 8  # linked in the order of use
+    OWN_BLOCK = 16  # the bytes are a malloc block of their own, not an arena's entry
 
 cdef extern from *:
     """
@@ -88,6 +89,12 @@ cdef struct Rec:
     uint32_t node
     uint16_t counter
     uint8_t flags
+    uint32_t arena      # the number of the arena holding the bytes (unless OWN_BLOCK)
+
+cdef struct Arena:
+    char* base          # NULL: this number holds no arena
+    uint32_t used       # bytes filled from base: live entries and garbage
+    uint32_t garbage    # bytes of dead entries
 
 cdef struct Deadline:
     double deadline
@@ -98,10 +105,23 @@ cdef struct Buried:
     uint32_t record
 
 
-#: What the memory cap adds per key beyond the table's own figure, which counts
-#: what the table allocated: what the allocator cannot reuse of blocks freed
-#: under churn (tests/test_security_memory.py's churn test holds RSS to it).
+#: What the memory cap adds per key beyond the table's own figure: what the
+#: allocator cannot reuse of the arrays and large values' blocks freed under
+#: churn (tests/test_security_memory.py's churn test holds RSS to it).
 KEY_SLACK_BYTES = 16
+
+#: An arena's size: records' key and value bytes are packed in arenas of this
+#: many bytes (glibc mmaps a block this large, so a freed arena goes back to the system).
+ARENA_BYTES = 1 << 20
+
+#: Compaction holds the garbage of the arenas other than the current one to at
+#: most a GARBAGE_SHARE-th of the live entries' bytes; the memory cap counts
+#: that share as slack (:attr:`CompactStore.slack_bytes`).
+GARBAGE_SHARE = 8
+
+#: An entry's header: its record's number, or DEAD | its length once freed.
+cdef Py_ssize_t ENTRY_HEADER_BYTES = 4
+cdef uint32_t DEAD = 0x80000000
 
 #: What a block costs besides its usable size: glibc's malloc keeps its size in the 8 bytes before it.
 cdef size_t BLOCK_HEADER_BYTES = 8
@@ -132,6 +152,11 @@ cdef inline Py_ssize_t _utf8_size(str text) except -1:
     cdef Py_ssize_t size
     keep = _utf8(text, &data, &size)
     return size
+
+
+cdef inline Py_ssize_t _with_garbage_share(Py_ssize_t entry_bytes) noexcept:
+    """``entry_bytes`` and the garbage compaction may leave for them (:data:`GARBAGE_SHARE`), rounded up."""
+    return entry_bytes + (entry_bytes + GARBAGE_SHARE - 1) // GARBAGE_SHARE
 
 
 cdef inline uint32_t _hash(str key) except? 0:
@@ -210,6 +235,7 @@ cdef class CompactStore:
         clock: returns the current wall-clock time in seconds; tests pass a fake one.
         hlc: the clock that versions writes; one named "" on ``clock`` when omitted.
         tombstone_grace_s: how long a tombstone is kept after its delete.
+        arena_bytes: the size of an arena (:data:`ARENA_BYTES`); tests make it small to compact often.
     """
 
     cdef Rec* recs
@@ -221,7 +247,16 @@ cdef class CompactStore:
     cdef Py_ssize_t expiry_len, expiry_capacity
     cdef Buried* buried
     cdef Py_ssize_t buried_len, buried_capacity
-    cdef Py_ssize_t count, with_deadline, data_bytes, node_bytes, empty_bytes
+    cdef Py_ssize_t count, with_deadline, node_bytes, empty_bytes
+    cdef Arena* arenas
+    cdef uint32_t arena_capacity, current, arena_bytes, largest_entry_bytes
+    #: Bytes of live arena entries (headers included), of large values' own blocks, and of the
+    #: garbage of the arenas other than the current one.
+    cdef Py_ssize_t live_bytes, block_bytes, garbage_bytes
+    #: Arenas held now.
+    cdef readonly Py_ssize_t arenas_held
+    #: Arenas compacted since the table was made.
+    cdef readonly Py_ssize_t compactions
     cdef list nodes
     cdef dict node_numbers
     cdef readonly object _clock
@@ -242,13 +277,19 @@ cdef class CompactStore:
         self.expiry = NULL
         self.buried = NULL
         self.order = NULL
+        self.arenas = NULL
         self.oldest = self.newest = EMPTY
+        self._set_arena_bytes(ARENA_BYTES)
         self._reset()
 
-    def __init__(self, clock=time.time, hlc=None, tombstone_grace_s=_store.TOMBSTONE_GRACE_S):
+    def __init__(self, clock=time.time, hlc=None, tombstone_grace_s=_store.TOMBSTONE_GRACE_S,
+                 Py_ssize_t arena_bytes=ARENA_BYTES):
+        if not 64 <= arena_bytes <= 1 << 30:
+            raise ValueError("an arena is from 64 bytes to 1 GiB")
         self._clock = clock
         self.hlc = hlc if hlc is not None else HybridLogicalClock("", clock)
         self.tombstone_grace_s = tombstone_grace_s
+        self._set_arena_bytes(arena_bytes)
         self.expired_total = 0
         self.key_slack_bytes = KEY_SLACK_BYTES
         self._reset()  # again, now that the clock's node is known
@@ -256,12 +297,21 @@ cdef class CompactStore:
     def __dealloc__(self):
         self._release()
 
+    cdef void _set_arena_bytes(self, uint32_t arena_bytes) noexcept:
+        self.arena_bytes = arena_bytes
+        self.largest_entry_bytes = arena_bytes // 8  # a larger one takes a block of its own
+
     cdef void _release(self) noexcept:
         cdef uint32_t i
         if self.recs != NULL:
             for i in range(self.rec_top):
-                if self.recs[i].data != NULL:
+                if self.recs[i].flags & OWN_BLOCK:
                     free(self.recs[i].data)
+        if self.arenas != NULL:
+            for i in range(self.arena_capacity):
+                free(self.arenas[i].base)
+        free(self.arenas)
+        self.arenas = NULL
         free(self.recs)
         free(self.slots)
         free(self.expiry)
@@ -287,7 +337,12 @@ cdef class CompactStore:
         self.expiry_capacity = self.buried_capacity = 8
         self.expiry = <Deadline*>malloc(8 * sizeof(Deadline))
         self.buried = <Buried*>malloc(8 * sizeof(Buried))
-        if self.recs == NULL or self.slots == NULL or self.expiry == NULL or self.buried == NULL:
+        self.arena_capacity = 4
+        self.arenas = <Arena*>calloc(4, sizeof(Arena))
+        self.current = EMPTY
+        self.live_bytes = self.block_bytes = self.garbage_bytes = self.arenas_held = 0
+        if (self.recs == NULL or self.slots == NULL or self.expiry == NULL or self.buried == NULL
+                or self.arenas == NULL):
             raise MemoryError()
         if self.tracking:
             self._allocate_order(FIRST_RECORDS)
@@ -295,7 +350,7 @@ cdef class CompactStore:
             self.slots[i] = EMPTY
         self.occupied = 0
         self.expiry_len = self.buried_len = 0
-        self.count = self.with_deadline = self.tombstones = self.data_bytes = 0
+        self.count = self.with_deadline = self.tombstones = 0
         self.nodes = []  # no record names a node any more
         self.node_numbers = {}
         self.node_bytes = 0
@@ -309,7 +364,8 @@ cdef class CompactStore:
         # not counted (as a freed block is not), the next new key takes it.
         return ((self.rec_top - self.free_records) * (sizeof(Rec) + (2 * sizeof(uint32_t) if self.tracking else 0))
                 + (self.slot_mask + 1) * sizeof(uint32_t)
-                + self.expiry_capacity * sizeof(Deadline) + self.buried_capacity * sizeof(Buried))
+                + self.expiry_capacity * sizeof(Deadline) + self.buried_capacity * sizeof(Buried)
+                + self.arena_capacity * sizeof(Arena))
 
     # -- the index and the records ----------------------------------------
 
@@ -363,9 +419,6 @@ cdef class CompactStore:
             raise ValueError("a key or value of 4 GiB or more")
         if (self.occupied + 1) * 2 > self.slot_mask + 1:
             self._grow_index()
-        data = <char*>malloc(key_len + value_len + 1)  # + 1: never malloc(0)
-        if data == NULL:
-            raise MemoryError()
         if self.free_head != EMPTY:
             number = self.free_head
             self.free_head = self.recs[number].hash
@@ -374,7 +427,6 @@ cdef class CompactStore:
             if self.rec_top == self.rec_capacity:
                 recs = <Rec*>realloc(self.recs, 2 * self.rec_capacity * sizeof(Rec))
                 if recs == NULL:
-                    free(data)
                     raise MemoryError()
                 self.recs = recs
                 if self.tracking:
@@ -382,15 +434,18 @@ cdef class CompactStore:
                 self.rec_capacity *= 2
             number = self.rec_top
             self.rec_top += 1
-        memcpy(data, key, key_len)
-        memcpy(data + key_len, value, value_len)
-        self.data_bytes += _block_bytes(data)
         rec = &self.recs[number]
-        rec.data = data
-        rec.hash = hash
-        rec.key_len = key_len
-        rec.value_len = value_len
+        rec.data = NULL
         rec.flags = USED
+        try:
+            self._store_bytes(number, key, key_len, value, value_len)
+        except MemoryError:
+            rec.flags = 0
+            rec.hash = self.free_head
+            self.free_head = number
+            self.free_records += 1
+            raise
+        rec.hash = hash
         rec.deadline = 0
         i = self._home(hash)
         while self.slots[i] != EMPTY:
@@ -400,28 +455,153 @@ cdef class CompactStore:
         return number
 
     cdef int _set_value(self, Rec* rec, const char* value, Py_ssize_t value_len) except -1:
-        cdef char* data
+        """Give ``rec`` the value: in place if its length is the old one's, else with its key in a new entry."""
         if value_len > 0xFFFFFFFF:
             raise ValueError("a value of 4 GiB or more")
-        if value_len != rec.value_len:
-            self.data_bytes -= _block_bytes(rec.data)
-            data = <char*>realloc(rec.data, rec.key_len + value_len + 1)
+        if value_len == rec.value_len:
+            memcpy(rec.data + rec.key_len, value, value_len)
+            return 0
+        return self._store_bytes(<uint32_t>(rec - self.recs), rec.data, rec.key_len, value, value_len)
+
+    # -- the arenas ------------------------------------------------------
+
+    cdef int _store_bytes(self, uint32_t number, const char* key, Py_ssize_t key_len, const char* value,
+                          Py_ssize_t value_len) except -1:
+        """Put the record's key and value bytes in a new entry (a block of their own if large), then free its old one.
+
+        ``key`` may be the record's own bytes: they are copied before they are freed.
+        """
+        cdef Rec* rec = &self.recs[number]
+        cdef char* old_data = rec.data
+        cdef Py_ssize_t old_size = rec.key_len + rec.value_len, size = key_len + value_len
+        cdef uint32_t old_arena = rec.arena, header = number
+        cdef bint old_own = rec.flags & OWN_BLOCK
+        cdef Arena* arena
+        cdef char* data
+        if size + ENTRY_HEADER_BYTES > self.largest_entry_bytes:
+            data = <char*>malloc(size + 1)  # + 1: never malloc(0)
             if data == NULL:
-                self.data_bytes += _block_bytes(rec.data)
                 raise MemoryError()
-            rec.data = data
-            self.data_bytes += _block_bytes(data)
-            rec.value_len = value_len
-        memcpy(rec.data + rec.key_len, value, value_len)
+            self.block_bytes += _block_bytes(data)
+            rec.flags |= OWN_BLOCK
+        else:
+            if self.current == EMPTY or self.arenas[self.current].used + size + ENTRY_HEADER_BYTES > self.arena_bytes:
+                self._next_arena()
+            arena = &self.arenas[self.current]
+            data = arena.base + arena.used
+            memcpy(data, &header, ENTRY_HEADER_BYTES)
+            data += ENTRY_HEADER_BYTES
+            arena.used += size + ENTRY_HEADER_BYTES
+            self.live_bytes += size + ENTRY_HEADER_BYTES
+            rec.flags &= ~OWN_BLOCK
+            rec.arena = self.current
+        memcpy(data, key, key_len)
+        memcpy(data + key_len, value, value_len)
+        rec.data = data
+        rec.key_len = key_len
+        rec.value_len = value_len
+        if old_data != NULL:
+            self._free_bytes(old_data, old_size, old_arena, old_own)
+        return 0
+
+    cdef int _free_bytes(self, char* data, Py_ssize_t size, uint32_t arena, bint own) except -1:
+        """Free a record's old bytes: its own block, or its arena entry (which becomes garbage, then compaction's)."""
+        if own:
+            self.block_bytes -= _block_bytes(data)
+            free(data)
+            return 0
+        self._kill_entry(data - ENTRY_HEADER_BYTES, size + ENTRY_HEADER_BYTES, arena)
+        if self.garbage_bytes * GARBAGE_SHARE > self.live_bytes:
+            self._compact()
+        return 0
+
+    cdef void _kill_entry(self, char* entry, uint32_t entry_bytes, uint32_t number) noexcept:
+        """Mark an entry dead; an arena left with no live entry is freed (the current one starts over)."""
+        cdef uint32_t header = DEAD | entry_bytes
+        cdef Arena* arena = &self.arenas[number]
+        memcpy(entry, &header, ENTRY_HEADER_BYTES)
+        arena.garbage += entry_bytes
+        self.live_bytes -= entry_bytes
+        if number != self.current:
+            self.garbage_bytes += entry_bytes
+        if arena.garbage == arena.used:
+            if number == self.current:
+                arena.used = arena.garbage = 0
+            else:
+                self.garbage_bytes -= arena.garbage
+                free(arena.base)
+                arena.base = NULL
+                arena.used = arena.garbage = 0
+                self.arenas_held -= 1
+
+    cdef int _next_arena(self) except -1:
+        """Make a new arena the current one (or the current one empty, when it holds only garbage)."""
+        cdef uint32_t number = 0, capacity
+        cdef Arena* arenas
+        cdef char* base
+        if self.current != EMPTY and self.arenas[self.current].garbage == self.arenas[self.current].used:
+            self.arenas[self.current].used = self.arenas[self.current].garbage = 0
+            return 0
+        while number < self.arena_capacity and self.arenas[number].base != NULL:
+            number += 1
+        if number == self.arena_capacity:
+            capacity = 2 * self.arena_capacity
+            arenas = <Arena*>realloc(self.arenas, capacity * sizeof(Arena))
+            if arenas == NULL:
+                raise MemoryError()
+            memset(arenas + self.arena_capacity, 0, self.arena_capacity * sizeof(Arena))
+            self.arenas, self.arena_capacity = arenas, capacity
+        base = <char*>malloc(self.arena_bytes)
+        if base == NULL:
+            raise MemoryError()
+        if self.current != EMPTY:
+            self.garbage_bytes += self.arenas[self.current].garbage
+        self.arenas[number].base = base
+        self.arenas[number].used = self.arenas[number].garbage = 0
+        self.arenas_held += 1
+        self.current = number
+        return 0
+
+    cdef int _compact(self) except -1:
+        """Move the live entries of the arena (other than the current one) with the most garbage to the current one.
+
+        The arena is freed once its last entry moved. One arena a call: at most
+        :data:`ARENA_BYTES` copied, and each call frees at least the average garbage of an arena.
+        """
+        cdef uint32_t victim = EMPTY, number, header
+        cdef uint32_t offset = 0, entry_bytes
+        cdef Rec* rec
+        cdef char* entry
+        for number in range(self.arena_capacity):
+            if (number != self.current and self.arenas[number].base != NULL
+                    and (victim == EMPTY or self.arenas[number].garbage > self.arenas[victim].garbage)):
+                victim = number
+        if victim == EMPTY:
+            return 0
+        self.compactions += 1
+        while offset < self.arenas[victim].used:  # 0 once the last live entry moved and the arena was freed
+            entry = self.arenas[victim].base + offset
+            memcpy(&header, entry, ENTRY_HEADER_BYTES)
+            if header & DEAD:
+                offset += header & ~DEAD
+                continue
+            rec = &self.recs[header]
+            entry_bytes = ENTRY_HEADER_BYTES + rec.key_len + rec.value_len
+            rec.data = NULL  # the bytes move: nothing to free but the entry killed below
+            self._store_bytes(header, entry + ENTRY_HEADER_BYTES, rec.key_len,
+                              entry + ENTRY_HEADER_BYTES + rec.key_len, rec.value_len)
+            offset += entry_bytes
+            self._kill_entry(entry, entry_bytes, victim)
         return 0
 
     cdef int _free_slot(self, Py_ssize_t slot) except -1:
         """Remove the record at ``slot`` from the index and free it (its counts are the caller's)."""
         cdef uint32_t number = self.slots[slot], i = slot, j = slot, home
         cdef Rec* rec = &self.recs[number]
+        cdef char* data = rec.data
+        cdef Py_ssize_t size = rec.key_len + rec.value_len
+        cdef bint own = rec.flags & OWN_BLOCK
         self._unlink(number)
-        self.data_bytes -= _block_bytes(rec.data)
-        free(rec.data)
         rec.data = NULL
         rec.flags = 0
         rec.hash = self.free_head
@@ -437,9 +617,11 @@ cdef class CompactStore:
                 i = j
         self.slots[i] = EMPTY
         self.occupied -= 1
-        if self.occupied == 0:
-            self._reset()
-        return 0
+        if self.occupied:
+            return self._free_bytes(data, size, rec.arena, own)
+        if own:
+            free(data)
+        return self._reset()
 
     cdef int _node_number(self, str node) except -1:
         number = self.node_numbers.get(node)
@@ -593,18 +775,22 @@ cdef class CompactStore:
         return self._free_slot(slot)
 
     def new_key_bytes(self, str key not None):
-        """What a new ``key`` adds to :attr:`memory_bytes` besides its value, at most (the memory cap's estimate).
+        """What a new ``key`` adds to :attr:`memory_bytes` and :attr:`slack_bytes` besides its value, at most.
 
-        Its record, its share of the index (a quarter full right after it
-        doubles: 4 slots), its place in the order of use, and its bytes in a
-        block with the allocator's header and rounding.
+        The memory cap's estimate: its record, its share of the index (a
+        quarter full right after it doubles: 4 slots), its place in the order
+        of use, and its bytes with the entry's header and their garbage share.
         """
         return (sizeof(Rec) + 4 * sizeof(uint32_t) + (2 * sizeof(uint32_t) if self.tracking else 0)
-                + _utf8_size(key) + BLOCK_HEADER_BYTES + 16)
+                + _with_garbage_share(ENTRY_HEADER_BYTES + _utf8_size(key)))
 
     def value_bytes(self, str value not None):
-        """What ``value`` adds to :attr:`memory_bytes` (its UTF-8 bytes in the key's block)."""
-        return _utf8_size(value)
+        """What ``value`` adds to :attr:`memory_bytes` and :attr:`slack_bytes`: its UTF-8 bytes and their garbage share.
+
+        A value too large for an arena takes a block of its own, whose
+        allocator's header and rounding (24 bytes at most) its share covers.
+        """
+        return _with_garbage_share(_utf8_size(value))
 
     # -- reading ---------------------------------------------------------
 
@@ -619,7 +805,17 @@ cdef class CompactStore:
     @property
     def memory_bytes(self):
         """What the table holds beyond an empty table's arrays (see the module docstring)."""
-        return self.data_bytes + self._structure_bytes() + self.node_bytes - self.empty_bytes
+        return self.live_bytes + self.block_bytes + self._structure_bytes() + self.node_bytes - self.empty_bytes
+
+    @property
+    def slack_bytes(self):
+        """What the memory cap adds to :attr:`memory_bytes`: :attr:`key_slack_bytes` a key and the garbage share.
+
+        Compaction holds the garbage of the arenas other than the current one
+        to a :data:`GARBAGE_SHARE`-th of the live entries' bytes; that bound is
+        counted, not the garbage itself, so that it falls when a key goes.
+        """
+        return self.count * self.key_slack_bytes + self.live_bytes // GARBAGE_SHARE
 
     def get(self, str key not None):
         """The value of ``key``, or None if it is missing or expired."""

@@ -154,7 +154,7 @@ class MemoryGuard:
     def used_bytes(self) -> int:
         """The process's estimated memory use, as the limit counts it."""
         output = self._output.held_bytes if self._output is not None else 0
-        return (self.baseline_bytes + self.store.memory_bytes + len(self.store) * self.store.key_slack_bytes
+        return (self.baseline_bytes + self.store.memory_bytes + self.store.slack_bytes
                 + self.policy.bookkeeping_bytes + output)
 
     def make_room(self, incoming_bytes: int) -> None:

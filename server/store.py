@@ -137,6 +137,11 @@ class Store:
         return self._count
 
     @property
+    def slack_bytes(self) -> int:
+        """What the memory cap adds to :attr:`memory_bytes`: :attr:`key_slack_bytes` a key."""
+        return self._count * self.key_slack_bytes
+
+    @property
     def keys_with_ttl(self) -> int:
         """How many keys have a deadline (some may have passed it already)."""
         return len(self._deadlines)
