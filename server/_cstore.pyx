@@ -2,11 +2,30 @@
 """The compact table: :class:`server.store.Store`'s behaviour with no Python object per key.
 
 A key's record is a fixed 48-byte entry in one array of records (its hash,
-lengths, deadline, version and flags) and one block from the C
-allocator holding its key's and value's UTF-8 bytes. An open-addressing
-index (linear probing, 4 bytes a slot, at most half full) maps a key to its
-record's number. A tombstone is a record with the tombstone flag and no
-value. Nothing here is a Python object until a method returns it.
+lengths, deadline, version, flags and arena) and an entry in an arena
+holding its key's and value's UTF-8 bytes. An open-addressing index (linear
+probing, 4 bytes a slot, at most half full) maps a key to its record's
+number. A tombstone is a record with the tombstone flag and no value.
+Nothing here is a Python object until a method returns it.
+
+Arenas are blocks of :data:`ARENA_BYTES` (1 MiB: glibc serves them with
+mmap, so a freed one goes back to the system) filled by bumping. An entry is
+a 4-byte header, the record's number, then the key's and value's bytes,
+unaligned; the record points at the key's. A value rewritten with the same
+length is rewritten in place; one of another length takes a new entry, and
+the old one becomes garbage: its header becomes ``DEAD | its length``, so
+an arena can be walked. An entry over an eighth of an arena takes a malloc
+block of its own instead (the record's ``OWN_BLOCK`` flag), as every key did
+before arenas. An arena left with only garbage is freed at once (the current
+one, being filled, starts over). When the garbage of the arenas other than
+the current one exceeds a :data:`GARBAGE_SHARE`-th (an eighth) of the live
+entries' bytes, the one with the most garbage is compacted: walked, its live
+entries copied to the current arena (their records then point there), and
+freed. One arena a time: a write that frees an entry copies at most an
+arena's bytes, and each compaction frees at least the average garbage of an
+arena. The arenas then hold at most 9/8 of the live entries' bytes, plus
+the current arena and the tail each filled arena left when the next entry
+did not fit (under an eighth of it).
 
 Scan positions are those of :class:`~server.store.Store` (``SCAN_POSITIONS``,
 2**20): a key's position is the top 20 bits of its 32-bit hash (the top half
@@ -25,15 +44,19 @@ Expiry and tombstone collection keep heaps of ``(deadline, record number)``
 and ``(delete's ms, record number)``, as the Python table keeps heaps of keys;
 an entry is stale when its record no longer has that deadline or tombstone.
 
-``memory_bytes`` is what the table holds beyond an empty one: the blocks'
-sizes as the allocator reports them (``malloc_usable_size``, plus the 8
-bytes of glibc's header before each block), the records in use (the rest
-of the array, after it doubled, is pages not touched yet; a freed record is
-not counted, as a freed block is not: the next new key takes it), the index
-and heaps at their allocated sizes, the
-order of use under
-allkeys-lru, and the node names of the versions other than this server's.
-When the last record goes the arrays return to their first size.
+``memory_bytes`` is what the table holds beyond an empty one: the live
+arena entries' bytes, headers included (an arena's pages past its filled
+part are not touched, so not resident), the own blocks' sizes as the
+allocator reports them (``malloc_usable_size``, plus the 8 bytes of glibc's
+header before each block), the records in use (the rest of the array, after
+it doubled, is pages not touched yet; a freed record is not counted, as
+garbage is not: the next new key takes it), the index, heaps and arena list
+at their allocated sizes, the order of use under allkeys-lru, and the node
+names of the versions other than this server's. It falls by a key's bytes
+when the key goes, as the memory cap's eviction needs. Garbage is not in it:
+what compaction lets it reach, an eighth of the live entries' bytes, is in
+``slack_bytes``, which the memory cap adds (server/memory.py). When the last
+record goes the arrays return to their first size and every arena is freed.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE

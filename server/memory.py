@@ -4,7 +4,9 @@ The limit counts the whole server, as its resident memory (RSS) will show:
 what the process used before it held any data (measured at start, plus
 :data:`RESERVE_BYTES` for the reply cache and socket buffers), the table's
 own estimate (:attr:`server.store.Store.memory_bytes`, which measured at or
-above the real growth of RSS for values of 1 byte to 100 KB), and the
+above the real growth of RSS for values of 1 byte to 100 KB) with its slack
+(:attr:`~server.store.Store.slack_bytes`: what keys coming and going leave
+that the estimate does not count; both fall when a key goes), and the
 eviction policy's bookkeeping. After a write's arguments were checked and
 before it is applied, :class:`MemoryGuard` checks that what it stores fits
 (the row's ``stored`` parameters, :mod:`common.ops`); if it does not, the
