@@ -21,11 +21,13 @@ one, being filled, starts over). When the garbage of the arenas other than
 the current one exceeds a :data:`GARBAGE_SHARE`-th (an eighth) of the live
 entries' bytes, the one with the most garbage is compacted: walked, its live
 entries copied to the current arena (their records then point there), and
-freed. One arena a time: a write that frees an entry copies at most an
-arena's bytes, and each compaction frees at least the average garbage of an
-arena. The arenas then hold at most 9/8 of the live entries' bytes, plus
-the current arena and the tail each filled arena left when the next entry
-did not fit (under an eighth of it).
+freed. One arena at a time, a step per write: a write that frees an entry
+walks on for a 64th of an arena (16 KiB) and nine times that entry's bytes (so, as the arena has
+at least a ninth of garbage, it frees garbage as fast as writes make it),
+never a whole arena at once. The arenas then hold about 9/8 of the live
+entries' bytes, plus the current arena, the garbage of the one being
+compacted, and the tail each filled arena left when the next entry did not
+fit (under an eighth of it).
 
 Scan positions are those of :class:`~server.store.Store` (``SCAN_POSITIONS``,
 2**20): a key's position is the top 20 bits of its 32-bit hash (the top half
@@ -278,8 +280,10 @@ cdef class CompactStore:
     cdef Py_ssize_t live_bytes, block_bytes, garbage_bytes
     #: Arenas held now.
     cdef readonly Py_ssize_t arenas_held
-    #: Arenas compacted since the table was made.
+    #: Compactions started since the table was made.
     cdef readonly Py_ssize_t compactions
+    #: The arena being compacted (EMPTY: none) and how far its walk got.
+    cdef uint32_t compacting, compact_offset
     cdef list nodes
     cdef dict node_numbers
     cdef readonly object _clock
@@ -362,7 +366,7 @@ cdef class CompactStore:
         self.buried = <Buried*>malloc(8 * sizeof(Buried))
         self.arena_capacity = 4
         self.arenas = <Arena*>calloc(4, sizeof(Arena))
-        self.current = EMPTY
+        self.current = self.compacting = EMPTY
         self.live_bytes = self.block_bytes = self.garbage_bytes = self.arenas_held = 0
         if (self.recs == NULL or self.slots == NULL or self.expiry == NULL or self.buried == NULL
                 or self.arenas == NULL):
@@ -534,8 +538,10 @@ cdef class CompactStore:
             free(data)
             return 0
         self._kill_entry(data - ENTRY_HEADER_BYTES, size + ENTRY_HEADER_BYTES, arena)
-        if self.garbage_bytes * GARBAGE_SHARE > self.live_bytes:
-            self._compact()
+        if self.compacting == EMPTY and self.garbage_bytes * GARBAGE_SHARE > self.live_bytes:
+            self._start_compaction()
+        if self.compacting != EMPTY:
+            self._compact(self.arena_bytes // 64 + (GARBAGE_SHARE + 1) * (size + ENTRY_HEADER_BYTES))
         return 0
 
     cdef void _kill_entry(self, char* entry, uint32_t entry_bytes, uint32_t number) noexcept:
@@ -552,6 +558,8 @@ cdef class CompactStore:
                 arena.used = arena.garbage = 0
             else:
                 self.garbage_bytes -= arena.garbage
+                if number == self.compacting:
+                    self.compacting = EMPTY
                 free(arena.base)
                 arena.base = NULL
                 arena.used = arena.garbage = 0
@@ -585,35 +593,48 @@ cdef class CompactStore:
         self.current = number
         return 0
 
-    cdef int _compact(self) except -1:
-        """Move the live entries of the arena (other than the current one) with the most garbage to the current one.
-
-        The arena is freed once its last entry moved. One arena a call: at most
-        :data:`ARENA_BYTES` copied, and each call frees at least the average garbage of an arena.
-        """
-        cdef uint32_t victim = EMPTY, number, header
-        cdef uint32_t offset = 0, entry_bytes
-        cdef Rec* rec
-        cdef char* entry
+    cdef void _start_compaction(self) noexcept:
+        """Choose the arena (other than the current one) with the most garbage for :meth:`_compact`."""
+        cdef uint32_t victim = EMPTY, number
         for number in range(self.arena_capacity):
             if (number != self.current and self.arenas[number].base != NULL
                     and (victim == EMPTY or self.arenas[number].garbage > self.arenas[victim].garbage)):
                 victim = number
-        if victim == EMPTY:
-            return 0
-        self.compactions += 1
-        while offset < self.arenas[victim].used:  # 0 once the last live entry moved and the arena was freed
-            entry = self.arenas[victim].base + offset
+        if victim != EMPTY:
+            self.compacting, self.compact_offset = victim, 0
+            self.compactions += 1
+
+    cdef int _compact(self, Py_ssize_t budget_bytes) except -1:
+        """Walk on through the arena being compacted for ``budget_bytes`` (or one entry), moving its live entries.
+
+        They go to the current arena (their records then point there); the
+        arena is freed once its last live entry moved. A write that freed an
+        entry walks a 64th of an arena and GARBAGE_SHARE + 1 times that
+        entry's bytes: as the victim has the most garbage, at least a
+        1/(GARBAGE_SHARE + 1)-th of what it walks, compaction frees garbage
+        as fast as writes make it.
+        """
+        cdef uint32_t victim = self.compacting, header, entry_bytes
+        cdef Rec* rec
+        cdef char* entry
+        while budget_bytes > 0 and self.compacting == victim:  # EMPTY once the victim was freed
+            if self.compact_offset >= self.arenas[victim].used:  # cannot be: its last live entry's move frees it
+                self.compacting = EMPTY
+                break
+            entry = self.arenas[victim].base + self.compact_offset
             memcpy(&header, entry, ENTRY_HEADER_BYTES)
             if header & DEAD:
-                offset += header & ~DEAD
+                entry_bytes = header & ~DEAD
+                self.compact_offset += entry_bytes
+                budget_bytes -= entry_bytes
                 continue
             rec = &self.recs[header]
             entry_bytes = ENTRY_HEADER_BYTES + rec.key_len + rec.value_len
             rec.data = NULL  # the bytes move: nothing to free but the entry killed below
             self._store_bytes(header, entry + ENTRY_HEADER_BYTES, rec.key_len,
                               entry + ENTRY_HEADER_BYTES + rec.key_len, rec.value_len)
-            offset += entry_bytes
+            self.compact_offset += entry_bytes
+            budget_bytes -= entry_bytes
             self._kill_entry(entry, entry_bytes, victim)
         return 0
 
