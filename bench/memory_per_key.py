@@ -2,6 +2,7 @@
 
     python3 bench/memory_per_key.py                         # this tree
     python3 bench/memory_per_key.py --baseline /tmp/old     # and another tree (``git archive``), side by side
+    python3 bench/memory_per_key.py --only compact          # one table
 
 Fills each table (:class:`server.store.Store`, and the compact table of
 server/_cstore.pyx where the tree has it built) with ``--keys`` keys
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--value-bytes", type=int, default=32)
     parser.add_argument("--churn-rounds", type=int, default=4, help="rewrites of every key between fill and deletes")
     parser.add_argument("--baseline", type=Path, help="another source tree, measured the same way")
+    parser.add_argument("--only", choices=("python", "compact"), help="measure this table only")
     parser.add_argument("--measure", choices=("traced", "rss"), help=argparse.SUPPRESS)  # a child process's part
     parser.add_argument("--table", choices=("python", "compact"), help=argparse.SUPPRESS)  # the child's table
     args = parser.parse_args()
@@ -113,6 +115,8 @@ def main() -> None:
           f"{'RSS':>6} {'counted':>8} {'deleted: traced':>16} {'RSS':>6} {'counted':>8}")
     for name, tree in trees:
         for table in tables(tree):
+            if args.only and table != args.only:
+                continue
             r = run_tree(tree, args.keys, args.value_bytes, args.churn_rounds, table)
             columns = [f"{name:<10} {table:<8}"]
             for phase in ("live", "churned", "deleted"):

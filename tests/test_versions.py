@@ -157,7 +157,8 @@ def test_memory_figure_counts_tombstones_and_drops_them_when_collected(start_ser
         peer.ok("mset", {f"key:{i}": "v" for i in range(100)})
         for i in range(100):
             peer.ok("del", f"key:{i}")
-        assert peer.ok("stats")["memory_bytes"] >= empty + 100 * 100  # key and version of each
+        # Each tombstone's record, key and version: 87 bytes on the compact table, more on the Python one.
+        assert peer.ok("stats")["memory_bytes"] >= empty + 100 * 64
         deadline = time.monotonic() + 10
         while peer.ok("stats")["tombstones"] and time.monotonic() < deadline:
             time.sleep(0.1)
