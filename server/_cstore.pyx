@@ -224,6 +224,8 @@ cdef class CompactStore:
     cdef Py_ssize_t count, with_deadline, data_bytes, node_bytes, empty_bytes
     cdef list nodes
     cdef dict node_numbers
+    cdef object last_node  # the node name last numbered, and its number
+    cdef int last_node_number
     cdef readonly object _clock
     cdef public object hlc
     cdef public double tombstone_grace_s
@@ -298,6 +300,7 @@ cdef class CompactStore:
         self.count = self.with_deadline = self.tombstones = self.data_bytes = 0
         self.nodes = []  # no record names a node any more
         self.node_numbers = {}
+        self.last_node = None
         self.node_bytes = 0
         if self.hlc is not None:
             self._node_number(self.hlc.node)  # this server's own: part of the empty table
@@ -442,6 +445,8 @@ cdef class CompactStore:
         return 0
 
     cdef int _node_number(self, str node) except -1:
+        if node is self.last_node:  # a run of versions of one node (an mset, a load)
+            return self.last_node_number
         number = self.node_numbers.get(node)
         if number is None:
             number = len(self.nodes)
@@ -449,6 +454,7 @@ cdef class CompactStore:
             self.nodes.append(node)
             self.node_numbers[node] = number
             self.node_bytes += sys.getsizeof(node) + 8 + 100  # the str, its list slot and dict entry
+        self.last_node, self.last_node_number = node, number
         return number
 
     cdef int _set_version(self, Rec* rec, tuple version) except -1:
@@ -914,9 +920,11 @@ cdef class CompactStore:
         self.hlc.observe(newest)
 
     def set_many(self, dict pairs not None, ttl_s=None):
+        """Store every pair with one deadline and one version (as Store.set_many)."""
         deadline = None if ttl_s is None else self._clock() + ttl_s
+        version = self.hlc.issue()
         for key, value in pairs.items():
-            self.put(key, value, deadline)
+            self.put(key, value, deadline, version)
 
     def delete(self, str key not None):
         """Remove ``key``, leaving a tombstone; True if it was there (and not expired)."""

@@ -427,9 +427,11 @@ class Store:
             sum(map(getsizeof, bucket)) for bucket in tombstones.values())
 
     def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
+        """Store every pair with one deadline and one version: an mset is one write, at one instant."""
         deadline = None if ttl_s is None else self._clock() + ttl_s
+        version = self.hlc.issue()
         for key, value in pairs.items():
-            self.put(key, value, deadline)
+            self.put(key, value, deadline, version)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``, leaving a tombstone; True if it was there (and not expired).
