@@ -34,6 +34,15 @@ and heaps at their allocated sizes, the
 order of use under
 allkeys-lru, and the node names of the versions other than this server's.
 When the last record goes the arrays return to their first size.
+
+Snapshots and journals are read and written in bulk (``load_payloads``,
+``snapshot_payloads``): a payload ``[entries, replies]`` of the current
+formats (server/records.py) is read field by field from its bytes into the
+records, with the hash of a pure-ASCII key computed from its bytes as
+CPython hashes the str (``_Py_HashBytes`` over one byte a character; any
+other key is made a str and hashed), and a snapshot's payloads are packed
+from the records with the bytes ``msgpack.packb`` gives for
+``records()``'s tuples. No Python object is made per key either way.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 
 from client import Client
 from server._cstore import CompactStore
+from server.journal import journal_start
+from server.records import frame
 from server.store import Store
-from tests.servers import ServerProcess, runs_compiled_core
+from tests.servers import ServerProcess, run_server, runs_compiled_core
 from tests.tables import TABLES
 from tests.test_versions import Peer, _all_records
 
@@ -374,3 +376,20 @@ def test_a_server_restarted_after_a_compaction_holds_every_key_and_tombstone(tmp
         peer.close()
     finally:
         restarted.stop()
+
+
+@pytest.mark.parametrize("pure", ["0", "1"], ids=["compiled", "pure-python"])
+def test_a_journal_record_of_another_shape_with_a_valid_checksum_is_refused_at_start(
+        tmp_path: Path, pure: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    journal = data_dir / "journal.00000001"
+    good = msgpack.packb(([("key", "value", (NOW_MS, 0, "node-a"), None)], ()))
+    written = journal_start("everysec") + frame(good) + frame(HOSTILE["an entry of 3"])
+    journal.write_bytes(written)
+    monkeypatch.setenv("MEMLOOKUP_PURE_PYTHON", pure)
+    refused = run_server("--data-dir", str(data_dir), "--fsync", "everysec")
+    assert refused.returncode == 1
+    assert f"{journal}: a record with a valid checksum does not decode" in refused.stderr
+    assert sorted(p.name for p in data_dir.iterdir()) == ["journal.00000001", "lock"]
+    assert journal.read_bytes() == written, "a refused start must not touch the files"
