@@ -397,6 +397,18 @@ cdef inline int _check_utf8(const char* text, Py_ssize_t size) except -1:
     return 0
 
 
+cdef inline int _check_packable(const char* text, Py_ssize_t size) except -1:
+    """ValueError for the bytes of a lone surrogate (``surrogatepass``: ED A0..BF ..), which msgpack
+    refuses to pack, as strict UTF-8 does: the table may hold them, a snapshot must not."""
+    cdef Py_ssize_t i
+    if _ascii(text, size):
+        return 0
+    for i in range(size - 1):
+        if <uint8_t>text[i] == 0xED and <uint8_t>text[i + 1] >= 0xA0:
+            raise ValueError("a key or value holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+    return 0
+
+
 cdef inline Py_ssize_t _str_head_bytes(Py_ssize_t size) noexcept nogil:
     return 1 if size < 32 else 2 if size < 0x100 else 3 if size < 0x10000 else 5
 
@@ -1489,7 +1501,11 @@ cdef class CompactStore:
                 node = rec.node
                 node_data = PyUnicode_AsUTF8AndSize(self.nodes[node], &node_size)
                 if node_data == NULL:
-                    return None  # the error (a lone surrogate) is set
+                    PyErr_Clear()
+                    raise ValueError("a node name holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+            _check_packable(rec.data, rec.key_len)
+            if not rec.flags & TOMBSTONE:
+                _check_packable(rec.data + rec.key_len, rec.value_len)
             entries += 1
             size += (2 + _str_head_bytes(rec.key_len) + rec.key_len + _int_bytes(rec.ms) + _int_bytes(rec.counter)
                      + _str_head_bytes(node_size) + node_size)

@@ -198,9 +198,9 @@ class Compaction:
             return
         try:
             done = writer.step(COMPACTION_SLICE_S)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a record the format cannot hold (a lone surrogate)
             self._snapshot = None
-            writer.abandon()
+            writer.abandon()  # never finished: its payloads stopped short
             self._failed(f"cannot write the snapshot: {exc}")
             return
         if not done:

@@ -23,11 +23,12 @@ from hypothesis import strategies as st
 
 from client import Client
 from server._cstore import CompactStore
-from server.journal import journal_start
+from server.journal import FsyncAlways, journal_start
+from server.persistence import Persistence
 from server.records import frame
 from server.store import Store
 from tests.servers import ServerProcess, run_server, runs_compiled_core
-from tests.tables import TABLES
+from tests.tables import JOURNALED_TABLES, TABLES
 from tests.test_versions import Peer, _all_records
 
 NOW = 1_800_000_000.0
@@ -393,3 +394,33 @@ def test_a_journal_record_of_another_shape_with_a_valid_checksum_is_refused_at_s
     assert f"{journal}: a record with a valid checksum does not decode" in refused.stderr
     assert sorted(p.name for p in data_dir.iterdir()) == ["journal.00000001", "lock"]
     assert journal.read_bytes() == written, "a refused start must not touch the files"
+
+
+@TABLES
+def test_a_snapshot_refuses_a_lone_surrogate_as_msgpack_does(table) -> None:
+    # The table holds any str (surrogatepass); the snapshot's format, UTF-8, cannot: packing it must fail,
+    # never write bytes that no restart could decode.
+    for held in ({"\ud800key": "v"}, {"key": "value\udfff"}):
+        store = _table(table)
+        store.set("plain", "v")
+        for key, value in held.items():
+            store.set(key, value)
+        with pytest.raises(ValueError):
+            list(store.snapshot_payloads(512))
+
+
+@JOURNALED_TABLES
+def test_a_compaction_that_cannot_pack_the_table_fails_and_keeps_the_files(tmp_path: Path, journaled) -> None:
+    store = journaled()
+    persistence = Persistence(tmp_path, FsyncAlways, store, compact_after_bytes=1)
+    persistence.open()
+    try:
+        store.put("plain", "v", None)
+        store.put("\ud800", "v", None)
+        for _ in range(5):  # a failed slice, then more housekeeping ticks
+            persistence.compaction.periodic()
+        persistence.compaction.close()
+        assert persistence.compaction.failures == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.00000001", "journal.00000002", "lock"]
+    finally:
+        persistence.close()
