@@ -374,7 +374,13 @@ def render(rows: list[tuple[str, str, str, float, str, bool]], raw: dict[str, An
     ]
     for what, ours, theirs, ratio, goal, met in rows:
         lines.append(f"| {what} | {ours} | {theirs} | {ratio:.2f} | {goal} | {'yes' if met else 'no'} |")
-    four, cap = raw["four memlookup"], raw["capacity memlookup"]
+    four, cap, lat = raw["four memlookup"], raw["capacity memlookup"], raw["latency_us"]
+    for op in ("get", "set"):
+        goal_us, floor_us = 0.75 * lat[f"{op} redis-py"], lat[f"{op} echo"]
+        if goal_us < floor_us:
+            lines += ["", f"Row 1's {op} goal against redis-py, 0.75 x {lat[f'{op} redis-py']:.1f} = {goal_us:.1f} us, "
+                          f"is below the pyzmq REQ/REP echo of the same messages in this run ({floor_us:.1f} us): "
+                          "no client of pyzmq's REQ socket can meet it."]
     lines += [
         "",
         "Latency percentiles from the load generator (us): "

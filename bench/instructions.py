@@ -10,7 +10,10 @@ cancels out), divided by the difference in count:
 * ``set`` / ``get``: requests through ``Handler.handle`` (no sockets), the
   frames built beforehand, a set carrying a request id as the client sends it;
 * ``load``: entries through ``Store.load`` (what a restart spends per key
-  besides decoding), the building of the entries subtracted.
+  besides decoding), the building of the entries subtracted;
+* ``restart``: the same entries packed in snapshot payloads of 512, decoded
+  and loaded as a restart does (``Store.load_payloads``; in a tree without
+  it, msgpack's decoding and ``Store.load``), the packing subtracted.
 
 Each on both tables where the tree has the compact one built
 (server/_cstore.pyx): the Python ``Store`` and ``CompactStore``.
@@ -64,6 +67,13 @@ def _workload(kind: str, count: int, load: bool, table_name: str) -> None:
                                              for i in range(count)]
     else:
         entries = [(f"key:{i:012d}", "v" * 32, None) for i in range(count)]
+    if kind == "restart":
+        payloads = [msgpack.packb((entries[start:start + 512], ())) for start in range(0, count, 512)]
+        if load and hasattr(store, "load_payloads"):
+            store.load_payloads(payloads, time.time(), lambda replies: None)
+        elif load:  # the tree before: what its recovery did
+            store.load((entry for payload in payloads for entry in msgpack.unpackb(payload)[0]), time.time())
+        return
     if load:
         store.load(iter(entries), time.time())  # type: ignore[arg-type]  # either tree's shape
 
@@ -81,9 +91,10 @@ def _instructions(tree: Path, kind: str, count: int, load: bool, table: str) -> 
 
 
 def per_item(tree: Path, kind: str, table: str) -> int:
-    """Instructions per request (``set``, ``get``) or per loaded entry (``load``) in ``tree``'s ``table``."""
+    """Instructions per request (``set``, ``get``) or per loaded entry (``load``, ``restart``) in ``tree``'s
+    ``table``."""
     span = _instructions(tree, kind, LARGE, True, table) - _instructions(tree, kind, SMALL, True, table)
-    if kind == "load":
+    if kind in ("load", "restart"):
         span -= _instructions(tree, kind, LARGE, False, table) - _instructions(tree, kind, SMALL, False, table)
     return span // (LARGE - SMALL)
 
@@ -101,9 +112,9 @@ def main() -> None:
     print(f"instructions per item ({LARGE:,} minus {SMALL:,} items)")
     for name, tree in trees:
         for table in ["python"] + (["compact"] if list((tree / "server").glob("_cstore*.so")) else []):
-            figures = {kind: per_item(tree, kind, table) for kind in ("set", "get", "load")}
+            figures = {kind: per_item(tree, kind, table) for kind in ("set", "get", "load", "restart")}
             print(f"{name:<10} {table:<8} set request {figures['set']:>7,}   get request {figures['get']:>7,}   "
-                  f"loaded entry {figures['load']:>7,}")
+                  f"loaded entry {figures['load']:>7,}   entry decoded and loaded {figures['restart']:>7,}")
 
 
 if __name__ == "__main__":

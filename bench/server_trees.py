@@ -39,7 +39,8 @@ LOADS: dict[str, tuple[list[str], str, str]] = {
 }
 
 
-def _server(tree: Path) -> ServerProcess:
+def server_of(tree: Path) -> ServerProcess:
+    """A server of ``tree`` (its own modules first on the path), in memory, on a free port."""
     program = [sys.executable, "-c",
                f"import sys; sys.path.insert(0, {str(tree)!r}); from server.__main__ import main; sys.exit(main())"]
     return ServerProcess([], program=program)
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds of every load against both (default 10)")
     args = parser.parse_args()
     trees = {"this tree": ROOT, "before": args.before.resolve()}
-    servers = {name: _server(tree) for name, tree in trees.items()}
+    servers = {name: server_of(tree) for name, tree in trees.items()}
     try:
         for server in servers.values():
             _run(server.node, ["-c", "1", "-n", "1000", "-r", "1000", "--mix", "set", "--prefill"], "p50")

@@ -9,12 +9,15 @@ command line (:mod:`client.cli_parser`). A line that cannot be parsed, or that
 the server refuses, is counted as an error and reported with its line number;
 the other lines still run.
 
-Speed comes from two things. Runs of plain ``set KEY VALUE`` lines are sent
+Speed comes from three things. Runs of plain ``set KEY VALUE`` lines are sent
 as ``mset`` batches (checked against the server's limits here first, so one
 bad pair cannot sink a batch), and the requests are pipelined: up to a window
-of them are in flight while the next lines are read. Commands run in file
-order. Plain lines are split with ``str.split``; only lines with quotes or
-backslashes pay for :func:`shlex.split` (and for importing :mod:`shlex`).
+of them are in flight while the next lines are read. A block of input that is
+ASCII and holds nothing but plain ``set`` lines is read by one regular
+expression (:data:`_PLAIN_SET`), with no Python code per line; any other
+block is read line by line. Commands run in file order. Plain lines are split
+with ``str.split``; only lines with quotes or backslashes pay for
+:func:`shlex.split` (and for importing :mod:`shlex`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NoReturn, TextIO
 
@@ -50,6 +54,24 @@ _NEEDS_SHLEX = ('"', "'", "\\")
 #: others, so a plain line and its quoted spelling read the same (str.split and
 #: bytes.split would also split at form feed, vertical tab and, for str, NBSP).
 _BLANKS_TO_SPACE = str.maketrans("\t\r\n", "   ")
+
+
+def plain_set_lines(max_key_bytes: int, max_value_bytes: int) -> re.Pattern[str]:
+    """A plain ``set KEY VALUE`` line of ASCII text, as :meth:`BulkLoader.feed_block` takes it line by line.
+
+    The command in any case, words split at the blanks of :func:`shlex.split`,
+    no quote or backslash, no word starting with ``-`` (an option), the key
+    and value within the server's limits. A match starts at the start of a
+    line and ends with its newline, so a block whose every line is such a
+    line has as many matches as lines.
+    """
+
+    def word(max_bytes: int) -> str:
+        more = "*" if max_bytes > 1 << 24 else f"{{0,{max_bytes - 1}}}"
+        return rf"""([^- \t\r\n"'\\][^ \t\r\n"'\\]{more})"""
+
+    key, value, blanks = word(max_key_bytes), word(max_value_bytes), r"[ \t\r]"
+    return re.compile(rf"^{blanks}*[sS][eE][tT]{blanks}+{key}{blanks}+{value}{blanks}*\n", re.MULTILINE)
 
 
 def _split_blanks(line: str) -> list[str]:
@@ -119,6 +141,7 @@ class BulkLoader:
         self.max_key_bytes = int(limits.get("max_key_bytes", 1 << 62))
         self.max_value_bytes = int(limits.get("max_value_bytes", 1 << 62))
         self.batch_keys = max(1, min(batch_keys, int(limits.get("max_batch_keys", batch_keys))))
+        self._plain_sets = plain_set_lines(self.max_key_bytes, self.max_value_bytes)
         #: Sends each command at once (its own batches: mset); results come back in order,
         #: each to the callback queued with its command.
         self.stream = client.stream(self._on_result, window=window, per_message=1)
@@ -129,13 +152,22 @@ class BulkLoader:
 
     # -- reading ---------------------------------------------------------
 
-    def feed_lines(self, first_line_number: int, lines: list[bytes]) -> None:
-        """Take consecutive input lines (bytes, with or without newlines).
+    def feed_block(self, first_line_number: int, block: bytes) -> int:
+        """Take consecutive input lines, each ending with a newline; returns how many.
 
-        Plain ``set KEY VALUE`` lines take a fast path: split as bytes, sizes
-        checked in bytes, added to the pending ``mset`` batch. A key set twice
-        in one batch keeps its last value, as running the lines in order would.
+        A block of nothing but plain ``set KEY VALUE`` lines in ASCII is read
+        in one go (:func:`plain_set_lines`); any other, line by line.
         """
+        lines = block.count(b"\n")
+        if not self._feed_plain_block(first_line_number, block, lines):
+            self._feed_lines(first_line_number, block.split(b"\n")[:-1])
+        return lines
+
+    def _feed_lines(self, first_line_number: int, lines: list[bytes]) -> None:
+        """Take lines one by one. Plain ``set KEY VALUE`` lines take a fast path:
+        split as bytes, sizes checked in bytes, added to the pending ``mset``
+        batch. A key set twice in one batch keeps its last value, as running
+        the lines in order would."""
         pairs = self._pairs
         max_key, max_value, batch_keys = self.max_key_bytes, self.max_value_bytes, self.batch_keys
         for line_number, raw in enumerate(lines, first_line_number):
@@ -165,6 +197,27 @@ class BulkLoader:
             elif words:
                 self.feed(line_number, raw)  # sends the pending batch first
                 pairs = self._pairs
+
+    def _feed_plain_block(self, first_line_number: int, block: bytes, lines: int) -> bool:
+        """Add the ``lines`` of ``block`` to the pending batches if every one is a plain ``set`` in ASCII;
+        False if not."""
+        if not block.isascii():
+            return False
+        found = self._plain_sets.findall(block.decode("ascii"))
+        if len(found) != lines:
+            return False
+        start, batch_keys = 0, self.batch_keys
+        while start < len(found):
+            if not self._pairs:
+                self._pairs_first_line = first_line_number + start
+            taken = found[start:start + batch_keys - len(self._pairs)]
+            self._pairs.update(taken)
+            self._pairs_lines += len(taken)
+            self.summary.lines += len(taken)
+            start += len(taken)
+            if len(self._pairs) >= batch_keys:
+                self._flush_pairs()
+        return True
 
     def feed(self, line_number: int, raw: bytes) -> None:
         """Take one line of input (with or without its newline)."""
@@ -259,14 +312,10 @@ def run(
     line_number = done_bytes = 0
     loader = BulkLoader(client, batch_keys, window)
     with loader.stream:
-        while True:
-            lines = source.readlines(READ_BYTES)
-            if not lines:
-                break
-            loader.feed_lines(line_number + 1, lines)
-            line_number += len(lines)
+        for block in _blocks(source):
+            line_number += loader.feed_block(line_number + 1, block)
             if bar is not None:
-                done_bytes += sum(map(len, lines))
+                done_bytes += len(block)
                 bar.update((done_bytes if bar.total else line_number) - bar.n)
         summary = loader.finish()
     if bar is not None:
@@ -277,6 +326,21 @@ def run(
         print(f"... {summary.errors - len(summary.error_lines)} more errors", file=report)
     print(f"sent: {summary.sent}, errors: {summary.errors}, lines: {summary.lines}", file=report)
     return summary
+
+
+def _blocks(source: BinaryIO) -> Iterator[bytes]:
+    """``source`` in blocks of whole lines of about :data:`READ_BYTES`, each ending with a newline
+    (one is added to a last line without it)."""
+    partial: list[bytes] = []  # a line longer than a read, so far
+    while data := source.read(READ_BYTES):
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            partial.append(data)
+            continue
+        yield b"".join((*partial, data[:cut])) if partial else data[:cut]
+        partial = [data[cut:]] if cut < len(data) else []
+    if partial:
+        yield b"".join(partial) + b"\n"
 
 
 def _progress_bar(source: BinaryIO) -> Any:

@@ -59,16 +59,28 @@ when the key goes, as the memory cap's eviction needs. Garbage is not in it:
 what compaction lets it reach, an eighth of the live entries' bytes, is in
 ``slack_bytes``, which the memory cap adds (server/memory.py). When the last
 record goes the arrays return to their first size and every arena is freed.
+
+Snapshots and journals are read and written in bulk (``load_payloads``,
+``snapshot_payloads``): a payload ``[entries, replies]`` of the current
+formats (server/records.py) is read field by field from its bytes into the
+records, with the hash of a pure-ASCII key computed from its bytes as
+CPython hashes the str (``_Py_HashBytes`` over one byte a character; any
+other key is made a str and hashed), and a snapshot's payloads are packed
+from the records with the bytes ``msgpack.packb`` gives for
+``records()``'s tuples. No Python object is made per key either way.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_Clear
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 import sys
 import time
+
+import msgpack
 
 from . import store as _store
 from .clock import HybridLogicalClock
@@ -253,6 +265,258 @@ cdef inline void _heap_down_b(Buried* heap, Py_ssize_t size, Py_ssize_t i) noexc
     heap[i] = item
 
 
+# -- msgpack in bulk: the fields of snapshot and journal payloads ------------------------
+#
+# Payloads of the current formats (server/records.py) are ``[entries, replies]``,
+# entries ``[key, value, version, deadline]``. CompactStore.load_payload reads the
+# entries straight from the bytes and snapshot_payloads writes them, as
+# msgpack.packb((entries, ())) would: these read and write one field each.
+# Every read checks its bounds first: a payload cut short or of another shape
+# raises ValueError, never reads past its end.
+
+cdef extern from "Python.h":
+    Py_hash_t _Py_HashBytes(const void* data, Py_ssize_t size)
+
+cdef struct Reader:
+    const uint8_t* data
+    Py_ssize_t size
+    Py_ssize_t at
+
+
+cdef inline uint64_t _be(const uint8_t* p, int n) noexcept nogil:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(n):
+        value = (value << 8) | p[i]
+    return value
+
+
+cdef inline void _put_be(uint8_t* p, uint64_t value, int n) noexcept nogil:
+    cdef int i
+    for i in range(n - 1, -1, -1):
+        p[i] = value & 0xFF
+        value >>= 8
+
+
+cdef int _need(Reader* r, Py_ssize_t n) except -1:
+    if n > r.size - r.at:
+        raise ValueError(f"payload cut short: {n} bytes needed at byte {r.at} of {r.size}")
+    return 0
+
+
+cdef inline int _wrong(Reader* r, str what) except -1:
+    raise ValueError(f"payload byte {r.at} (0x{r.data[r.at]:02x}) does not start {what}")
+
+
+cdef Py_ssize_t _read_array(Reader* r) except -1:
+    """The length of the array that starts here (fixarray, array 16, array 32)."""
+    cdef uint8_t head
+    cdef Py_ssize_t length
+    _need(r, 1)
+    head = r.data[r.at]
+    if head & 0xF0 == 0x90:
+        r.at += 1
+        return head & 0x0F
+    if head == 0xDC or head == 0xDD:
+        _need(r, 3 if head == 0xDC else 5)
+        length = _be(r.data + r.at + 1, 2 if head == 0xDC else 4)
+        r.at += 3 if head == 0xDC else 5
+        return length
+    return _wrong(r, "an array")
+
+
+cdef inline bint _read_nil(Reader* r) except -1:
+    """True, past it, if a nil starts here."""
+    _need(r, 1)
+    if r.data[r.at] == 0xC0:
+        r.at += 1
+        return True
+    return False
+
+
+cdef const char* _read_str(Reader* r, Py_ssize_t* size) except NULL:
+    """The bytes of the str that starts here (fixstr, str 8, 16, 32); its length in ``size``."""
+    cdef uint8_t head
+    cdef int length_bytes
+    cdef const char* text
+    _need(r, 1)
+    head = r.data[r.at]
+    if head & 0xE0 == 0xA0:
+        size[0], length_bytes = head & 0x1F, 0
+    elif 0xD9 <= head <= 0xDB:
+        length_bytes = 1 << (head - 0xD9)
+        _need(r, 1 + length_bytes)
+        size[0] = _be(r.data + r.at + 1, length_bytes)
+    else:
+        _wrong(r, "a str")
+    r.at += 1 + length_bytes
+    _need(r, size[0])
+    text = <const char*>r.data + r.at
+    r.at += size[0]
+    return text
+
+
+cdef int _read_int(Reader* r, int64_t* value) except -1:
+    """The int that starts here, any of msgpack's int encodings; one beyond int64 is refused."""
+    cdef uint8_t head
+    cdef uint64_t raw
+    cdef int width
+    _need(r, 1)
+    head = r.data[r.at]
+    if head <= 0x7F or head >= 0xE0:
+        value[0] = <int8_t>head
+        r.at += 1
+        return 0
+    if 0xCC <= head <= 0xD3:
+        width = 1 << ((head - 0xCC) & 3)
+        _need(r, 1 + width)
+        raw = _be(r.data + r.at + 1, width)
+        if head <= 0xCF:  # unsigned
+            if raw > <uint64_t>INT64_MAX:
+                raise ValueError(f"payload byte {r.at}: an int beyond int64")
+            value[0] = <int64_t>raw
+        elif width == 1:
+            value[0] = <int8_t>raw
+        elif width == 2:
+            value[0] = <int16_t>raw
+        elif width == 4:
+            value[0] = <int32_t>raw
+        else:
+            value[0] = <int64_t>raw
+        r.at += 1 + width
+        return 0
+    return _wrong(r, "an int")
+
+
+cdef int _read_deadline(Reader* r, bint* present, double* deadline) except -1:
+    """A deadline: nil, a float (64 or 32 bits) or an int of any width."""
+    cdef uint8_t head
+    cdef uint64_t raw
+    cdef uint32_t raw32
+    cdef double wide
+    cdef float narrow
+    cdef int64_t whole
+    present[0] = not _read_nil(r)
+    if not present[0]:
+        return 0
+    head = r.data[r.at]
+    if head == 0xCB or head == 0xCA:
+        _need(r, 9 if head == 0xCB else 5)
+        if head == 0xCB:
+            raw = _be(r.data + r.at + 1, 8)
+            memcpy(&wide, &raw, 8)
+            deadline[0] = wide
+        else:
+            raw32 = <uint32_t>_be(r.data + r.at + 1, 4)
+            memcpy(&narrow, &raw32, 4)
+            deadline[0] = narrow
+        r.at += 9 if head == 0xCB else 5
+    elif head == 0xCF:
+        _need(r, 9)
+        deadline[0] = <double>_be(r.data + r.at + 1, 8)
+        r.at += 9
+    else:
+        _read_int(r, &whole)
+        deadline[0] = <double>whole
+    return 0
+
+
+cdef inline bint _ascii(const char* data, Py_ssize_t size) noexcept nogil:
+    cdef uint8_t seen = 0
+    cdef Py_ssize_t i
+    for i in range(size):
+        seen |= <uint8_t>data[i]
+    return seen < 0x80
+
+
+cdef uint32_t _hash_utf8(const char* key, Py_ssize_t size) except? 0:
+    """``_hash(key)`` from its UTF-8 bytes (valid UTF-8, else UnicodeDecodeError, a ValueError).
+
+    A pure-ASCII str hashes its bytes with ``_Py_HashBytes`` (CPython 3.11's
+    unicode_hash: one byte a character); any other key is made a str.
+    """
+    if _ascii(key, size):
+        return <uint32_t>((<uint64_t>_Py_HashBytes(key, size)) >> 32)
+    return _hash(PyUnicode_DecodeUTF8(key, size, NULL))
+
+
+cdef inline int _check_utf8(const char* text, Py_ssize_t size) except -1:
+    """UnicodeDecodeError (a ValueError) unless ``text`` is valid UTF-8, as msgpack decodes a str."""
+    if not _ascii(text, size):
+        PyUnicode_DecodeUTF8(text, size, NULL)
+    return 0
+
+
+cdef inline int _check_packable(const char* text, Py_ssize_t size) except -1:
+    """ValueError for the bytes of a lone surrogate (``surrogatepass``: ED A0..BF ..), which msgpack
+    refuses to pack, as strict UTF-8 does: the table may hold them, a snapshot must not."""
+    cdef Py_ssize_t i
+    if _ascii(text, size):
+        return 0
+    for i in range(size - 1):
+        if <uint8_t>text[i] == 0xED and <uint8_t>text[i + 1] >= 0xA0:
+            raise ValueError("a key or value holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+    return 0
+
+
+cdef inline Py_ssize_t _str_head_bytes(Py_ssize_t size) noexcept nogil:
+    return 1 if size < 32 else 2 if size < 0x100 else 3 if size < 0x10000 else 5
+
+
+cdef inline Py_ssize_t _int_bytes(int64_t value) noexcept nogil:
+    if -32 <= value < 0x80:
+        return 1
+    if value > 0:
+        return 2 if value <= 0xFF else 3 if value <= 0xFFFF else 5 if value <= <int64_t>0xFFFFFFFF else 9
+    return 2 if value >= -0x80 else 3 if value >= -0x8000 else 5 if value >= -<int64_t>0x80000000 else 9
+
+
+cdef inline uint8_t* _write_str(uint8_t* out, const char* text, Py_ssize_t size) noexcept nogil:
+    if size < 32:
+        out[0] = 0xA0 | size
+        out += 1
+    elif size < 0x100:
+        out[0], out[1] = 0xD9, size
+        out += 2
+    elif size < 0x10000:
+        out[0] = 0xDA
+        _put_be(out + 1, size, 2)
+        out += 3
+    else:
+        out[0] = 0xDB
+        _put_be(out + 1, size, 4)
+        out += 5
+    memcpy(out, text, size)
+    return out + size
+
+
+cdef inline uint8_t* _write_int(uint8_t* out, int64_t value) noexcept nogil:
+    """As msgpack packs an int: the smallest encoding, unsigned ones for values above zero."""
+    cdef Py_ssize_t size = _int_bytes(value)
+    if size == 1:
+        out[0] = <uint8_t>value
+        return out + 1
+    if value > 0:
+        out[0] = 0xCC if size == 2 else 0xCD if size == 3 else 0xCE if size == 5 else 0xCF
+    else:
+        out[0] = 0xD0 if size == 2 else 0xD1 if size == 3 else 0xD2 if size == 5 else 0xD3
+    _put_be(out + 1, <uint64_t>value, size - 1)
+    return out + size
+
+
+cdef inline uint8_t* _write_array_head(uint8_t* out, Py_ssize_t size) noexcept nogil:
+    if size < 16:
+        out[0] = 0x90 | size
+        return out + 1
+    if size < 0x10000:
+        out[0] = 0xDC
+        _put_be(out + 1, size, 2)
+        return out + 3
+    out[0] = 0xDD
+    _put_be(out + 1, size, 4)
+    return out + 5
+
+
 cdef class CompactStore:
     """A table with :class:`server.store.Store`'s interface and behaviour, held in C arrays (see the module).
 
@@ -286,6 +550,8 @@ cdef class CompactStore:
     cdef uint32_t compacting, compact_offset
     cdef list nodes
     cdef dict node_numbers
+    cdef object last_node  # the node name last numbered, and its number
+    cdef int last_node_number
     cdef readonly object _clock
     cdef public object hlc
     cdef public double tombstone_grace_s
@@ -380,6 +646,7 @@ cdef class CompactStore:
         self.count = self.with_deadline = self.tombstones = 0
         self.nodes = []  # no record names a node any more
         self.node_numbers = {}
+        self.last_node = None
         self.node_bytes = 0
         if self.hlc is not None:
             self._node_number(self.hlc.node)  # this server's own: part of the empty table
@@ -668,6 +935,8 @@ cdef class CompactStore:
         return self._reset()
 
     cdef int _node_number(self, str node) except -1:
+        if node is self.last_node:  # a run of versions of one node (an mset, a load)
+            return self.last_node_number
         number = self.node_numbers.get(node)
         if number is None:
             number = len(self.nodes)
@@ -675,6 +944,7 @@ cdef class CompactStore:
             self.nodes.append(node)
             self.node_numbers[node] = number
             self.node_bytes += sys.getsizeof(node) + 8 + 100  # the str, its list slot and dict entry
+        self.last_node, self.last_node_number = node, number
         return number
 
     cdef int _set_version(self, Rec* rec, tuple version) except -1:
@@ -1154,9 +1424,11 @@ cdef class CompactStore:
         self.hlc.observe(newest)
 
     def set_many(self, dict pairs not None, ttl_s=None):
+        """Store every pair with one deadline and one version (as Store.set_many)."""
         deadline = None if ttl_s is None else self._clock() + ttl_s
+        version = self.hlc.issue()
         for key, value in pairs.items():
-            self.put(key, value, deadline)
+            self.put(key, value, deadline, version)
 
     def delete(self, str key not None):
         """Remove ``key``, leaving a tombstone; True if it was there (and not expired)."""
@@ -1328,6 +1600,208 @@ cdef class CompactStore:
         cdef Py_ssize_t slot = self._slot_of(key)
         if slot >= 0 and self.recs[self.slots[slot]].flags & TOMBSTONE:
             self._forget_slot(slot)
+
+    # -- loading and saving in bulk (snapshot and journal payloads) -----------
+
+    def load_payloads(self, payloads, double now, add_replies):
+        """Apply the entries of current-format payloads ``[entries, replies]`` in order, as
+        :meth:`server.store.Store.load_payloads`, read straight from the bytes.
+
+        What :meth:`load` does with the same entries, but no Python object is
+        made per entry, except a str for a key that is not pure ASCII and one
+        per run of entries of one node name. Each payload's replies (few)
+        are decoded by msgpack and passed to ``add_replies``.
+
+        Raises:
+            ValueError: a payload is cut short, not of this shape, or not valid UTF-8 where a str is
+                (the entries before it are applied).
+        """
+        for payload in payloads:
+            add_replies(self._load_payload(payload, now))
+
+    cdef object _load_payload(self, object payload, double now):
+        cdef Py_buffer view
+        cdef Reader r
+        PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+        try:
+            r.data, r.size, r.at = <const uint8_t*>view.buf, view.len, 0
+            if _read_array(&r) != 2:
+                raise ValueError("a payload is an array [entries, replies]")
+            self._load_entries(&r, now)
+            return msgpack.unpackb(payload[r.at:], raw=False, use_list=False)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int _load_entries(self, Reader* r, double now) except -1:
+        cdef Py_ssize_t entries = _read_array(r), key_size, value_size, node_size, slot
+        cdef const char* key
+        cdef const char* value
+        cdef const char* node_data
+        cdef const char* last_node = NULL
+        cdef Py_ssize_t last_node_size = -1, i
+        cdef int64_t ms, counter, newest_ms = 0, newest_counter = 0
+        cdef uint32_t hash, number, node = 0
+        cdef bint versioned, has_deadline
+        cdef double deadline, collected_before_ms = (now - self.tombstone_grace_s) * 1000
+        cdef Rec* rec
+        cdef str node_name = None
+        cdef str newest_node = ""
+        for i in range(entries):
+            if _read_array(r) != 4:
+                raise ValueError(f"payload byte {r.at}: an entry is [key, value, version, deadline]")
+            key = _read_str(r, &key_size)
+            value = NULL
+            if not _read_nil(r):
+                value = _read_str(r, &value_size)
+                _check_utf8(value, value_size)
+            versioned = not _read_nil(r)
+            if versioned:
+                if _read_array(r) != 3:
+                    raise ValueError(f"payload byte {r.at}: a version is [ms, counter, node]")
+                _read_int(r, &ms)
+                _read_int(r, &counter)
+                if not 0 <= counter <= 0xFFFF:
+                    raise ValueError(f"payload byte {r.at}: a version's counter beyond 16 bits")
+                node_data = _read_str(r, &node_size)
+                if node_size != last_node_size or memcmp(node_data, last_node, node_size) != 0:
+                    node_name = PyUnicode_DecodeUTF8(node_data, node_size, NULL)
+                    last_node, last_node_size = node_data, node_size
+                if (ms > newest_ms or (ms == newest_ms and counter > newest_counter)
+                        or (ms == newest_ms and counter == newest_counter and node_name > newest_node)):
+                    newest_ms, newest_counter, newest_node = ms, counter, node_name
+            _read_deadline(r, &has_deadline, &deadline)
+            hash = _hash_utf8(key, key_size)
+            slot = self._find(hash, key, key_size)
+            if value == NULL or (has_deadline and deadline <= now):
+                if slot >= 0:
+                    self._forget_slot(slot)
+                if value == NULL and versioned and ms > collected_before_ms:
+                    number = self._new_record(hash, key, key_size, NULL, 0)
+                    self.tombstones += 1
+                    rec = &self.recs[number]
+                    rec.flags |= TOMBSTONE
+                    self._set_version_parts(rec, ms, counter, node_name)
+                    self._push_buried(number)
+                continue
+            if slot >= 0 and self.recs[self.slots[slot]].flags & TOMBSTONE:
+                self._forget_slot(slot)
+                slot = -1
+            if slot < 0:
+                number = self._new_record(hash, key, key_size, value, value_size)
+                self.count += 1
+            else:
+                number = self.slots[slot]
+                self._set_value(&self.recs[number], value, value_size)
+            rec = &self.recs[number]
+            if versioned:
+                self._set_version_parts(rec, ms, counter, node_name)
+            else:
+                self._set_version_parts(rec, 0, 0, "")
+            self._touch(number)
+            self._set_deadline(number, deadline if has_deadline else None)
+        self.hlc.observe((newest_ms, newest_counter, newest_node))
+        return 0
+
+    cdef int _set_version_parts(self, Rec* rec, int64_t ms, int64_t counter, str node) except -1:
+        """:meth:`_set_version` from the version's parts (no tuple made)."""
+        rec.ms = ms
+        rec.counter = counter
+        rec.node = self._node_number(node)
+        return 0
+
+    def snapshot_payloads(self, Py_ssize_t max_entries):
+        """The payloads ``[entries, []]`` of a snapshot, up to ``max_entries`` entries each.
+
+        The bytes of ``msgpack.packb((entries, ()))`` for the entries
+        :meth:`records` yields, in its order, packed straight from the
+        records: each payload is made when the iteration reaches it, so a
+        caller may write them between batches while the table changes.
+        """
+        cdef uint32_t number = 0
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        while True:
+            payload = self._pack_records(&number, max_entries)
+            if payload is None:
+                return
+            yield payload
+
+    cdef inline bint _saved(self, Rec* rec, double now) noexcept:
+        """Whether :meth:`records` yields this record: a live key not expired, or a tombstone."""
+        return rec.flags & USED and not (rec.flags & HAS_DEADLINE and rec.deadline <= now)
+
+    cdef object _pack_records(self, uint32_t* start, Py_ssize_t max_entries):
+        """The payload of the next ``max_entries`` records from record ``start[0]``, which moves past
+        them; None when none is left. Two passes: the sizes, then the bytes."""
+        cdef double now = self._clock()
+        cdef uint32_t number = start[0], end, node = EMPTY
+        cdef Py_ssize_t entries = 0, size = 0, node_size = 0
+        cdef const char* node_data = NULL
+        cdef Rec* rec
+        cdef uint8_t* out
+        cdef uint64_t raw
+        while number < self.rec_top and entries < max_entries:
+            rec = &self.recs[number]
+            number += 1
+            if not self._saved(rec, now):
+                continue
+            if rec.node != node:
+                node = rec.node
+                node_data = PyUnicode_AsUTF8AndSize(self.nodes[node], &node_size)
+                if node_data == NULL:
+                    PyErr_Clear()
+                    raise ValueError("a node name holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+            _check_packable(rec.data, rec.key_len)
+            if not rec.flags & TOMBSTONE:
+                _check_packable(rec.data + rec.key_len, rec.value_len)
+            entries += 1
+            size += (2 + _str_head_bytes(rec.key_len) + rec.key_len + _int_bytes(rec.ms) + _int_bytes(rec.counter)
+                     + _str_head_bytes(node_size) + node_size)
+            if rec.flags & TOMBSTONE:
+                size += 2
+            else:
+                size += _str_head_bytes(rec.value_len) + rec.value_len + (9 if rec.flags & HAS_DEADLINE else 1)
+        end = number
+        if entries == 0:
+            start[0] = end
+            return None
+        size += 2 + (1 if entries < 16 else 3 if entries < 0x10000 else 5)
+        payload = PyBytes_FromStringAndSize(NULL, size)
+        out = <uint8_t*>PyBytes_AS_STRING(payload)
+        out[0] = 0x92
+        out = _write_array_head(out + 1, entries)
+        node = EMPTY
+        number = start[0]
+        while number < end:
+            rec = &self.recs[number]
+            number += 1
+            if not self._saved(rec, now):
+                continue
+            if rec.node != node:
+                node = rec.node
+                node_data = PyUnicode_AsUTF8AndSize(self.nodes[node], &node_size)
+            out[0] = 0x94
+            out = _write_str(out + 1, rec.data, rec.key_len)
+            if rec.flags & TOMBSTONE:
+                out[0] = 0xC0
+                out += 1
+            else:
+                out = _write_str(out, rec.data + rec.key_len, rec.value_len)
+            out[0] = 0x93
+            out = _write_int(out + 1, rec.ms)
+            out = _write_int(out, rec.counter)
+            out = _write_str(out, node_data, node_size)
+            if rec.flags & HAS_DEADLINE and not rec.flags & TOMBSTONE:
+                out[0] = 0xCB
+                memcpy(&raw, &rec.deadline, 8)
+                _put_be(out + 1, raw, 8)
+                out += 9
+            else:
+                out[0] = 0xC0
+                out += 1
+        out[0] = 0x90
+        start[0] = end
+        return payload
 
 
 class JournaledCompactStore(Journaled, CompactStore):

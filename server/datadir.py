@@ -283,8 +283,8 @@ class DataDir:
             problem_at, result.reason = result.valid_bytes, "snapshot has no end record"
         if problem_at is not None:
             self._refuse_or_repair(path, problem_at, result.reason or "snapshot cut short", result.size)
-        store.load(self._entries(path, result.payloads, result.magic != SNAPSHOT_MAGIC_V1,
-                                 result.magic == SNAPSHOT_MAGIC, replies), now)
+        self._load(store, path, result.payloads, result.magic != SNAPSHOT_MAGIC_V1, result.magic == SNAPSHOT_MAGIC,
+                   now, replies)
         return problem_at is not None
 
     def _load_journal(self, store: Journaled, generation: int, now: float, last: bool, policy: str,
@@ -303,7 +303,7 @@ class DataDir:
         if headed and batches:
             written_under = self._journal_policy(path, batches[0])
             batches = batches[1:]
-        store.load(self._entries(path, batches, headed, current, replies), now)
+        self._load(store, path, batches, headed, current, now, replies)
         self.report.records += len(batches)
         reusable = current and written_under == policy
         if result.corrupt_at is None and result.torn_at is None:
@@ -349,19 +349,33 @@ class DataDir:
         log.warning("repair: %s", message)
         self.report.repaired.append(message)
 
-    @staticmethod
-    def _entries(path: Path, payloads: list[memoryview], with_replies: bool, versioned: bool,
-                 replies: deque[Any]) -> Iterator[Any]:
-        """Every ``(key, value, version, deadline)`` in the records, in order.
+    @classmethod
+    def _load(cls, store: Journaled, path: Path, payloads: list[memoryview], with_replies: bool, versioned: bool,
+              now: float, replies: deque[Any]) -> None:
+        """Apply the records' entries to ``store`` in order; their replies go to ``replies`` (the newest kept).
 
         ``with_replies``: the records are ``[entries, replies]`` (formats 2
-        and 3); their replies go to ``replies``, which keeps the newest.
-        ``versioned``: the entries are records (format 3); older entries
-        ``(key, value, deadline)`` get :data:`~common.versions.ZERO_VERSION`.
+        and 3). ``versioned``: the entries are records (format 3), which the
+        table loads from the bytes (:meth:`~server.store.Store.load_payloads`).
+        """
+        payloads = [payload for payload in payloads if payload]  # not a snapshot's end record
+        if with_replies and versioned:
+            try:
+                store.load_payloads(payloads, now, replies.extend)
+            except (ValueError, TypeError) as exc:  # a checksummed record that does not decode: a bug or tampering
+                raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
+            return
+        store.load(cls._entries(path, payloads, with_replies, replies), now)
+
+    @staticmethod
+    def _entries(path: Path, payloads: list[memoryview], with_replies: bool, replies: deque[Any]) -> Iterator[Any]:
+        """Every entry of the older formats (1 and 2) as ``(key, value, version, deadline)``, in order.
+
+        Their entries ``(key, value, deadline)`` get
+        :data:`~common.versions.ZERO_VERSION`; ``with_replies``: the records
+        are ``[entries, replies]`` (format 2).
         """
         for payload in payloads:
-            if not payload:
-                continue  # a snapshot's end record
             try:
                 record = msgpack.unpackb(payload, raw=False, use_list=False)
                 if with_replies:
@@ -369,9 +383,8 @@ class DataDir:
                     replies.extend(remembered)
                 else:
                     entries = record
-                if not versioned:
-                    entries = [(key, value, None if value is None else ZERO_VERSION, deadline)
-                               for key, value, deadline in entries]
+                entries = [(key, value, None if value is None else ZERO_VERSION, deadline)
+                           for key, value, deadline in entries]
             except Exception as exc:  # a checksummed record that does not decode: a bug or tampering
                 raise RecoveryError(f"{path}: a record with a valid checksum does not decode: {exc}") from None
             yield from entries

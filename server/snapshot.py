@@ -23,7 +23,6 @@ from pathlib import Path
 
 import msgpack
 
-from common.versions import Record
 from server.datadir import DataDir, file_name
 from server.journal import Journal, fsync_dir, write_all
 from server.records import SNAPSHOT_MAGIC, frame
@@ -62,24 +61,22 @@ class SnapshotWriter:
     is done.
     """
 
-    def __init__(self, directory: Path, generation: int, entries: Iterator[Record],
-                 replies: Iterable[Remembered]) -> None:
+    def __init__(self, directory: Path, generation: int, table: Store, replies: Iterable[Remembered]) -> None:
         self.generation = generation
         self.final = directory / file_name("snapshot", generation)
         self.temp = self.final.with_name(self.final.name + ".tmp")
-        self._payloads = self._records(entries, replies)
+        self._payloads = self._records(table, replies)
         self._buffer = bytearray(SNAPSHOT_MAGIC)
         self._fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.longest_slice_ms = 0.0
 
     @staticmethod
-    def _records(entries: Iterator[Record], replies: Iterable[Remembered]) -> Iterator[bytes]:
-        """The payloads ``[entries, replies]``: the replies first, then the table."""
+    def _records(table: Store, replies: Iterable[Remembered]) -> Iterator[bytes]:
+        """The payloads ``[entries, replies]``: the replies first, then the table (packed by the table)."""
         remembered = iter(replies)
         while chunk := list(itertools.islice(remembered, SNAPSHOT_CHUNK_ENTRIES)):
             yield msgpack.packb(((), chunk))
-        while table := list(itertools.islice(entries, SNAPSHOT_CHUNK_ENTRIES)):
-            yield msgpack.packb((table, ()))
+        yield from table.snapshot_payloads(SNAPSHOT_CHUNK_ENTRIES)
 
     def step(self, budget_s: float) -> bool:
         """Copy entries for about ``budget_s``; True when the whole table is in the file."""
@@ -184,7 +181,7 @@ class Compaction:
             path.unlink(missing_ok=True)
             return False
         try:
-            self._snapshot = SnapshotWriter(self.data_dir.path, generation, self.store.records(), self.replies())
+            self._snapshot = SnapshotWriter(self.data_dir.path, generation, self.store, self.replies())
         except OSError as exc:  # the new journal simply goes on; the old files stay
             self._failed(f"cannot create the snapshot: {exc}")
             return False
@@ -201,9 +198,9 @@ class Compaction:
             return
         try:
             done = writer.step(COMPACTION_SLICE_S)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a record the format cannot hold (a lone surrogate)
             self._snapshot = None
-            writer.abandon()
+            writer.abandon()  # never finished: its payloads stopped short
             self._failed(f"cannot write the snapshot: {exc}")
             return
         if not done:
@@ -241,7 +238,7 @@ class Compaction:
         """
         generation = self.journal.generation + 1
         self.journal.open(self.data_dir.file("journal", generation), generation)
-        writer = SnapshotWriter(self.data_dir.path, generation, self.store.records(), self.replies())
+        writer = SnapshotWriter(self.data_dir.path, generation, self.store, self.replies())
         try:
             while not writer.step(float("inf")):
                 pass

@@ -29,6 +29,9 @@ import itertools
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
+
+import msgpack
 
 from common.limits import text_bytes
 from common.versions import ZERO_VERSION, Record, Version
@@ -431,10 +434,44 @@ class Store:
         ) + self.tombstones * TOMBSTONE_OVERHEAD_BYTES + sum(
             sum(map(getsizeof, bucket)) for bucket in tombstones.values())
 
+    def load_payloads(self, payloads: Iterable[bytes | memoryview], now: float,
+                      add_replies: Callable[[Any], object]) -> None:
+        """Apply the entries of payloads ``[entries, replies]`` (the current snapshot and journal formats,
+        server/records.py) in order, as :meth:`load`; each payload's replies go to ``add_replies``.
+
+        The compact table reads the entries from the bytes without decoding them into objects.
+
+        Raises:
+            ValueError, TypeError: a payload does not decode as one of that shape (the payloads before it are
+                applied).
+        """
+        def entries() -> Iterator[tuple[str, str | None, Version | None, float | None]]:
+            for payload in payloads:
+                table, replies = msgpack.unpackb(payload, raw=False, use_list=False)
+                add_replies(replies)
+                yield from table
+
+        self.load(entries(), now)
+
+    def snapshot_payloads(self, max_entries: int) -> Iterator[bytes]:
+        """:meth:`records` as snapshot payloads ``[entries, []]`` of up to ``max_entries`` entries each.
+
+        Each payload is packed when the iteration reaches it, so that a
+        snapshot can be written in slices while the table changes; the
+        compact table packs them from its records with the very same bytes.
+        """
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        records = self.records()
+        while table := list(itertools.islice(records, max_entries)):
+            yield msgpack.packb((table, ()))
+
     def set_many(self, pairs: dict[str, str], ttl_s: float | None = None) -> None:
+        """Store every pair with one deadline and one version: an mset is one write, at one instant."""
         deadline = None if ttl_s is None else self._clock() + ttl_s
+        version = self.hlc.issue()
         for key, value in pairs.items():
-            self.put(key, value, deadline)
+            self.put(key, value, deadline, version)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``, leaving a tombstone; True if it was there (and not expired).

@@ -113,3 +113,12 @@ def test_capacity_counts_every_request_the_server_answered_and_its_cpu_share(sta
     assert ops.get("get", 0) + ops.get("set", 0) == report["requests"] and ops["ping"] == 2
     assert ops["batch"] * 8 == report["requests"]
     assert 0 < report["server_cpu"] <= 1.5
+
+
+def test_bulk_trees_loads_every_line_into_both_trees_and_prints_the_medians():
+    # This tree against itself: the script's work, not a figure, is what is checked.
+    result = subprocess.run([sys.executable, "bench/bulk_trees.py", "--before", str(ROOT), "--pairs", "3000",
+                             "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 rounds of 3,000 lines into each tree in turn" in result.stdout
+    assert "| wall s |" in result.stdout and "| server CPU s |" in result.stdout

@@ -1,6 +1,7 @@
 """``memlookup NODE --pipe < FILE`` through the real CLI against a real server."""
 
 from client import Client
+from client.bulk import plain_set_lines
 from tests.servers import run_cli, run_cli_imports
 
 FILE = """\
@@ -107,3 +108,30 @@ def test_pipe_splits_words_only_at_shlex_blanks_whatever_the_line_looks_like(ser
     with Client(server.node) as table:
         assert table.mget(["nb", "vt\x0bx", "ff\x0cx", "q"]) == ["a\u00a0b", "y", "z", "c\u00a0d"]
         assert table.stats()["keys"] == 4
+
+
+def test_pipe_reads_blocks_of_plain_sets_as_it_reads_lines_one_by_one(start_server):
+    # Blocks of plain sets are read in one go, other blocks line by line; a
+    # line longer than a read (64 KiB) and a last line without a newline too.
+    server = start_server("--max-batch-keys", "3", "--max-key-bytes", "8")
+    big = "v" * 100_000
+    text = (f"set a 1\nSeT b 2\n\tset c\t3 \r\nset a 4\nset d 5\nset big {big}\n"
+            "set toolongkey 7\nxset e 6\nset f 8")
+    result = run_cli(server.node, "--pipe", input=text)
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "line 7: key longer than 8 bytes",
+        "line 8: unknown command 'xset' (did you mean 'set'?)",
+        "sent: 7, errors: 2, lines: 9",
+    ]
+    with Client(server.node) as table:
+        assert [table.get(key) for key in ("a", "b", "c", "d", "big", "f", "e")] == ["4", "2", "3", "5", big, "8", None]
+        assert table.stats()["keys"] == 6
+
+
+def test_a_plain_set_line_is_a_whole_line_with_no_quote_option_or_word_over_the_limits():
+    plain = plain_set_lines(max_key_bytes=4, max_value_bytes=6)
+    lines = ["set k v\n", " SET\tk\tv \r\n", "xset k v\n", "set -k v\n", "set k -v\n", "set 'k' v\n",
+             "set k\\ v\n", "set k v extra\n", "set k\n", "set kkkk vvvvvv\n", "set kkkkk v\n", "set k vvvvvvv\n"]
+    assert [plain.findall(line) for line in lines] == [
+        [("k", "v")], [("k", "v")], [], [], [], [], [], [], [], [("kkkk", "vvvvvv")], [], []]

@@ -349,6 +349,7 @@ def test_rec_answers_each_write_with_the_records_it_left(peer):
     assert peer.ok("cas", "k", "5", "6", {"rec": True, "ttl_s": 60})[1][0][1:] == ["6", *peer.ok("getv", ["k"])[0][2:]]
     result, records = peer.ok("mset", {"a": "1", "b": "2"}, {"rec": True})
     assert result is True and records == peer.ok("getv", ["a", "b"])
+    assert records[0][2] == records[1][2] > record[2]  # one write, one version, newer than the set's
     result, [tombstone] = peer.ok("del", "a", {"rec": True})
     assert result is True and tombstone[1] is None and tombstone == peer.ok("getv", ["a"])[0]
 
