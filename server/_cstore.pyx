@@ -337,7 +337,7 @@ cdef inline bint _read_nil(Reader* r) except -1:
 cdef const char* _read_str(Reader* r, Py_ssize_t* size) except NULL:
     """The bytes of the str that starts here (fixstr, str 8, 16, 32); its length in ``size``."""
     cdef uint8_t head
-    cdef int length_bytes
+    cdef int length_bytes = 0
     cdef const char* text
     _need(r, 1)
     head = r.data[r.at]
@@ -1642,7 +1642,7 @@ cdef class CompactStore:
         cdef int64_t ms, counter, newest_ms = 0, newest_counter = 0
         cdef uint32_t hash, number, node = 0
         cdef bint versioned, has_deadline
-        cdef double deadline, collected_before_ms = (now - self.tombstone_grace_s) * 1000
+        cdef double deadline = 0, collected_before_ms = (now - self.tombstone_grace_s) * 1000
         cdef Rec* rec
         cdef str node_name = None
         cdef str newest_node = ""
