@@ -457,6 +457,8 @@ cdef class _Core:
                     self.send(body, ZMQ_DONTWAIT)
             except zmq.ZMQError as exc:
                 output.refused(reply[0], body, exc)
+                # Muted from now on, in this batch too: a later reply that found room would come after a gap.
+                muted = output.muted if output.has_muted else None
         if output.busy:
             output.reap()
 

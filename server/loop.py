@@ -263,6 +263,8 @@ class Server:
                     send(body, _NOBLOCK)
             except zmq.ZMQError as exc:  # the peer's queue is full, or it is gone
                 output.refused(reply[0], body, exc)
+                # Muted from now on, in this batch too: a later reply that found room would come after a gap.
+                muted = output.muted if output.has_muted else None
         last[0] = None  # the last request's frame may be large: let it go
         if output.busy:
             output.reap()
