@@ -14,7 +14,7 @@ as ``mset`` batches (checked against the server's limits here first, so one
 bad pair cannot sink a batch), and the requests are pipelined: up to a window
 of them are in flight while the next lines are read. A block of input that is
 ASCII and holds nothing but plain ``set`` lines is read by one regular
-expression (:data:`_PLAIN_SET`), with no Python code per line; any other
+expression (:func:`plain_set_lines`), with no Python code per line; any other
 block is read line by line. Commands run in file order. Plain lines are split
 with ``str.split``; only lines with quotes or backslashes pay for
 :func:`shlex.split` (and for importing :mod:`shlex`).

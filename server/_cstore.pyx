@@ -1730,6 +1730,25 @@ cdef class CompactStore:
         """Whether :meth:`records` yields this record: a live key not expired, or a tombstone."""
         return rec.flags & USED and not (rec.flags & HAS_DEADLINE and rec.deadline <= now)
 
+    cdef inline Rec* _next_saved(self, uint32_t* number, uint32_t end, double now) noexcept:
+        """The next record :meth:`records` yields from record ``number[0]`` (moved past it) before ``end``; NULL
+        if none is left."""
+        cdef Rec* rec
+        while number[0] < end:
+            rec = &self.recs[number[0]]
+            number[0] += 1
+            if self._saved(rec, now):
+                return rec
+        return NULL
+
+    cdef const char* _node_utf8(self, uint32_t node, Py_ssize_t* size) except NULL:
+        """Node name ``node``'s UTF-8 bytes (its length in ``size``)."""
+        cdef const char* data = PyUnicode_AsUTF8AndSize(self.nodes[node], size)
+        if data == NULL:
+            PyErr_Clear()
+            raise ValueError("a node name holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+        return data
+
     cdef object _pack_records(self, uint32_t* start, Py_ssize_t max_entries):
         """The payload of the next ``max_entries`` records from record ``start[0]``, which moves past
         them; None when none is left. Two passes: the sizes, then the bytes."""
@@ -1740,17 +1759,13 @@ cdef class CompactStore:
         cdef Rec* rec
         cdef uint8_t* out
         cdef uint64_t raw
-        while number < self.rec_top and entries < max_entries:
-            rec = &self.recs[number]
-            number += 1
-            if not self._saved(rec, now):
-                continue
+        while entries < max_entries:
+            rec = self._next_saved(&number, self.rec_top, now)
+            if rec == NULL:
+                break
             if rec.node != node:
                 node = rec.node
-                node_data = PyUnicode_AsUTF8AndSize(self.nodes[node], &node_size)
-                if node_data == NULL:
-                    PyErr_Clear()
-                    raise ValueError("a node name holds a lone surrogate, which UTF-8 (and msgpack) cannot encode")
+                node_data = self._node_utf8(node, &node_size)
             _check_packable(rec.data, rec.key_len)
             if not rec.flags & TOMBSTONE:
                 _check_packable(rec.data + rec.key_len, rec.value_len)
@@ -1772,14 +1787,13 @@ cdef class CompactStore:
         out = _write_array_head(out + 1, entries)
         node = EMPTY
         number = start[0]
-        while number < end:
-            rec = &self.recs[number]
-            number += 1
-            if not self._saved(rec, now):
-                continue
+        while True:
+            rec = self._next_saved(&number, end, now)
+            if rec == NULL:
+                break
             if rec.node != node:
                 node = rec.node
-                node_data = PyUnicode_AsUTF8AndSize(self.nodes[node], &node_size)
+                node_data = self._node_utf8(node, &node_size)
             out[0] = 0x94
             out = _write_str(out + 1, rec.data, rec.key_len)
             if rec.flags & TOMBSTONE:
